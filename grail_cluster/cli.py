@@ -1,0 +1,346 @@
+"""``grail-cluster``: the command line.
+
+Each command parses its arguments, calls pure planning/rendering code, and prints a rich table for
+people or JSON (``--json``) for scripts. Exit codes: 0 ok, 1 problems found (doctor, bad data),
+2 bad usage or configuration. User mistakes print one clear message and no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from . import __version__
+from .errors import EXIT_OK, EXIT_PROBLEMS, ConfigError, GrailError
+
+out = Console(soft_wrap=True, emoji=False)
+err = Console(stderr=True, soft_wrap=True, emoji=False)
+
+OVERRIDES_HELP = (
+    "Hydra overrides as SONIC uses them, e.g. pipeline=pnp_table data.motion_lib=/d/pickup_table_ha "
+    "data.bps_dir=/d/pickup_table/bps sonic.root=/w/imports/SONIC cluster=slurm eval.num_shards=8 "
+    "'++sonic.extra_overrides=[\"++algo.config.save_frequency=250\"]'. Groups: pipeline={pnp_table, pnp_ground, "
+    "advanced_manip_table, advanced_manip_ground, terrain_tracking}, cluster={local, slurm, kubernetes}."
+)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _progress_scan(path: str, **kw: Any):
+    """Scan with a progress bar on stderr when someone is watching (pickles are parsed only on change)."""
+    from .library import scan_library
+
+    if not sys.stderr.isatty():
+        return scan_library(path, **kw)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(TextColumn("indexing motions"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=err, transient=True) as bar:
+        task = bar.add_task("index", total=None)
+
+        def tick(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        return scan_library(path, progress=tick, **kw)
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=1, sort_keys=True, default=str) + "\n")
+
+
+def _pipeline_needs(name: str | None) -> tuple[dict[str, str] | None, str | None]:
+    if not name:
+        return None, None
+    import yaml
+
+    from .config import config_dir
+
+    path = config_dir() / "pipeline" / f"{name}.yaml"
+    if not path.exists():
+        choices = sorted(p.stem for p in path.parent.glob("*.yaml"))
+        raise ConfigError(f"unknown pipeline {name!r}", fix=f"choose one of: {', '.join(choices)}")
+    data = yaml.safe_load(path.read_text())
+    return data.get("needs"), data.get("kind")
+
+
+def _parse_kv(items: list[str], allowed: set[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.lstrip("+")
+        if not sep or key not in allowed:
+            raise ConfigError(f"unexpected argument {item!r}", fix=f"accepted here: {', '.join(sorted(k + '=...' for k in allowed))}")
+        out[key] = value
+    return out
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    import time
+
+    t0 = time.perf_counter()
+    index = _progress_scan(args.motion_lib, layout=args.layout, usd_dir=args.usd_dir, bps_dir=args.bps_dir,
+                           use_cache=not args.no_cache)
+    elapsed = time.perf_counter() - t0
+    if args.json:
+        data = index.to_json()
+        data["scan_seconds"] = round(elapsed, 4)
+        _print_json(data)
+        return EXIT_OK
+    table = Table(title=f"{index.root} ({index.layout}, {len(index.motions)} motions)")
+    for col in ("motion key", "frames", "fps", "object", "USD", "BPS", "hands", "contacts", "root_rot"):
+        table.add_column(col)
+    shown = index.motions if args.all else index.motions[:20]
+    for m in shown:
+        table.add_row(m.key, str(m.frames), f"{m.fps:g}" if m.fps else "-", m.object_name or "-",
+                      "yes" if m.usd else "[red]no[/]", "yes" if m.bps else "no", "yes" if m.hand_actions else "no",
+                      "yes" if m.contacts else "no", m.root_rot)
+    out.print(table)
+    if len(shown) < len(index.motions):
+        out.print(f"… {len(index.motions) - len(shown)} more (--all to list every motion, --json for scripts)")
+    out.print(f"index {index.cache} ({index.parsed} parsed) in {elapsed:.3f} s; fingerprint {index.fingerprint()[:16]}")
+    return EXIT_OK
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from .doctor import diagnose, has_errors, report
+
+    opts = _parse_kv(args.overrides, {"pipeline"})
+    needs, kind = _pipeline_needs(opts.get("pipeline"))
+    layout = args.layout
+    if layout == "auto" and kind == "terrain":
+        layout = "terrain"
+    index = _progress_scan(args.motion_lib, layout=layout, usd_dir=args.usd_dir, bps_dir=args.bps_dir,
+                           use_cache=not args.no_cache)
+    problems = diagnose(index, needs, opts.get("pipeline"))
+    rep = report(index, problems)
+    if args.json:
+        _print_json(rep)
+    else:
+        _print_doctor(rep)
+    return EXIT_PROBLEMS if has_errors(problems) else EXIT_OK
+
+
+def _print_doctor(rep: dict[str, Any]) -> None:
+    counts = Table(title=f"motion library {rep['library']} ({rep['layout']})", show_header=True)
+    counts.add_column("what")
+    counts.add_column("count / value", justify="right")
+    for key, value in rep["counts"].items():
+        counts.add_row(f"{key}/ files", str(value))
+    counts.add_row("motions", str(rep["num_motions"]))
+    counts.add_row("frames (min / max / total)", f"{rep['frames']['min']} / {rep['frames']['max']} / {rep['frames']['total']}")
+    counts.add_row("root_rot convention", ", ".join(f"{k}: {v}" for k, v in rep["root_rot"].items()))
+    counts.add_row("object_usd dir", str(rep["usd_dir"]) + (f" ({rep['usd_dir_note']})" if rep["usd_dir_note"] else ""))
+    counts.add_row("bps dir", str(rep["bps_dir"]))
+    if rep["layout"] == "terrain":
+        counts.add_row("flat_placeholder.usd", str(rep["flat_placeholder"]))
+    out.print(counts)
+    if not rep["problems"]:
+        out.print("[green]no problems found[/]")
+        return
+    table = Table(title="problems", show_lines=True)
+    for col in ("severity", "check", "file", "problem", "fix"):
+        table.add_column(col, overflow="fold")
+    colour = {"error": "red", "warn": "yellow", "info": "cyan"}
+    for p in rep["problems"]:
+        table.add_row(f"[{colour[p['severity']]}]{p['severity']}[/]", p["check"], p["path"], p["problem"], p["fix"])
+    out.print(table)
+    n_err = sum(1 for p in rep["problems"] if p["severity"] == "error")
+    out.print(f"[red]{n_err} error(s)[/]" if n_err else "[green]no errors[/]")
+
+
+def _plan_from_overrides(overrides: list[str]):
+    from . import config
+    from .plan import build_plan
+
+    c = config.load(overrides)
+    layout = "terrain" if c["pipeline"]["kind"] == "terrain" else "hoi"
+    index = _progress_scan(c["data"]["motion_lib"], layout=layout, usd_dir=c["data"].get("object_usd_dir"),
+                           bps_dir=c["data"].get("bps_dir"))
+    return build_plan(c, index)
+
+
+def _plan_summary(plan) -> dict[str, Any]:
+    return {
+        "run_id": plan.run_id,
+        "run_dir": plan.run_dir,
+        "plan_hash": plan.plan_hash,
+        "pipeline": plan.pipeline["name"],
+        "backend": plan.backend,
+        "motions": plan.library["num_motions"],
+        "stages": [{"name": s.name, "size": s.size, "depends_on": [f"{d.kind}:{d.stage}" for d in s.depends_on]}
+                   for s in plan.stages],
+        "train": {k: v for k, v in plan.train.items() if k != "ranks"},
+        "eval": {k: v for k, v in plan.eval.items() if k != "shards"},
+        "warnings": plan.warnings,
+    }
+
+
+def _print_plan(plan, plan_path: Path | None) -> None:
+    table = Table(title=f"run {plan.run_id} ({plan.pipeline['name']}, {plan.library['num_motions']} motions, cluster={plan.backend})")
+    for col in ("stage", "jobs", "after", "nodes x GPUs", "CPUs", "mem", "time"):
+        table.add_column(col)
+    for s in plan.stages:
+        r = s.resources
+        table.add_row(s.name, str(s.size), ", ".join(f"{d.kind} {d.stage}" for d in s.depends_on) or "-",
+                      f"{r.nodes} x {r.gpus}", str(r.cpus), f"{r.mem_gb:g}G", f"{r.time_min} min")
+    out.print(table)
+    ev = plan.eval
+    out.print(f"eval: {ev['num_checkpoints']} checkpoint(s) x {ev['num_shards']} shard(s), {ev['strategy']}, "
+              f"balance {ev['balance']:.3f} (max shard {ev['max_shard_frames']} frames, ideal {ev['ideal_frames']:.0f})")
+    if plan.train.get("ranks"):
+        ranks = plan.train["ranks"]
+        sizes = [len(r["motion_keys"]) for r in ranks]
+        out.print(f"train: {plan.train['world_size']} ranks ({plan.train['slicing']}), {min(sizes)}-{max(sizes)} motions per rank")
+    for w in plan.warnings:
+        err.print(f"[yellow]warning:[/] {w}")
+    if plan_path:
+        out.print(f"plan written to {plan_path} (hash {plan.plan_hash[:12]})")
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from .plan import write_plan
+
+    plan = _plan_from_overrides(args.overrides)
+    path = write_plan(plan)
+    if args.json:
+        _print_json({**_plan_summary(plan), "plan_file": str(path)})
+    else:
+        _print_plan(plan, path)
+    return EXIT_OK
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from .plan import write_plan
+    from .render import render_files, write_files
+
+    plan = _plan_from_overrides(args.overrides)
+    out_dir = Path(args.out)
+    files = render_files(plan)
+    written = write_files(files, out_dir / plan.backend)
+    write_plan(plan, out_dir)
+    if args.json:
+        _print_json({**_plan_summary(plan), "files": [str(p) for p in written]})
+    else:
+        _print_plan(plan, None)
+        out.print(f"rendered {len(written)} file(s) for cluster={plan.backend} into {out_dir / plan.backend}")
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .plan import write_plan
+    from .render import render_files, write_files
+
+    if not args.dry_run:
+        raise ConfigError("this grail-cluster version plans and renders runs but does not submit them yet",
+                          fix="add --dry-run to write and print the exact job files")
+    plan = _plan_from_overrides(args.overrides)
+    plan_path = write_plan(plan)
+    files = render_files(plan)
+    spec_dir = Path(plan.paths["specs_dir"]) / plan.backend
+    written = write_files(files, spec_dir)
+    if args.json:
+        _print_json({**_plan_summary(plan), "plan_file": str(plan_path), "files": [str(p) for p in written]})
+        return EXIT_OK
+    for rel in sorted(files):
+        if rel == "eval_commands.sh":
+            continue
+        out.rule(f"{spec_dir / rel}")
+        out.print(files[rel], markup=False, highlight=False)
+    _print_plan(plan, plan_path)
+    out.print(f"dry run: nothing submitted; {len(written)} file(s) in {spec_dir}")
+    return EXIT_OK
+
+
+# ----------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="grail-cluster",
+        description="Plan, render and submit the GRAIL data lifecycle: train SONIC trackers, select checkpoints, "
+                    "evaluate in shards, render, export, merge, publish a web viewer.",
+        epilog="Exit codes: 0 ok, 1 problems found, 2 bad usage or configuration.",
+    )
+    parser.add_argument("--version", action="version", version=f"grail-cluster {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def lib_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("motion_lib", help="library root holding robot/ objects/ meta/ (object_usd/ bps/)")
+        p.add_argument("--bps_dir", "--bps-dir", dest="bps_dir", help="BPS dir (default <lib>/bps or the non-_ha sibling's)")
+        p.add_argument("--usd_dir", "--usd-dir", dest="usd_dir", help="object USD dir (default <lib>/object_usd or the non-_ha sibling's)")
+        p.add_argument("--layout", choices=("auto", "hoi", "terrain"), default="auto")
+        p.add_argument("--no-cache", action="store_true", help="re-read every pickle (ignore .grail_index.json)")
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = sub.add_parser("index", help="index a motion library (cached) and list its motions",
+                       description="Scan a GRAIL motion library into an index cached in the library "
+                                   "(.grail_index.json), keyed by size and mtime of each file.")
+    lib_args(p)
+    p.add_argument("--all", action="store_true", help="list every motion")
+    p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("doctor", help="pre-flight checks of a motion library (exit 1 on errors)",
+                       description="The pre-flight checklist: file counts, robot/objects pairing, a USD per key, hand "
+                                   "actions and contact labels, BPS basis and embeddings, terrain placeholder. "
+                                   "Every problem names the file and the fix.")
+    lib_args(p)
+    p.add_argument("overrides", nargs="*", metavar="pipeline=NAME",
+                   help="check what this pipeline needs (pnp_table, pnp_ground, advanced_manip_table, "
+                        "advanced_manip_ground, terrain_tracking)")
+    p.set_defaults(func=cmd_doctor)
+
+    for name, func, helptext in (
+        ("plan", cmd_plan, "compute the run plan (stages, shards, rank slices) into runs/<id>/plan.json"),
+        ("render", cmd_render, "write every job script/manifest of the plan for the chosen cluster"),
+        ("run", cmd_run, "plan, render and submit (use --dry-run to stop before submitting)"),
+    ):
+        p = sub.add_parser(name, help=helptext, description=helptext + ". " + OVERRIDES_HELP)
+        p.add_argument("overrides", nargs="*", metavar="OVERRIDE", help="Hydra overrides (key=value, +key=value, ++key=value)")
+        p.add_argument("--json", action="store_true", help="machine-readable summary")
+        if name == "render":
+            p.add_argument("--out", required=True, help="directory for the rendered files (<out>/<cluster>/...)")
+        if name == "run":
+            p.add_argument("--dry-run", action="store_true", help="write and print the job files, submit nothing")
+        p.set_defaults(func=func)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    # Overrides may come before or after flags (`doctor LIB --json pipeline=x`): argparse's
+    # positional `nargs="*"` stops at the first flag, so gather the stragglers here.
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+            args.overrides = list(args.overrides) + extra
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    try:
+        return int(args.func(args))
+    except GrailError as exc:
+        err.print("[red]error:[/] " + escape(exc.render()), highlight=False)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        return 130
+    except BrokenPipeError:
+        return EXIT_OK
+
+
+def run() -> None:  # pragma: no cover - console entry
+    sys.exit(main())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,201 @@
+"""Pre-flight checks of a motion library: the seed article's checklist as data.
+
+Each problem names the file (or the first few keys), what is wrong, and the fix. ``plan`` runs the
+same checks and refuses to plan a library that SONIC would reject at start-up.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .library import LibraryIndex
+
+SEVERITIES = ("error", "warn", "info")
+SHOW_KEYS = 5
+
+# What each pipeline needs is in configs/pipeline/*.yaml (`needs:`); these are the defaults when
+# doctor runs without a pipeline: only what every SONIC HOI config needs.
+DEFAULT_NEEDS = {"objects": "error", "object_usd": "error", "bps": "warn", "hand_actions": "no",
+                 "contacts": "warn", "table": "no"}
+TERRAIN_NEEDS = {"objects": "warn", "object_usd": "error", "bps": "no", "hand_actions": "no",
+                 "contacts": "no", "table": "no"}
+
+
+@dataclass(frozen=True)
+class Problem:
+    severity: str  # error | warn | info
+    check: str
+    path: str
+    problem: str
+    fix: str
+    count: int = 1
+
+
+def _keys_text(keys: list[str]) -> str:
+    shown = ", ".join(keys[:SHOW_KEYS])
+    return shown + (f" … (+{len(keys) - SHOW_KEYS} more)" if len(keys) > SHOW_KEYS else "")
+
+
+def _need(needs: dict[str, str], name: str) -> str | None:
+    level = needs.get(name, "no")
+    return None if level == "no" else level
+
+
+def diagnose(index: LibraryIndex, needs: dict[str, str] | None = None, pipeline: str | None = None) -> list[Problem]:
+    terrain = index.layout == "terrain"
+    needs = dict(needs or (TERRAIN_NEEDS if terrain else DEFAULT_NEEDS))
+    root = Path(index.root)
+    problems: list[Problem] = []
+    add = problems.append
+    motions = index.motions
+    for_pipeline = f" for pipeline {pipeline}" if pipeline else ""
+
+    if not motions:
+        add(Problem("error", "robot", str(root / "robot"), "no robot/*.pkl files: the library is empty",
+                    "point at the library root (the directory holding robot/ objects/ meta/)"))
+        return problems
+
+    if index.duplicates:
+        add(Problem("error", "robot", str(root / "robot"),
+                    f"{len(index.duplicates)} motion keys appear in more than one robot file: {_keys_text(index.duplicates)}",
+                    "keep one file per motion key; keys are file stems and must be unique", len(index.duplicates)))
+
+    broken = [m for m in motions if m.error]
+    for m in broken[:SHOW_KEYS]:
+        add(Problem("error", "readable", str(root / m.robot), m.error.split("\n")[0],
+                    "regenerate or remove this motion (see the file named above)"))
+    if len(broken) > SHOW_KEYS:
+        add(Problem("error", "readable", str(root / "robot"), f"{len(broken) - SHOW_KEYS} more unreadable motions",
+                    "run `grail-cluster doctor --json` for the full list", len(broken) - SHOW_KEYS))
+
+    empty = [m.key for m in motions if not m.error and not m.frames]
+    if empty:
+        add(Problem("error", "frames", str(root / "robot"), f"{len(empty)} motions have no frames: {_keys_text(empty)}",
+                    "remove these motions or re-run retargeting", len(empty)))
+
+    if (level := _need(needs, "objects")):
+        missing = [m.key for m in motions if not m.has_objects]
+        if missing:
+            add(Problem(level, "paired", str(root / "objects"),
+                        f"{len(missing)} robot keys have no objects/<key>.pkl: {_keys_text(missing)}",
+                        "robot/ and objects/ must hold the same stems; re-run retargeting/process for these keys "
+                        "or remove their robot pickles", len(missing)))
+    for sub in ("objects", "meta"):
+        orphans = index.orphans.get(sub) or []
+        if orphans:
+            add(Problem("warn", "paired", str(root / sub),
+                        f"{len(orphans)} {sub}/ files have no robot pickle: {_keys_text(orphans)}",
+                        f"remove the stray {sub}/ files or restore their robot/ pickles", len(orphans)))
+
+    if (level := _need(needs, "table")):
+        missing = [m.key for m in motions if not m.has_meta]
+        if missing:
+            add(Problem(level, "meta", str(root / "meta"),
+                        f"{len(missing)} keys have no meta/<key>.pkl (table pose){for_pipeline}: {_keys_text(missing)}",
+                        "table pipelines read table_pos/table_quat from meta/; re-run process for these keys", len(missing)))
+
+    problems += _usd_problems(index, needs, terrain)
+
+    if (level := _need(needs, "hand_actions")):
+        missing = [m.key for m in motions if not m.error and not m.hand_actions]
+        if missing:
+            add(Problem(level, "hand_actions", str(root / "robot"),
+                        f"{len(missing)} robot pickles have no hand_action_left/right{for_pipeline}: {_keys_text(missing)}",
+                        "train on the _ha library written by grail.retargeting.process "
+                        "(data/motion_lib/<name>_ha), not the plain retarget output", len(missing)))
+
+    if (level := _need(needs, "contacts")):
+        missing = [m.key for m in motions if not m.error and m.has_objects and not m.contacts]
+        if missing:
+            add(Problem(level, "contacts", str(root / "objects"),
+                        f"{len(missing)} object pickles have no contact labels: {_keys_text(missing)}",
+                        "re-run process.sh with --include_contact_points", len(missing)))
+
+    if (level := _need(needs, "bps")) and index.counts.get("object_usd", 0) > 1:
+        problems += _bps_problems(index, level)
+
+    conventions = Counter(m.root_rot for m in motions if not m.error)
+    if len({c for c in conventions if c in ("wxyz", "xyzw")}) > 1:
+        add(Problem("warn", "quaternions", str(root / "robot"),
+                    f"root_rot conventions are mixed: {dict(conventions)}",
+                    "retargeted/_ha libraries are wxyz, exported/released ones xyzw; do not mix them in one library"))
+    elif conventions.get("ambiguous") or conventions.get("unknown"):
+        n = conventions.get("ambiguous", 0) + conventions.get("unknown", 0)
+        add(Problem("info", "quaternions", str(root / "robot"),
+                    f"root_rot convention could not be told for {n} motions", "nothing to do unless you export these", n))
+    return problems
+
+
+def _usd_problems(index: LibraryIndex, needs: dict[str, str], terrain: bool) -> list[Problem]:
+    root = Path(index.root)
+    out: list[Problem] = []
+    level = _need(needs, "object_usd")
+    if not level:
+        return out
+    usd_dir = index.usd_dir or str(root / "object_usd")
+    if index.counts.get("object_usd", 0) == 0:
+        out.append(Problem("error", "object_usd", usd_dir, "object_usd/ holds no .usd files",
+                           "copy the object USDs (and textures/) from the retarget output; for an _ha library pass "
+                           "data.object_usd_dir=<non-_ha library>/object_usd"))
+        return out
+    if index.shared_usd and not terrain:
+        out.append(Problem("info", "object_usd", index.shared_usd, "one USD shared by every motion", "nothing to do"))
+    else:
+        missing = [m.key for m in index.motions if not m.usd]
+        if missing:
+            what = "the terrain scan raises [TerrainAutoDiscover] ... have no matching USD" if terrain else \
+                "SONIC skips them and then fails the Motion-USD pairing check"
+            out.append(Problem("error", "object_usd", usd_dir,
+                               f"{len(missing)} robot keys have no <key>.usd ({what}): {_keys_text(missing)}",
+                               "add object_usd/<key>.usd for each key, or remove those motions", len(missing)))
+    if terrain and not index.flat_placeholder:
+        out.append(Problem("error", "terrain", str(root / "flat_placeholder.usd"),
+                           "flat_placeholder.usd not found at the root or in object_usd/",
+                           "copy flat_placeholder.usd to the library root, or set data.flat_usd_path=<file>"))
+    return out
+
+
+def _bps_problems(index: LibraryIndex, level: str) -> list[Problem]:
+    root = Path(index.root)
+    if not index.bps_dir:
+        return [Problem(level, "bps", str(root / "bps"),
+                        "no BPS directory (SONIC then feeds zero shape observations)",
+                        "run compute_bps on the non-_ha library and pass data.bps_dir=<library>/bps (or --bps_dir)")]
+    out: list[Problem] = []
+    if not index.bps_basis:
+        out.append(Problem(level, "bps", str(Path(index.bps_dir) / "_basis.npy"), "BPS basis _basis.npy is missing",
+                           "re-run compute_bps; it writes _basis.npy beside the per-key embeddings"))
+    missing = [m.key for m in index.motions if not m.bps]
+    if missing:
+        out.append(Problem(level, "bps", index.bps_dir,
+                           f"{len(missing)} keys have no BPS embedding (<key>.npy; SONIC would use zeros): {_keys_text(missing)}",
+                           "re-run compute_bps on the original motion library so every key has an embedding", len(missing)))
+    return out
+
+
+def has_errors(problems: list[Problem]) -> bool:
+    return any(p.severity == "error" for p in problems)
+
+
+def report(index: LibraryIndex, problems: list[Problem]) -> dict:
+    conventions = Counter(m.root_rot for m in index.motions)
+    return {
+        "ok": not has_errors(problems),
+        "library": index.root,
+        "layout": index.layout,
+        "num_motions": len(index.motions),
+        "counts": index.counts,
+        "usd_dir": index.usd_dir,
+        "usd_dir_note": index.usd_dir_note,
+        "bps_dir": index.bps_dir,
+        "flat_placeholder": index.flat_placeholder,
+        "root_rot": dict(conventions),
+        "frames": {
+            "total": sum(m.frames or 0 for m in index.motions),
+            "min": min((m.frames for m in index.motions if m.frames), default=0),
+            "max": max((m.frames for m in index.motions if m.frames), default=0),
+        },
+        "problems": [asdict(p) for p in problems],
+    }

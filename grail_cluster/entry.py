@@ -1,0 +1,80 @@
+"""The in-job entry point: ``python -m grail_cluster.entry <stage> --run-dir R --index I``.
+
+A job never re-derives its work from scheduler arithmetic: it reads its slice from plan.json,
+refuses to run against a plan that changed since the job was rendered, does its work, and writes
+the stage's success marker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import sys
+
+from .errors import EXIT_USAGE, DataError, GrailError
+from .markers import file_digest, write_marker
+from .plan import RunPlan, read_plan
+
+
+def _train(plan: RunPlan, index: int) -> int:
+    """After SONIC's trainer exits 0: the experiment dir must hold checkpoints, then mark done."""
+    exp = plan.paths["experiment_dir"]
+    ckpts = sorted(glob.glob(os.path.join(exp, "model_step_*.pt")))
+    last = os.path.join(exp, "last.pt")
+    if os.path.exists(last):
+        ckpts.append(last)
+    if not ckpts:
+        raise DataError("training exited 0 but wrote no model_step_*.pt or last.pt", path=exp,
+                        fix="check the trainer log (logs/train/0/) and that ++experiment_dir reached SONIC")
+    outputs = {os.path.relpath(p, exp): {"size": os.path.getsize(p), "sha256_head_tail": file_digest(p, full=False)}
+               for p in ckpts}
+    write_marker(plan.run_dir, "train", index, plan.plan_hash, {"experiment_dir": exp, "checkpoints": outputs})
+    print(f"[grail] train done: {len(ckpts)} checkpoint(s) in {exp}")
+    return 0
+
+
+def _eval(plan: RunPlan, index: int) -> int:
+    from .launchers import eval as eval_launcher
+    from .sonic.commands import shell_join
+
+    c, _ = plan.eval_index(index)
+    checkpoint, step = eval_launcher.resolve_checkpoint(plan, c)
+    argv = eval_launcher.sonic_argv(plan, index, checkpoint, step)
+    print("[grail] " + shell_join(argv), flush=True)
+    os.chdir(plan.config["sonic"]["root"])
+    os.execvp(argv[0], argv)
+    return 127  # not reached
+
+
+STAGES = {"train": _train, "eval": _eval}
+LATER = {"select": "select-top", "render": "render-replay", "export": "export", "merge": "merge", "web": "web"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m grail_cluster.entry", description=__doc__)
+    parser.add_argument("stage", choices=sorted(set(STAGES) | set(LATER)))
+    parser.add_argument("--run-dir", required=True)
+    parser.add_argument("--index", type=int, required=True)
+    parser.add_argument("--plan-hash", help="refuse to run if plan.json no longer has this hash")
+    args = parser.parse_args(argv)
+    try:
+        plan = read_plan(args.run_dir)
+        if args.plan_hash and plan.plan_hash != args.plan_hash:
+            raise DataError(f"plan.json changed since this job was rendered ({plan.plan_hash[:12]} != {args.plan_hash[:12]})",
+                            path=os.path.join(args.run_dir, "plan.json"),
+                            fix="re-render and resubmit the run (`grail-cluster run ...`) instead of editing its plan")
+        if args.stage in LATER:
+            raise GrailError(f"the {args.stage} stage's in-job tool (`grail-cluster {LATER[args.stage]}`) is not part "
+                             "of this grail-cluster version", fix="upgrade grail-cluster")
+        size = plan.stage(args.stage).size
+        if not 0 <= args.index < size:
+            raise GrailError(f"index {args.index} outside 0..{size - 1} of stage {args.stage}")
+        return STAGES[args.stage](plan, args.index)
+    except GrailError as exc:
+        print(f"error: {exc.render()}", file=sys.stderr)
+        return exc.exit_code or EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,376 @@
+"""The central plan: stages, dependencies, eval shards and every training rank's data, computed once.
+
+``build_plan`` is pure (config + library index in, :class:`RunPlan` out). The plan is written to
+``runs/<run_id>/plan.json`` with a content hash; every job reads its slice from there and checks the
+hash, so nothing downstream re-derives work from scheduler arithmetic.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .doctor import Problem, diagnose, has_errors
+from .errors import ConfigError, DataError
+from .library import LibraryIndex
+from .sharding import balance, make_shards
+from .sonic import commands as sonic_cmd
+from .sonic import slicing
+
+PLAN_VERSION = 1
+PLAN_FILE = "plan.json"
+STAGE_ORDER = ("train", "select", "eval", "render", "export", "merge", "web")
+
+
+@dataclass(frozen=True)
+class Dependency:
+    stage: str
+    kind: str  # afterok: after every index of `stage` succeeded; aftercorr: index i after index i
+
+
+@dataclass(frozen=True)
+class Resources:
+    nodes: int
+    gpus: int  # per node
+    cpus: int  # per task
+    mem_gb: float  # per node
+    time_min: int
+
+
+@dataclass
+class StagePlan:
+    name: str
+    size: int  # number of indices (1 for a single job)
+    depends_on: list[Dependency]
+    resources: Resources
+    requeue: bool = False  # preemptible: SLURM --requeue and a USR2 warning
+
+    @property
+    def is_array(self) -> bool:
+        return self.name in ("eval", "render", "export", "merge")
+
+
+@dataclass
+class TrainRank:
+    rank: int
+    node: int
+    local_rank: int
+    motion_keys: list[str]
+    usd_paths: list[str]
+    start: int | None = None  # HOI block bounds in the sorted key list
+    stop: int | None = None
+    window_start: int | None = None  # terrain cyclic window start
+    unused_past_num_envs: int = 0
+
+
+@dataclass
+class EvalShard:
+    shard: int
+    motion_keys: list[str]
+    frames: int
+    num_envs: int
+    sonic_overrides: list[str]
+
+
+@dataclass
+class RunPlan:
+    version: int
+    run_id: str
+    run_dir: str
+    grail_cluster_version: str
+    pipeline: dict[str, Any]
+    backend: str
+    library: dict[str, Any]
+    paths: dict[str, str]
+    stages: list[StagePlan]
+    train: dict[str, Any]
+    eval: dict[str, Any]
+    config: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)
+    plan_hash: str = ""
+
+    def stage(self, name: str) -> StagePlan:
+        for s in self.stages:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+    @property
+    def stage_names(self) -> list[str]:
+        return [s.name for s in self.stages]
+
+    def eval_index(self, index: int) -> tuple[int, EvalShard]:
+        """Eval/render/export index -> (checkpoint rank, shard): index = checkpoint * N + shard."""
+        n = self.eval["num_shards"]
+        c, s = divmod(index, n)
+        if not 0 <= c < self.eval["num_checkpoints"]:
+            raise IndexError(f"eval index {index} outside 0..{n * self.eval['num_checkpoints'] - 1}")
+        return c, self.eval_shards[s]
+
+    @property
+    def eval_shards(self) -> list[EvalShard]:
+        return [s if isinstance(s, EvalShard) else EvalShard(**s) for s in self.eval["shards"]]
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ----------------------------------------------------------------------------- hashing
+
+
+def canonical_json(data: Any) -> str:
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def content_hash(plan_dict: dict[str, Any]) -> str:
+    body = {k: v for k, v in plan_dict.items() if k != "plan_hash"}
+    return hashlib.sha256(canonical_json(body).encode()).hexdigest()
+
+
+# ----------------------------------------------------------------------------- building
+
+
+def _resources(c: dict[str, Any], stage: str) -> Resources:
+    r = c["resources"][stage]
+    if stage == "train":
+        return Resources(c["train"]["nodes"], c["train"]["gpus_per_node"], int(r["cpus"]), float(r["mem"]), int(r["time"]))
+    return Resources(1, int(r.get("gpus", 0)), int(r["cpus"]), float(r["mem"]), int(r["time"]))
+
+
+def _stages(c: dict[str, Any], k: int, n: int, train_enabled: bool) -> list[StagePlan]:
+    stages: list[StagePlan] = []
+    if train_enabled:
+        stages.append(StagePlan("train", 1, [], _resources(c, "train"), requeue=True))
+        stages.append(StagePlan("select", 1, [Dependency("train", "afterok")], _resources(c, "select")))
+    eval_deps = [Dependency("select", "afterok")] if train_enabled else []
+    stages.append(StagePlan("eval", k * n, eval_deps, _resources(c, "eval")))
+    merge_deps = [Dependency("export", "afterok")]
+    if c["render"]["enabled"]:
+        stages.append(StagePlan("render", k * n, [Dependency("eval", "aftercorr")], _resources(c, "render")))
+        merge_deps.append(Dependency("render", "afterok"))
+    stages.append(StagePlan("export", k * n, [Dependency("eval", "aftercorr")], _resources(c, "export")))
+    stages.append(StagePlan("merge", k, merge_deps, _resources(c, "merge")))
+    if c["web"]["enabled"]:
+        stages.append(StagePlan("web", 1, [Dependency("merge", "afterok")], _resources(c, "web")))
+    return stages
+
+
+def _library_summary(index: LibraryIndex, c: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "root": index.root,
+        "layout": index.layout,
+        "num_motions": len(index.motions),
+        "total_frames": sum(m.frames or 0 for m in index.motions),
+        "fingerprint": index.fingerprint(),
+        "usd_dir": index.usd_dir,
+        "bps_dir": index.bps_dir,
+        "flat_placeholder": c["data"].get("flat_usd_path") or index.flat_placeholder,
+        "root_rot": sorted({m.root_rot for m in index.motions}),
+    }
+
+
+def _train_ranks(c: dict[str, Any], index: LibraryIndex, usd_of: dict[str, str], warnings: list[str]) -> dict[str, Any]:
+    tr = c["train"]
+    nodes, gpus = tr["nodes"], tr["gpus_per_node"]
+    world = nodes * gpus
+    num_envs = 4 if tr["smoke"] else tr["num_envs"]
+    keys = sorted(index.keys)
+    ranks: list[TrainRank] = []
+    out: dict[str, Any] = {"world_size": world, "nodes": nodes, "gpus_per_node": gpus, "num_envs_per_process": num_envs}
+    if index.layout == "terrain":
+        ratio = int(c["pipeline"].get("flat_to_terrain_ratio", 0))
+        n_terrain = slicing.terrain_envs(num_envs, ratio)
+        for rank in range(world):
+            idx = slicing.terrain_window(len(keys), num_envs, ratio, rank)
+            rk = [keys[i] for i in idx]
+            ranks.append(TrainRank(rank, rank // gpus, rank % gpus, rk, [usd_of.get(k, "") for k in rk],
+                                   window_start=(rank * n_terrain) % len(keys) if keys else 0))
+        never = slicing.terrain_never_trained(len(keys), num_envs, ratio, world)
+        out.update(slicing="terrain_window", flat_to_terrain_ratio=ratio, terrain_envs_per_process=n_terrain,
+                   never_trained=never)
+        if never:
+            warnings.append(
+                f"terrain slicing: {never} of {len(keys)} motion keys are never trained "
+                f"({world} ranks x {n_terrain} terrain envs = {world * n_terrain} windows); "
+                f"raise train.num_envs to at least {-(-len(keys) // world) * (ratio + 1)} or use more GPUs"
+            )
+    else:
+        unused = 0
+        for s in slicing.hoi_rank_slices(keys, world, num_envs):
+            ranks.append(TrainRank(s.rank, s.rank // gpus, s.rank % gpus, s.motion_keys,
+                                   [usd_of.get(k, "") for k in s.motion_keys], start=s.start, stop=s.stop,
+                                   unused_past_num_envs=s.unused_past_num_envs))
+            unused += s.unused_past_num_envs
+        empty = [r.rank for r in ranks if not r.motion_keys]
+        out.update(slicing="hoi_block", never_trained=unused)
+        if unused:
+            warnings.append(
+                f"HOI slicing: {unused} motions sit past num_envs={num_envs} on their rank and are never used; "
+                f"raise train.num_envs to {max(len(r.motion_keys) for r in ranks)} or use more GPUs"
+            )
+        if empty:
+            warnings.append(f"HOI slicing: ranks {empty} get no motions ({len(keys)} motions for {world} ranks)")
+    out["ranks"] = [asdict(r) for r in ranks]
+    return out
+
+
+def _eval_plan(c: dict[str, Any], index: LibraryIndex, k: int) -> dict[str, Any]:
+    ev = c["eval"]
+    n = ev["num_shards"]
+    keys = sorted(index.keys)
+    if n > len(keys):
+        raise ConfigError(f"eval.num_shards={n} is more than the {len(keys)} motions of the library",
+                          fix=f"set eval.num_shards to at most {len(keys)}")
+    frames = {m.key: int(m.frames or 0) for m in index.motions}
+    shards = make_shards(ev["sharding"], keys, frames, n)
+    terrain = index.layout == "terrain"
+    out_shards = []
+    for s in shards:
+        size = len(s.motion_keys)
+        if terrain:
+            # The terrain slicer takes a window of num_envs keys: exactly the shard, no wrap-around.
+            num_envs = size
+        else:
+            num_envs = ev["num_envs"] or size
+            if num_envs < size:
+                raise ConfigError(
+                    f"eval.num_envs={num_envs} is smaller than shard {s.shard} ({size} motions): SONIC needs one "
+                    "batch per shard, or dynamic per-env USDs get the wrong collision meshes",
+                    fix=f"raise eval.num_envs to {max(len(x.motion_keys) for x in shards)} or set "
+                        f"eval.num_shards={-(-len(keys) // num_envs)}")
+        if ev["sharding"] == "sonic_block" and not terrain:
+            overrides = sonic_cmd.block_shard_overrides(n, s.shard)
+        else:
+            overrides = sonic_cmd.keys_shard_overrides(s.motion_keys)
+        out_shards.append(EvalShard(s.shard, s.motion_keys, s.frames, num_envs, overrides))
+    total = sum(s.frames for s in shards)
+    return {
+        "strategy": ev["sharding"],
+        "num_checkpoints": k,
+        "num_shards": n,
+        "size": k * n,
+        "index_rule": "index = checkpoint_rank * num_shards + shard",
+        "total_frames": total,
+        "ideal_frames": total / n,
+        "max_shard_frames": max(s.frames for s in shards),
+        "balance": round(balance(shards), 6),
+        "shards": [asdict(s) for s in out_shards],
+    }
+
+
+def _run_id(c: dict[str, Any], index: LibraryIndex) -> str:
+    if c["run"].get("id"):
+        return str(c["run"]["id"])
+    inputs = {k: v for k, v in c.items() if k != "run"}
+    digest = hashlib.sha256(canonical_json([inputs, index.fingerprint()]).encode()).hexdigest()
+    return f"{c['pipeline']['name']}-{digest[:8]}"
+
+
+def check_library(index: LibraryIndex, c: dict[str, Any]) -> list[Problem]:
+    problems = diagnose(index, c["pipeline"].get("needs"), c["pipeline"]["name"])
+    if has_errors(problems):
+        first = next(p for p in problems if p.severity == "error")
+        n = sum(1 for p in problems if p.severity == "error")
+        raise DataError(
+            f"the motion library is not ready for {c['pipeline']['name']} ({n} problem{'s' if n > 1 else ''}); first: {first.problem}",
+            path=first.path,
+            fix=f"{first.fix}; run `grail-cluster doctor {index.root} pipeline={c['pipeline']['name']}` for the full list",
+        )
+    return problems
+
+
+def build_plan(c: dict[str, Any], index: LibraryIndex) -> RunPlan:
+    """Pure: the same config and library give the same plan and the same hash."""
+    pipeline = c["pipeline"]
+    if (index.layout == "terrain") != (pipeline["kind"] == "terrain"):
+        raise ConfigError(
+            f"pipeline {pipeline['name']} expects a {pipeline['kind']} library but {index.root} looks like a "
+            f"{index.layout} library",
+            fix="pick the matching pipeline (terrain_tracking for terrain roots with flat_placeholder.usd)",
+        )
+    problems = check_library(index, c)
+    warnings = [f"library: {p.problem}" for p in problems if p.severity == "warn"]
+
+    explicit = list(c["select"].get("checkpoints") or [])
+    train_enabled = bool(c["train"]["enabled"]) and not explicit
+    k = len(explicit) if explicit else c["select"]["k"]
+    run_id = _run_id(c, index)
+    run_dir = str(Path(c["run"]["root"]).expanduser().resolve() / run_id)
+    exp_dir = c["train"].get("experiment_dir") or os.path.join(run_dir, "experiment")
+    usd_of = {m.key: m.usd or index.shared_usd or "" for m in index.motions}
+
+    train = _train_ranks(c, index, usd_of, warnings) if train_enabled else {"world_size": 0, "ranks": []}
+    plan = RunPlan(
+        version=PLAN_VERSION,
+        run_id=run_id,
+        run_dir=run_dir,
+        grail_cluster_version=__version__,
+        pipeline={k2: pipeline[k2] for k2 in sorted(pipeline)},
+        backend=c["cluster"]["backend"],
+        library=_library_summary(index, c),
+        paths={
+            "run_dir": run_dir,
+            "experiment_dir": exp_dir,
+            "selection": os.path.join(run_dir, "select", "selection.json"),
+            "eval_dir": os.path.join(exp_dir, "eval"),
+            "export_dir": os.path.join(exp_dir, "exported"),
+            "web_dir": os.path.join(run_dir, "web"),
+            "specs_dir": os.path.join(run_dir, "specs"),
+            "logs_dir": os.path.join(run_dir, "logs"),
+        },
+        stages=_stages(c, k, c["eval"]["num_shards"], train_enabled),
+        train=train,
+        eval={**_eval_plan(c, index, k), "checkpoints": explicit},
+        config=c,
+        warnings=warnings,
+    )
+    plan.plan_hash = content_hash(plan.to_json())
+    return plan
+
+
+# ----------------------------------------------------------------------------- reading and writing
+
+
+def write_plan(plan: RunPlan, run_dir: str | Path | None = None) -> Path:
+    """Atomically write plan.json (temp file + rename) and return its path."""
+    run_dir = Path(run_dir or plan.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / PLAN_FILE
+    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=".plan.", suffix=".tmp")
+    with os.fdopen(fd, "w") as fh:
+        json.dump(plan.to_json(), fh, indent=1, sort_keys=True)
+        fh.write("\n")
+    os.replace(tmp, path)
+    return path
+
+
+def _from_dict(d: dict[str, Any]) -> RunPlan:
+    stages = [
+        StagePlan(s["name"], s["size"], [Dependency(**x) for x in s["depends_on"]], Resources(**s["resources"]), s["requeue"])
+        for s in d["stages"]
+    ]
+    return RunPlan(**{**d, "stages": stages})
+
+
+def read_plan(run_dir: str | Path, *, verify: bool = True) -> RunPlan:
+    path = Path(run_dir) / PLAN_FILE
+    try:
+        with open(path) as fh:
+            d = json.load(fh)
+    except FileNotFoundError:
+        raise DataError("no plan.json here", path=path, fix="pass a run dir written by `grail-cluster plan`") from None
+    except ValueError as exc:
+        raise DataError(f"plan.json is not valid JSON: {exc}", path=path, fix="re-run `grail-cluster plan`") from None
+    if d.get("version") != PLAN_VERSION:
+        raise DataError(f"plan version {d.get('version')} is not {PLAN_VERSION}", path=path,
+                        fix="re-plan with this grail-cluster version")
+    if verify and content_hash(d) != d.get("plan_hash"):
+        raise DataError("plan.json does not match its plan_hash (edited after planning?)", path=path,
+                        fix="re-run `grail-cluster plan` instead of editing plan.json by hand")
+    return _from_dict(d)

@@ -1,0 +1,10 @@
+"""Merge stage: one merged motion library per selected checkpoint (index = checkpoint rank)."""
+
+from grail_cluster.jobspec import JobSpec
+from grail_cluster.plan import RunPlan
+
+from .common import entry_spec
+
+
+def spec(plan: RunPlan) -> JobSpec:
+    return entry_spec(plan, "merge", "merge every export shard of one step into exported/step_S/merged")

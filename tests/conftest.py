@@ -1,0 +1,62 @@
+"""Shared fixtures: generated GRAIL-format libraries, a SONIC root stand-in, plan helpers."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.libgen import make_ha_pair, make_library, make_terrain_library
+
+REPO = Path(__file__).resolve().parent.parent
+HOI_PIPELINES = ("pnp_table", "pnp_ground", "advanced_manip_table", "advanced_manip_ground")
+PIPELINES = HOI_PIPELINES + ("terrain_tracking",)
+BACKENDS = ("local", "slurm", "kubernetes")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    # The index falls back to ~/.cache for read-only libraries; keep tests out of the real one.
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
+
+
+def make_sonic_root(path: Path) -> Path:
+    """The SONIC checkout layout the command builders look for (the trainer cannot run here)."""
+    (path / "gear_sonic").mkdir(parents=True, exist_ok=True)
+    for name in ("train_agent_trl.py", "eval_agent_trl.py"):
+        (path / "gear_sonic" / name).write_text("# stand-in: Isaac Lab's SONIC cannot run on this machine\n")
+    return path
+
+
+@pytest.fixture
+def sonic_root(tmp_path) -> Path:
+    return make_sonic_root(tmp_path / "SONIC")
+
+
+@pytest.fixture
+def hoi_pair(tmp_path):
+    """(<name>, <name>_ha) libraries with the same 12 keys; the _ha one has hand actions."""
+    return make_ha_pair(tmp_path / "data", "pickup_table", 12)
+
+
+@pytest.fixture
+def hoi_lib(tmp_path):
+    return make_library(tmp_path / "lib", 12)
+
+
+@pytest.fixture
+def terrain_lib(tmp_path):
+    return make_terrain_library(tmp_path / "terrain", 10)
+
+
+def base_overrides(tmp_path: Path, motion_lib: Path, sonic: Path, *extra: str) -> list[str]:
+    return [f"data.motion_lib={motion_lib}", f"sonic.root={sonic}", f"run.root={tmp_path / 'runs'}", *extra]
+
+
+@pytest.fixture
+def chdir_tmp(tmp_path):
+    old = os.getcwd()
+    os.chdir(tmp_path)
+    yield tmp_path
+    os.chdir(old)

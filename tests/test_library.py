@@ -1,0 +1,114 @@
+import joblib
+import numpy as np
+import pytest
+
+from grail_cluster.errors import DataError
+from grail_cluster.library import CACHE_NAME, scan_library
+from grail_cluster.quaternions import detect_root_rot_convention, rotvec_to_wxyz, wxyz_to_xyzw
+from tests.libgen import make_library, make_terrain_library
+
+
+def test_index_reports_every_field(hoi_pair):
+    plain, ha = hoi_pair
+    index = scan_library(ha.root)
+    assert index.layout == "hoi"
+    assert index.keys == sorted(ha.keys)
+    # _ha libraries keep USDs and BPS in the non-_ha sibling (contracts §1.1, §10.8).
+    assert index.usd_dir == str(plain.root / "object_usd")
+    assert index.bps_dir == str(plain.root / "bps") and index.bps_basis
+    assert "sibling" in index.usd_dir_note
+    for m in index.motions:
+        assert m.frames == ha.lengths[m.key]
+        assert m.fps == 30.0
+        assert m.hand_actions and m.contacts and m.bps and m.has_meta and m.has_objects
+        assert m.usd == str(plain.root / "object_usd" / f"{m.key}.usd")
+        assert m.root_rot == "wxyz"
+        assert m.object_name and m.object_name in m.key
+        assert m.error is None
+    plain_index = scan_library(plain.root)
+    assert not any(m.hand_actions for m in plain_index.motions)
+
+
+def test_export_variant_is_detected_as_xyzw(tmp_path):
+    info = make_library(tmp_path / "exp", 5, variant="export")
+    index = scan_library(info.root)
+    assert {m.root_rot for m in index.motions} == {"xyzw"}
+    assert all(m.fps == 25.0 for m in index.motions)
+
+
+def test_cache_hit_and_partial_rescan(tmp_path):
+    info = make_library(tmp_path / "lib", 10)
+    first = scan_library(info.root)
+    assert first.cache == "miss" and first.parsed == 10
+    assert (info.root / CACHE_NAME).exists()
+    second = scan_library(info.root)
+    assert second.cache == "hit" and second.parsed == 0
+    assert second.fingerprint() == first.fingerprint()
+    # Rewrite one motion with a different length: only it is re-read, and the index sees it.
+    key = info.keys[3]
+    path = info.root / "robot" / f"{key}.pkl"
+    data = joblib.load(path)
+    inner = data[key]
+    data[key] = {k: (v[:7] if isinstance(v, np.ndarray) and v.ndim >= 1 and len(v) == info.lengths[key] else v)
+                 for k, v in inner.items()}
+    joblib.dump(data, path, compress=3)
+    third = scan_library(info.root)
+    assert third.cache == "partial" and third.parsed == 1
+    assert third.by_key()[key].frames == 7
+    assert third.fingerprint() != first.fingerprint()
+
+
+def test_read_only_library_caches_elsewhere(tmp_path, monkeypatch):
+    import grail_cluster.library as lib
+
+    # Root ignores permission bits, so make the in-library cache unwritable another way: its
+    # parent is a regular file. The scan must fall back to the user cache dir and still hit.
+    blocker = tmp_path / "blocker"
+    blocker.write_text("not a directory")
+    real = lib._cache_candidates
+    monkeypatch.setattr(lib, "_cache_candidates", lambda root: [blocker / CACHE_NAME] + real(root)[1:])
+    info = make_library(tmp_path / "lib", 4)
+    assert scan_library(info.root).cache == "miss"
+    assert not (info.root / CACHE_NAME).exists()
+    assert scan_library(info.root).cache == "hit"
+
+
+def test_terrain_discovery_is_recursive_and_finds_the_placeholder(tmp_path):
+    info = make_terrain_library(tmp_path / "terrain", 8)
+    index = scan_library(info.root)
+    assert index.layout == "terrain"
+    assert index.keys == sorted(info.keys)
+    assert index.flat_placeholder == str(info.root / "flat_placeholder.usd")
+    assert all(m.usd and not m.usd.endswith("flat_placeholder.usd") for m in index.motions)
+    legacy = make_terrain_library(tmp_path / "legacy", 4, placeholder="legacy")
+    assert scan_library(legacy.root).flat_placeholder == str(legacy.root / "object_usd" / "flat_placeholder.usd")
+
+
+def test_not_a_library_is_a_clear_error(tmp_path):
+    with pytest.raises(DataError) as exc:
+        scan_library(tmp_path)
+    assert "robot/" in str(exc.value) and "fix" in str(exc.value)
+    with pytest.raises(DataError):
+        scan_library(tmp_path / "nope")
+
+
+@pytest.mark.parametrize("yaw", [0.0, 0.7, 1.5707963, 3.0, -2.2])
+def test_quaternion_convention_from_pose_aa(yaw):
+    t = np.linspace(0, 1, 40)
+    rotvec = np.stack([0.05 * np.sin(5 * t), 0.03 * np.cos(3 * t), yaw + 0.5 * t], axis=1)
+    q = rotvec_to_wxyz(rotvec)
+    pose_aa = np.zeros((40, 30, 3))
+    pose_aa[:, 0] = rotvec
+    assert detect_root_rot_convention(q, pose_aa) == "wxyz"
+    assert detect_root_rot_convention(wxyz_to_xyzw(q), pose_aa) == "xyzw"
+
+
+def test_quaternion_convention_without_pose_aa_uses_uprightness():
+    t = np.linspace(0, 1, 50)
+    rotvec = np.stack([0.02 * t, 0.02 * t, 0.3 + 2 * t], axis=1)
+    q = rotvec_to_wxyz(rotvec)
+    assert detect_root_rot_convention(q) == "wxyz"
+    assert detect_root_rot_convention(wxyz_to_xyzw(q)) == "xyzw"
+    # Identity in xyzw is also a 180-degree yaw in wxyz: genuinely ambiguous without pose_aa.
+    assert detect_root_rot_convention(np.tile([0.0, 0.0, 0.0, 1.0], (10, 1))) == "ambiguous"
+    assert detect_root_rot_convention(np.zeros((3, 3))) == "unknown"
