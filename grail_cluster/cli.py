@@ -164,7 +164,9 @@ def _plan_from_overrides(overrides: list[str]):
     from .plan import build_plan
 
     c = config.load(overrides)
-    layout = "terrain" if c["pipeline"]["kind"] == "terrain" else "hoi"
+    # Terrain pipelines force terrain discovery; HOI pipelines auto-detect so that a terrain root
+    # handed to an HOI pipeline is caught as a mismatch instead of half-indexed.
+    layout = "terrain" if c["pipeline"]["kind"] == "terrain" else "auto"
     index = _progress_scan(c["data"]["motion_lib"], layout=layout, usd_dir=c["data"].get("object_usd_dir"),
                            bps_dir=c["data"].get("bps_dir"))
     return build_plan(c, index)

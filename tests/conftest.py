@@ -60,3 +60,26 @@ def chdir_tmp(tmp_path):
     os.chdir(tmp_path)
     yield tmp_path
     os.chdir(old)
+
+
+def _slurm_answers() -> bool:
+    import shutil
+    import subprocess
+
+    if not shutil.which("sinfo"):
+        return False
+    try:
+        out = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return out.returncode == 0 and any(s in out.stdout for s in ("idle", "mix", "alloc"))
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """The real local SLURM cluster (`make slurm-up`). `make test` sets GRAIL_REQUIRE_SLURM=1, so there
+    a missing cluster fails the test instead of skipping it."""
+    if not _slurm_answers():
+        if os.environ.get("GRAIL_REQUIRE_SLURM") == "1":
+            pytest.fail("the local SLURM cluster is not up (tests/infra/slurm/up.sh)")
+        pytest.skip("no local SLURM cluster (run `make slurm-up`)")

@@ -1,0 +1,20 @@
+#!/bin/bash
+# golden:web: publish the static web viewer of the merged motion libraries
+# Rendered by grail-cluster 0.1.0 from plan <PLAN> for the local executor, which
+# sets GRAIL_INDEX (and CUDA_VISIBLE_DEVICES for GPU slots) and runs indices in dependency order.
+# Resources: 2 CPU slot(s), 0 GPU slot(s).
+
+set -euo pipefail
+export GRAIL_INDEX="${GRAIL_INDEX:-0}"
+export GRAIL_RUN_DIR=<TMP>/runs/golden
+export GRAIL_STAGE=web
+export GRAIL_PLAN_HASH=<PLAN_HASH>
+export GRAIL_ATTEMPT="${GRAIL_ATTEMPT:-0}"
+# Logs by construction: logs/<stage>/<index>/<attempt>.{out,err}; earlier attempts are kept.
+GRAIL_LOG_DIR="$GRAIL_RUN_DIR/logs/$GRAIL_STAGE/$GRAIL_INDEX"
+mkdir -p "$GRAIL_LOG_DIR"
+exec > >(tee -a "$GRAIL_LOG_DIR/$GRAIL_ATTEMPT.out") 2> >(tee -a "$GRAIL_LOG_DIR/$GRAIL_ATTEMPT.err" >&2)
+echo "[grail] $GRAIL_STAGE index $GRAIL_INDEX attempt $GRAIL_ATTEMPT on $(hostname) at $(date -u +%FT%TZ)"
+cd <TMP>/runs/golden
+
+python -m grail_cluster.entry web --run-dir <TMP>/runs/golden --index "$GRAIL_INDEX" --plan-hash <PLAN_HASH>

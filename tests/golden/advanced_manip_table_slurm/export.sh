@@ -1,0 +1,32 @@
+#!/bin/bash
+# golden:export: write exported/step_S/shard_i/{robot,objects,object_usd,meta}
+# Rendered by grail-cluster 0.1.0 from plan <PLAN>. This file is submitted as is;
+# dependencies, array subsets (resubmits) and GRAIL_ATTEMPT are given on the sbatch command line.
+#SBATCH --job-name=golden:export
+#SBATCH --comment=golden:export
+#SBATCH --array=0-5%6
+#SBATCH --nodes=1
+#SBATCH --ntasks-per-node=1
+#SBATCH --cpus-per-task=4
+#SBATCH --mem=16G
+#SBATCH --time=01:00:00
+#SBATCH --output=<TMP>/runs/golden/logs/export/slurm-%A_%a.out
+#SBATCH --error=<TMP>/runs/golden/logs/export/slurm-%A_%a.err
+#SBATCH --open-mode=append
+#SBATCH --kill-on-invalid-dep=yes
+
+set -euo pipefail
+# Array task ids are shard indices; chunked arrays add their offset.
+export GRAIL_INDEX=$(( ${SLURM_ARRAY_TASK_ID:-0} + ${GRAIL_INDEX_OFFSET:-0} ))
+export GRAIL_RUN_DIR=<TMP>/runs/golden
+export GRAIL_STAGE=export
+export GRAIL_PLAN_HASH=<PLAN_HASH>
+export GRAIL_ATTEMPT="${GRAIL_ATTEMPT:-0}"
+# Logs by construction: logs/<stage>/<index>/<attempt>.{out,err}; earlier attempts are kept.
+GRAIL_LOG_DIR="$GRAIL_RUN_DIR/logs/$GRAIL_STAGE/$GRAIL_INDEX"
+mkdir -p "$GRAIL_LOG_DIR"
+exec > >(tee -a "$GRAIL_LOG_DIR/$GRAIL_ATTEMPT.out") 2> >(tee -a "$GRAIL_LOG_DIR/$GRAIL_ATTEMPT.err" >&2)
+echo "[grail] $GRAIL_STAGE index $GRAIL_INDEX attempt $GRAIL_ATTEMPT on $(hostname) at $(date -u +%FT%TZ)"
+cd <TMP>/runs/golden
+
+python -m grail_cluster.entry export --run-dir <TMP>/runs/golden --index "$GRAIL_INDEX" --plan-hash <PLAN_HASH>

@@ -1,0 +1,32 @@
+#!/bin/bash
+# golden:select: rank checkpoints by eval/success/success_rate, keep the top 2
+# Rendered by grail-cluster 0.1.0 from plan <PLAN>. This file is submitted as is;
+# dependencies, array subsets (resubmits) and GRAIL_ATTEMPT are given on the sbatch command line.
+#SBATCH --job-name=golden:select
+#SBATCH --comment=golden:select
+#SBATCH --nodes=1
+#SBATCH --ntasks-per-node=1
+#SBATCH --cpus-per-task=2
+#SBATCH --mem=8G
+#SBATCH --time=00:30:00
+#SBATCH --output=<TMP>/runs/golden/logs/select/slurm-%j.out
+#SBATCH --error=<TMP>/runs/golden/logs/select/slurm-%j.err
+#SBATCH --open-mode=append
+#SBATCH --kill-on-invalid-dep=yes
+#SBATCH --reservation=grail
+
+set -euo pipefail
+# Array task ids are shard indices; chunked arrays add their offset.
+export GRAIL_INDEX=$(( ${SLURM_ARRAY_TASK_ID:-0} + ${GRAIL_INDEX_OFFSET:-0} ))
+export GRAIL_RUN_DIR=<TMP>/runs/golden
+export GRAIL_STAGE=select
+export GRAIL_PLAN_HASH=<PLAN_HASH>
+export GRAIL_ATTEMPT="${GRAIL_ATTEMPT:-0}"
+# Logs by construction: logs/<stage>/<index>/<attempt>.{out,err}; earlier attempts are kept.
+GRAIL_LOG_DIR="$GRAIL_RUN_DIR/logs/$GRAIL_STAGE/$GRAIL_INDEX"
+mkdir -p "$GRAIL_LOG_DIR"
+exec > >(tee -a "$GRAIL_LOG_DIR/$GRAIL_ATTEMPT.out") 2> >(tee -a "$GRAIL_LOG_DIR/$GRAIL_ATTEMPT.err" >&2)
+echo "[grail] $GRAIL_STAGE index $GRAIL_INDEX attempt $GRAIL_ATTEMPT on $(hostname) at $(date -u +%FT%TZ)"
+cd <TMP>/runs/golden
+
+python -m grail_cluster.entry select --run-dir <TMP>/runs/golden --index "$GRAIL_INDEX" --plan-hash <PLAN_HASH>

@@ -1,0 +1,60 @@
+"""The command line as users drive it: help, JSON, exit codes, dry runs."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from grail_cluster.cli import main
+from tests.conftest import base_overrides
+
+
+@pytest.mark.parametrize("command", ["index", "doctor", "plan", "render", "run"])
+def test_help(command):
+    proc = subprocess.run([sys.executable, "-m", "grail_cluster", command, "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0 and "usage: grail-cluster" in proc.stdout
+
+
+def test_console_script_version():
+    proc = subprocess.run([sys.executable, "-m", "grail_cluster", "--version"], capture_output=True, text=True)
+    assert proc.stdout.strip().startswith("grail-cluster ")
+
+
+def test_index_json_and_table(hoi_lib, capsys):
+    assert main(["index", str(hoi_lib.root), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["num_motions"] == 12 and data["cache"] == "miss"
+    assert {m["key"] for m in data["motions"]} == set(hoi_lib.keys)
+    assert main(["index", str(hoi_lib.root)]) == 0
+    assert "index hit" in capsys.readouterr().out
+
+
+def test_run_dry_run_writes_and_prints_the_exact_files(tmp_path, hoi_pair, sonic_root, capsys):
+    _, ha = hoi_pair
+    rc = main(["run", *base_overrides(tmp_path, ha.root, sonic_root, "cluster=slurm", "eval.num_shards=2"), "--dry-run"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "dry run: nothing submitted" in out
+    runs = list((tmp_path / "runs").iterdir())
+    assert len(runs) == 1
+    spec_dir = runs[0] / "specs" / "slurm"
+    train = (spec_dir / "train.sh").read_text()
+    assert train.strip().splitlines()[-1] in out  # printed what was written, byte for byte
+    assert (runs[0] / "plan.json").exists()
+
+
+def test_run_without_dry_run_is_refused_clearly(tmp_path, hoi_pair, sonic_root, capsys):
+    _, ha = hoi_pair
+    rc = main(["run", *base_overrides(tmp_path, ha.root, sonic_root)])
+    assert rc == 2 and "--dry-run" in capsys.readouterr().err
+
+
+def test_render_out_dir_json(tmp_path, hoi_pair, sonic_root, capsys):
+    _, ha = hoi_pair
+    out = tmp_path / "rendered"
+    rc = main(["render", *base_overrides(tmp_path, ha.root, sonic_root, "cluster=local"), "--out", str(out), "--json"])
+    data = json.loads(capsys.readouterr().out)
+    assert rc == 0 and (out / "local" / "jobs.json").exists() and (out / "plan.json").exists()
+    assert sorted(p.split("/")[-1] for p in data["files"]) == sorted(
+        ["train.sh", "select.sh", "eval.sh", "render.sh", "export.sh", "merge.sh", "web.sh", "jobs.json",
+         "eval_commands.sh"])
