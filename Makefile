@@ -43,10 +43,11 @@ demo: setup
 	$(VENV)/bin/grail-cluster doctor $(DEMO_DIR)/data/pickup_table_ha pipeline=pnp_table
 	$(VENV)/bin/grail-cluster plan data.motion_lib=$(DEMO_DIR)/data/pickup_table_ha sonic.root=$(DEMO_DIR)/SONIC \
 		run.root=$(DEMO_DIR)/runs eval.num_shards=4 eval.sharding=balanced
-	for cluster in local slurm; do \
+	for cluster in local slurm "kubernetes cluster.image=registry.example/grail-sonic:demo"; do \
 		$(VENV)/bin/grail-cluster render data.motion_lib=$(DEMO_DIR)/data/pickup_table_ha sonic.root=$(DEMO_DIR)/SONIC \
 			run.root=$(DEMO_DIR)/runs eval.num_shards=4 eval.sharding=balanced cluster=$$cluster --out $(DEMO_DIR)/specs || exit 1; \
 	done
+	@echo "demo: library in $(DEMO_DIR)/data, plan in $(DEMO_DIR)/runs, job files in $(DEMO_DIR)/specs/{local,slurm,kubernetes}"
 
 slurm-up:
 	bash $(SLURM_UP)

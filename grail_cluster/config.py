@@ -40,8 +40,15 @@ def compose(overrides: list[str]) -> DictConfig:
         with initialize_config_dir(version_base=None, config_dir=str(config_dir()), job_name="grail_cluster"):
             cfg = hydra_compose(config_name="config", overrides=list(overrides))
     except (HydraException, OmegaConfBaseException) as exc:
-        raise ConfigError(f"cannot apply the overrides: {_first_line(exc)}",
-                          fix="check the spelling; `grail-cluster plan --help` lists the groups and keys") from None
+        text = str(exc)
+        fix = "check the spelling; `grail-cluster plan --help` lists the groups and keys"
+        if "Available options in" in text:
+            listing = text.split("Available options in", 1)[1].split("Config search path", 1)[0]
+            options = [ln.strip() for ln in listing.splitlines()[1:] if ln.strip()]
+            fix = f"choose one of: {', '.join(options)}"
+        elif "Could not override" in text:
+            fix = "that key is not in the config; to add a new key use `+key=value`, to force one `++key=value`"
+        raise ConfigError(f"cannot apply the overrides: {_first_line(exc)}", fix=fix) from None
     finally:
         GlobalHydra.instance().clear()
     return cfg

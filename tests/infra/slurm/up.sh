@@ -219,6 +219,7 @@ fi
 
 # Serialise concurrent callers (e.g. several pytest workers calling ensure_slurm); every step
 # below is idempotent, so a caller that waited mostly finds everything running.
+# Every daemon is started with 9>&- so that it does not inherit (and hold) the lock.
 mkdir -p "$(dirname "$STATE")"
 exec 9>"$STATE.lock"
 flock -w 600 9 || die "could not lock $STATE.lock within 600 s"
@@ -346,7 +347,7 @@ else
     chmod 755 /run/munge
     log "starting munged"
     runuser -u munge -- /usr/sbin/munged --force \
-        --pid-file="$PID_MUNGED" --log-file="$LOG_DIR/munge/munged.log" </dev/null \
+        --pid-file="$PID_MUNGED" --log-file="$LOG_DIR/munge/munged.log" </dev/null 9>&- \
         >>"$LOG_DIR/munge/munged.out" 2>&1 ||
         die "munged failed to start" "$LOG_DIR/munge/munged.log" "$LOG_DIR/munge/munged.out"
     wait_for munge_works || die "munge does not answer" "$LOG_DIR/munge/munged.log"
@@ -380,7 +381,7 @@ if ! live_pid "$PID_MARIADBD" mariadbd >/dev/null; then
         --socket="$MYSQL_SOCKET" --skip-networking --pid-file="$PID_MARIADBD" \
         --log-error="$LOG_DIR/mysql/mariadbd.log" \
         --innodb-buffer-pool-size=256M --innodb-lock-wait-timeout=900 --max-allowed-packet=64M \
-        </dev/null >>"$LOG_DIR/mysql/mariadbd.out" 2>&1 &
+        </dev/null 9>&- >>"$LOG_DIR/mysql/mariadbd.out" 2>&1 &
     wait_for mysql_ping || die "mariadbd did not come up on $MYSQL_SOCKET" \
         "$LOG_DIR/mysql/mariadbd.log" "$LOG_DIR/mysql/mariadbd.out"
     wait_for live_pid "$PID_MARIADBD" mariadbd || die "mariadbd wrote no pid file" \
@@ -401,7 +402,7 @@ fi
 dbd_answers() { timeout 10 sacctmgr -n -P list cluster format=Cluster; }
 if ! live_pid "$PID_SLURMDBD" slurmdbd >/dev/null; then
     log "starting slurmdbd"
-    setsid /usr/sbin/slurmdbd </dev/null >>"$LOG_DIR/slurmdbd.out" 2>&1 ||
+    setsid /usr/sbin/slurmdbd </dev/null 9>&- >>"$LOG_DIR/slurmdbd.out" 2>&1 ||
         die "slurmdbd failed to start" "$LOG_DIR/slurmdbd.log" "$LOG_DIR/slurmdbd.out"
 fi
 wait_for dbd_answers || die "slurmdbd does not answer" "$LOG_DIR/slurmdbd.log" \
@@ -418,7 +419,7 @@ fi
 # --------------------------------------------------------------------------------------------
 if ! live_pid "$PID_SLURMCTLD" slurmctld >/dev/null; then
     log "starting slurmctld"
-    setsid /usr/sbin/slurmctld </dev/null >>"$LOG_DIR/slurmctld.out" 2>&1 ||
+    setsid /usr/sbin/slurmctld </dev/null 9>&- >>"$LOG_DIR/slurmctld.out" 2>&1 ||
         die "slurmctld failed to start" "$LOG_DIR/slurmctld.log" "$LOG_DIR/slurmctld.out"
     ctld_up() { live_pid "$PID_SLURMCTLD" slurmctld && timeout 5 scontrol ping | grep -q UP; }
     wait_for ctld_up || die "slurmctld did not come up" "$LOG_DIR/slurmctld.log" \
@@ -426,7 +427,7 @@ if ! live_pid "$PID_SLURMCTLD" slurmctld >/dev/null; then
 fi
 if ! live_pid "$PID_SLURMD" slurmd >/dev/null; then
     log "starting slurmd -N localhost"
-    setsid /usr/sbin/slurmd -N localhost </dev/null >>"$LOG_DIR/slurmd.out" 2>&1 ||
+    setsid /usr/sbin/slurmd -N localhost </dev/null 9>&- >>"$LOG_DIR/slurmd.out" 2>&1 ||
         die "slurmd failed to start" "$LOG_DIR/slurmd.log" "$LOG_DIR/slurmd.out"
     wait_for live_pid "$PID_SLURMD" slurmd || die "slurmd did not start" "$LOG_DIR/slurmd.log" \
         "$LOG_DIR/slurmd.out"
