@@ -12,7 +12,7 @@ set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 log() { echo "[slurm-down] $*"; }
-# shellcheck source=common.sh
+# shellcheck source-path=SCRIPTDIR source=common.sh
 source "$HERE/common.sh"
 
 PURGE=0
@@ -32,7 +32,10 @@ esac
 T0=$(date +%s.%N)
 if [[ -d $(dirname "$STATE") ]]; then
     exec 9>"$STATE.lock"
-    flock -w 600 9 || { log "could not lock $STATE.lock within 600 s"; exit 1; }
+    if ! flock -n 9; then
+        log "waiting for another up.sh/down.sh to finish (lock $STATE.lock)"
+        flock -w 600 9 || { log "could not lock $STATE.lock within 600 s"; exit 1; }
+    fi
 fi
 
 # 1. Cancel every job while slurmctld still runs, so no slurmstepd is left behind.

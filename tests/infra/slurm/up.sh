@@ -22,7 +22,7 @@ set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 log() { echo "[slurm-up] $*"; }
-# shellcheck source=common.sh
+# shellcheck source-path=SCRIPTDIR source=common.sh
 source "$HERE/common.sh"
 
 MODE=up
@@ -125,6 +125,8 @@ AccountingStoragePort=6819
 JobAcctGatherType=jobacct_gather/linux
 JobAcctGatherFrequency=30
 JobCompType=jobcomp/none
+# No MTA here; avoids "Configured MailProg is invalid" in the log.
+MailProg=/bin/true
 
 MaxArraySize=$MAX_ARRAY_SIZE
 EOF
@@ -219,10 +221,12 @@ fi
 
 # Serialise concurrent callers (e.g. several pytest workers calling ensure_slurm); every step
 # below is idempotent, so a caller that waited mostly finds everything running.
-# Every daemon is started with 9>&- so that it does not inherit (and hold) the lock.
 mkdir -p "$(dirname "$STATE")"
 exec 9>"$STATE.lock"
-flock -w 600 9 || die "could not lock $STATE.lock within 600 s"
+if ! flock -n 9; then
+    log "waiting for another up.sh/down.sh to finish (lock $STATE.lock)"
+    flock -w 600 9 || die "could not lock $STATE.lock within 600 s"
+fi
 
 # --------------------------------------------------------------------------------------------
 # Packages
@@ -256,8 +260,8 @@ if [[ -n $other && $other != "$ETC_DIR/slurm.conf" ]]; then
     other_state=$(dirname "$(dirname "$other")")
     if live_pid "$other_state/run/slurmctld.pid" slurmctld >/dev/null ||
         live_pid "$other_state/run/slurmdbd.pid" slurmdbd >/dev/null; then
-        die "a cluster from state dir $other_state is running; stop it first:" \
-            " GRAIL_SLURM_STATE=$other_state $HERE/down.sh"
+        die "a cluster from state dir $other_state is running; stop it first with\
+ GRAIL_SLURM_STATE=$other_state $HERE/down.sh"
     fi
 fi
 
@@ -317,6 +321,30 @@ if [[ $MODE == reconfigure || $config_changed == 1 ]]; then
     fi
 fi
 
+# Runs "$@" with only fds 0-2 open: a daemon must hold neither our lock (fd 9) nor any pipe
+# the caller passed down (a caller reading that pipe to EOF would hang for the daemon's life).
+# With --background it does not wait (a plain `run_detached ... &` would leave a copy of this
+# shell, holding the lock, waiting for the daemon).
+run_detached() {
+    local background=0
+    if [[ $1 == --background ]]; then
+        background=1
+        shift
+    fi
+    if ((background)); then
+        (_close_fds && exec "$@") &
+    else
+        (_close_fds && exec "$@")
+    fi
+}
+_close_fds() {
+    local fd
+    for fd in /proc/"$BASHPID"/fd/*; do
+        fd=${fd##*/}
+        if ((fd > 2)); then eval "exec $fd>&-" 2>/dev/null || true; fi
+    done
+}
+
 # Waits up to TIMEOUT s for command "$@" to succeed.
 wait_for() {
     local deadline=$((SECONDS + TIMEOUT))
@@ -346,8 +374,8 @@ else
     chown munge:munge /run/munge /var/lib/munge /var/log/munge
     chmod 755 /run/munge
     log "starting munged"
-    runuser -u munge -- /usr/sbin/munged --force \
-        --pid-file="$PID_MUNGED" --log-file="$LOG_DIR/munge/munged.log" </dev/null 9>&- \
+    run_detached runuser -u munge -- /usr/sbin/munged --force \
+        --pid-file="$PID_MUNGED" --log-file="$LOG_DIR/munge/munged.log" </dev/null \
         >>"$LOG_DIR/munge/munged.out" 2>&1 ||
         die "munged failed to start" "$LOG_DIR/munge/munged.log" "$LOG_DIR/munge/munged.out"
     wait_for munge_works || die "munge does not answer" "$LOG_DIR/munge/munged.log"
@@ -376,12 +404,14 @@ if ! live_pid "$PID_MARIADBD" mariadbd >/dev/null; then
     mkdir -p "$(dirname "$MYSQL_SOCKET")"
     chown mysql:mysql "$(dirname "$MYSQL_SOCKET")"
     log "starting mariadbd"
+    # innodb values: the minimum slurmdbd accepts without logging "Database settings not
+    # recommended values" (half of 1 GiB pool, 900 s lock wait); the pool is touched lazily.
     # setsid + redirected stdio: the server must not hold the caller's terminal or pipes.
-    setsid /usr/sbin/mariadbd --no-defaults --user=mysql --datadir="$DB_DIR" \
+    run_detached --background setsid /usr/sbin/mariadbd --no-defaults --user=mysql --datadir="$DB_DIR" \
         --socket="$MYSQL_SOCKET" --skip-networking --pid-file="$PID_MARIADBD" \
         --log-error="$LOG_DIR/mysql/mariadbd.log" \
-        --innodb-buffer-pool-size=256M --innodb-lock-wait-timeout=900 --max-allowed-packet=64M \
-        </dev/null 9>&- >>"$LOG_DIR/mysql/mariadbd.out" 2>&1 &
+        --innodb-buffer-pool-size=512M --innodb-lock-wait-timeout=900 --max-allowed-packet=64M \
+        </dev/null >>"$LOG_DIR/mysql/mariadbd.out" 2>&1
     wait_for mysql_ping || die "mariadbd did not come up on $MYSQL_SOCKET" \
         "$LOG_DIR/mysql/mariadbd.log" "$LOG_DIR/mysql/mariadbd.out"
     wait_for live_pid "$PID_MARIADBD" mariadbd || die "mariadbd wrote no pid file" \
@@ -402,7 +432,7 @@ fi
 dbd_answers() { timeout 10 sacctmgr -n -P list cluster format=Cluster; }
 if ! live_pid "$PID_SLURMDBD" slurmdbd >/dev/null; then
     log "starting slurmdbd"
-    setsid /usr/sbin/slurmdbd </dev/null 9>&- >>"$LOG_DIR/slurmdbd.out" 2>&1 ||
+    run_detached setsid /usr/sbin/slurmdbd </dev/null >>"$LOG_DIR/slurmdbd.out" 2>&1 ||
         die "slurmdbd failed to start" "$LOG_DIR/slurmdbd.log" "$LOG_DIR/slurmdbd.out"
 fi
 wait_for dbd_answers || die "slurmdbd does not answer" "$LOG_DIR/slurmdbd.log" \
@@ -419,7 +449,7 @@ fi
 # --------------------------------------------------------------------------------------------
 if ! live_pid "$PID_SLURMCTLD" slurmctld >/dev/null; then
     log "starting slurmctld"
-    setsid /usr/sbin/slurmctld </dev/null 9>&- >>"$LOG_DIR/slurmctld.out" 2>&1 ||
+    run_detached setsid /usr/sbin/slurmctld </dev/null >>"$LOG_DIR/slurmctld.out" 2>&1 ||
         die "slurmctld failed to start" "$LOG_DIR/slurmctld.log" "$LOG_DIR/slurmctld.out"
     ctld_up() { live_pid "$PID_SLURMCTLD" slurmctld && timeout 5 scontrol ping | grep -q UP; }
     wait_for ctld_up || die "slurmctld did not come up" "$LOG_DIR/slurmctld.log" \
@@ -427,7 +457,7 @@ if ! live_pid "$PID_SLURMCTLD" slurmctld >/dev/null; then
 fi
 if ! live_pid "$PID_SLURMD" slurmd >/dev/null; then
     log "starting slurmd -N localhost"
-    setsid /usr/sbin/slurmd -N localhost </dev/null 9>&- >>"$LOG_DIR/slurmd.out" 2>&1 ||
+    run_detached setsid /usr/sbin/slurmd -N localhost </dev/null >>"$LOG_DIR/slurmd.out" 2>&1 ||
         die "slurmd failed to start" "$LOG_DIR/slurmd.log" "$LOG_DIR/slurmd.out"
     wait_for live_pid "$PID_SLURMD" slurmd || die "slurmd did not start" "$LOG_DIR/slurmd.log" \
         "$LOG_DIR/slurmd.out"
