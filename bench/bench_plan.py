@@ -290,7 +290,8 @@ def main(argv: list[str] | None = None) -> int:
     shards = bench_balance(list(frames), frames)
 
     result = {
-        "command": "python bench/bench_plan.py" + (" --quick" if args.quick else f" --motions {n}")
+        "command": "python bench/bench_plan.py" + (" --quick" if args.quick else "")
+                   + (f" --motions {n}" if not args.quick and n != 20000 else "")
                    + (f" --repeat {args.repeat}" if args.repeat != 3 else ""),
         "machine": machine(),
         "library": {**lib, "root": str(root), "page_cache_warmup_s": page_cache_s},
@@ -326,8 +327,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(f"{'shards':>6}  {'sonic_block':>11}  {'balanced':>8}  {'block/bal':>9}  {'floor':>6}   (max shard frames / ideal)")
     for r in shards:
-        print(f"{r['num_shards']:>6}  {r['sonic_block']:>11.3f}  {r['balanced']:>8.3f}  "
-              f"{r['block_over_balanced']:>9.2f}  {r['best_possible']:>6.3f}")
+        print(f"{r['num_shards']:>6}  {r['sonic_block']:>11.4f}  {r['balanced']:>8.4f}  "
+              f"{r['block_over_balanced']:>9.3f}  {r['best_possible']:>6.3f}")
     print()
     print(f"plan.json {plan['plan_bytes'] / 1e6:.1f} MB, hash {plan['plan_hash'][:12]} (identical in all runs); "
           f"wall {result['wall_s']:.0f} s; written {out}")

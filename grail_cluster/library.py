@@ -95,27 +95,36 @@ class LibraryIndex:
 # ----------------------------------------------------------------------------- listing
 
 
-def _list_files(directory: Path, suffixes: tuple[str, ...], recursive: bool) -> dict[str, os.stat_result]:
-    """Relative path -> stat for files under ``directory`` with one of ``suffixes``."""
-    out: dict[str, os.stat_result] = {}
+def _list_files(directory: Path, suffixes: tuple[str, ...], recursive: bool,
+                stat: bool = True) -> dict[str, tuple[int, int]]:
+    """Relative path -> (size, mtime_ns) for files under ``directory`` with one of ``suffixes``.
+
+    The warm scan of a 20,000-motion library is mostly this function, so relative paths are built
+    by concatenation, and files whose presence is all that matters (USD, BPS) are not stat'ed.
+    """
+    out: dict[str, tuple[int, int]] = {}
     if not directory.is_dir():
         return out
-    stack = [directory]
+    stack = [(str(directory), "")]
     while stack:
-        d = stack.pop()
-        with os.scandir(d) as it:
+        path, prefix = stack.pop()
+        with os.scandir(path) as it:
             for entry in it:
-                if entry.is_dir(follow_symlinks=True):
-                    if recursive and entry.name != "textures":
-                        stack.append(Path(entry.path))
-                elif entry.name.endswith(suffixes):
-                    out[os.path.relpath(entry.path, directory)] = entry.stat()
+                name = entry.name
+                if name.endswith(suffixes):
+                    if not stat:
+                        out[prefix + name] = (0, 0)
+                    elif entry.is_file():
+                        st = entry.stat()
+                        out[prefix + name] = (st.st_size, st.st_mtime_ns)
+                elif recursive and name != "textures" and entry.is_dir():
+                    stack.append((entry.path, prefix + name + "/"))
     return out
 
 
 def _stem(rel: str) -> str:
-    name = os.path.basename(rel)
-    return name[: name.rfind(".")] if "." in name else name
+    name = rel.rpartition("/")[2]
+    return name.rpartition(".")[0] or name
 
 
 def _by_stem(files: Iterable[str]) -> tuple[dict[str, str], list[str]]:
@@ -131,8 +140,8 @@ def _by_stem(files: Iterable[str]) -> tuple[dict[str, str], list[str]]:
     return out, sorted(set(dups))
 
 
-def _sig(st: os.stat_result | None) -> list[int] | None:
-    return None if st is None else [st.st_size, st.st_mtime_ns]
+def _sig(st: tuple[int, int] | None) -> list[int] | None:
+    return None if st is None else [st[0], st[1]]
 
 
 # ----------------------------------------------------------------------------- parsing
@@ -293,7 +302,7 @@ def scan_library(
         usd_path, usd_note = sib, f"object_usd/ taken from the non-_ha sibling {sib.parent}"
     else:
         usd_path = root / "object_usd"
-    usd_files = _list_files(usd_path, USD_SUFFIXES, recursive=True)
+    usd_files = _list_files(usd_path, USD_SUFFIXES, recursive=True, stat=False)
 
     placeholder = None
     for cand in (root / f"{FLAT_PLACEHOLDER}.usd", usd_path / f"{FLAT_PLACEHOLDER}.usd"):
@@ -311,7 +320,7 @@ def scan_library(
     bps_stems: set[str] = set()
     bps_basis = False
     if bps_path is not None and bps_path.is_dir():
-        for rel in _list_files(bps_path, (".npy",), recursive=False):
+        for rel in _list_files(bps_path, (".npy",), recursive=False, stat=False):
             if rel == "_basis.npy":
                 bps_basis = True
             elif not rel.startswith("_"):
@@ -347,6 +356,7 @@ def scan_library(
         _save_cache(root, new_cache)
 
     motions = []
+    usd_base = str(usd_path) + "/"
     for key in sorted(robots):
         c = new_cache[key]
         usd_rel = usds.get(key)
@@ -357,7 +367,7 @@ def scan_library(
                 frames=c["frames"],
                 fps=c["fps"],
                 object_name=c["object_name"],
-                usd=str(usd_path / usd_rel) if usd_rel else None,
+                usd=usd_base + usd_rel if usd_rel else None,
                 bps=key in bps_stems,
                 hand_actions=c["hand_actions"],
                 contacts=c["contacts"],

@@ -47,8 +47,12 @@ def entry_spec(plan: RunPlan, stage: str, comment: str, *, sonic: bool = False) 
     return spec
 
 
-def data_overrides(plan: RunPlan) -> list[str]:
-    """SONIC's ``++`` data-path overrides for this plan's library (contracts §2.2)."""
+def data_overrides(plan: RunPlan, *, for_eval: bool = False) -> list[str]:
+    """SONIC's ``++`` data-path overrides for this plan's library (contracts §2.2).
+
+    Eval of a terrain library makes every env a terrain env (ratio 0, no flat motions): its window
+    of ``num_envs // (R+1)`` keys must be the whole shard, or part of the shard is never rolled out.
+    """
     from grail_cluster.sonic import commands
 
     lib = plan.library
@@ -58,6 +62,7 @@ def data_overrides(plan: RunPlan) -> list[str]:
         if not placeholder and lib.get("flat_placeholder") and not lib["flat_placeholder"].startswith(lib["root"] + "/flat_placeholder"):
             placeholder = lib["flat_placeholder"]  # legacy object_usd/ location: name it explicitly
         return commands.terrain_data_overrides(
-            lib["root"], flat_usd_path=placeholder, flat_motion_dir=data.get("flat_motion_dir"),
-            flat_to_terrain_ratio=int(plan.pipeline.get("flat_to_terrain_ratio", 0)))
+            lib["root"], flat_usd_path=placeholder,
+            flat_motion_dir=None if for_eval else data.get("flat_motion_dir"),
+            flat_to_terrain_ratio=0 if for_eval else int(plan.pipeline.get("flat_to_terrain_ratio", 0)))
     return commands.hoi_data_overrides(lib["root"], lib["usd_dir"], lib["bps_dir"])

@@ -68,7 +68,7 @@ def sonic_argv(plan: RunPlan, index: int, checkpoint: str, step: int | None) -> 
         python=cfg["sonic"]["python"],
         script=commands.resolve_script(cfg["sonic"]["root"], cfg["sonic"]["eval_script"], "eval_agent_trl.py"),
         checkpoint=checkpoint, num_envs=shard.num_envs, output_dir=shard_dir(plan, step, shard.shard),
-        data_overrides=data_overrides(plan), shard_overrides=shard.sonic_overrides,
+        data_overrides=data_overrides(plan, for_eval=True), shard_overrides=shard.sonic_overrides,
         record_trajectories=bool(cfg["eval"]["record_trajectories"]),
         extra=cfg["sonic"].get("eval_overrides") or [],
     )

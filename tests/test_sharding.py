@@ -342,18 +342,22 @@ def test_plan_eval_shards_match_the_pure_function(small_plan_inputs):
         ]
 
 
-@pytest.mark.xfail(strict=True, reason="plan._eval_plan sets terrain num_envs = shard size, ignoring flat_to_terrain_ratio")
 def test_terrain_eval_window_covers_the_whole_shard(tmp_path):
     """§4.1: terrain eval shards use the §3.2 window with n = num_envs // (R+1), taken from the
-    shard's filter_motion_keys order at rank 0. launchers/common.py passes the pipeline's ratio to
-    SONIC, so with R > 0 a shard's num_envs must be size * (R+1) or only size // (R+1) of its keys
-    are rolled out. Today, with R=3 and 4-motion shards, each shard evaluates 1 motion of 4."""
+    shard's filter_motion_keys order at rank 0. Training may mix flat envs in (R > 0), but eval
+    must roll out every key of its shard, so the eval command sets R = 0 and num_envs = shard size."""
+    from grail_cluster.launchers import eval as eval_launcher
+
     info = make_terrain_library(tmp_path / "terrain", 12)
     sonic = make_sonic_root(tmp_path / "SONIC")
-    ratio = 3
     overrides = base_overrides(tmp_path, info.root, sonic, "pipeline=terrain_tracking", "eval.num_shards=3",
-                               f"pipeline.flat_to_terrain_ratio={ratio}")
+                               "pipeline.flat_to_terrain_ratio=3")
     plan = _plan(overrides, info.root)
-    for shard in plan.eval_shards:
+    train_argv = " ".join(__import__("grail_cluster.launchers.train", fromlist=["x"]).train_argv(plan))
+    assert "flat_to_terrain_ratio=3" in train_argv
+    for index, shard in enumerate(plan.eval_shards):
+        argv = eval_launcher.sonic_argv(plan, index, "/ckpt/model_step_000500.pt", 500)
+        ratio = int(next(a for a in argv if "flat_to_terrain_ratio=" in a).rsplit("=", 1)[1])
+        assert ratio == 0
         window = terrain_window(len(shard.motion_keys), shard.num_envs, ratio, 0)
         assert sorted({shard.motion_keys[i] for i in window}) == shard.motion_keys
