@@ -98,7 +98,8 @@ def cmd_index(args: argparse.Namespace) -> int:
         _print_json(data)
         return EXIT_OK
     table = Table(title=f"{index.root} ({index.layout}, {len(index.motions)} motions)")
-    for col in ("motion key", "frames", "fps", "object", "USD", "BPS", "hands", "contacts", "root_rot"):
+    table.add_column("motion key", overflow="fold", min_width=20)
+    for col in ("frames", "fps", "object", "USD", "BPS", "hands", "contacts", "root_rot"):
         table.add_column(col)
     shown = index.motions if args.all else index.motions[:20]
     for m in shown:
