@@ -27,9 +27,9 @@ def _train(plan: RunPlan, index: int) -> int:
     if not ckpts:
         raise DataError("training exited 0 but wrote no model_step_*.pt or last.pt", path=exp,
                         fix="check the trainer log (logs/train/0/) and that ++experiment_dir reached SONIC")
-    outputs = {os.path.relpath(p, exp): {"size": os.path.getsize(p), "sha256_head_tail": file_digest(p, full=False)}
+    outputs = {os.path.abspath(p): {"size": os.path.getsize(p), "sha256_head_tail": file_digest(p, full=False)}
                for p in ckpts}
-    write_marker(plan.run_dir, "train", index, plan.plan_hash, {"experiment_dir": exp, "checkpoints": outputs})
+    write_marker(plan.run_dir, "train", index, plan.plan_hash, outputs)
     print(f"[grail] train done: {len(ckpts)} checkpoint(s) in {exp}")
     return 0
 
@@ -64,6 +64,13 @@ def main(argv: list[str] | None = None) -> int:
             raise DataError(f"plan.json changed since this job was rendered ({plan.plan_hash[:12]} != {args.plan_hash[:12]})",
                             path=os.path.join(args.run_dir, "plan.json"),
                             fix="re-render and resubmit the run (`grail-cluster run ...`) instead of editing its plan")
+        if plan.config.get("rehearsal", {}).get("enabled"):
+            from . import rehearsal
+
+            size = plan.stage(args.stage).size
+            if not 0 <= args.index < size:
+                raise GrailError(f"index {args.index} outside 0..{size - 1} of stage {args.stage}")
+            return rehearsal.run(plan, args.stage, args.index)
         if args.stage in LATER:
             raise GrailError(f"the {args.stage} stage's in-job tool (`grail-cluster {LATER[args.stage]}`) is not part "
                              "of this grail-cluster version", fix="upgrade grail-cluster")

@@ -56,3 +56,25 @@ def read_marker(run_dir: str | Path, stage: str, index: int) -> dict[str, Any] |
             return json.load(fh)
     except (OSError, ValueError):
         return None
+
+
+def validate_marker(run_dir: str | Path, stage: str, index: int, plan_hash: str | None = None, *,
+                    deep: bool = False) -> bool:
+    """A marker counts when it is for this plan and every output it lists is still there, with the
+    recorded size (and hash, with ``deep``). Relative output paths are relative to the run dir."""
+    marker = read_marker(run_dir, stage, index)
+    if marker is None or (plan_hash and marker.get("plan_hash") != plan_hash):
+        return False
+    for rel, info in (marker.get("outputs") or {}).items():
+        path = Path(rel) if os.path.isabs(rel) else Path(run_dir) / rel
+        try:
+            if path.stat().st_size != info.get("size"):
+                return False
+        except OSError:
+            return False
+        if deep:
+            if "sha256" in info and file_digest(path) != info["sha256"]:
+                return False
+            if "sha256_head_tail" in info and file_digest(path, full=False) != info["sha256_head_tail"]:
+                return False
+    return True

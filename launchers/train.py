@@ -46,6 +46,10 @@ def spec(plan: RunPlan) -> JobSpec:
     s = base_spec(plan, "train", workdir=plan.config["sonic"]["root"], sonic=True)
     last = commands.shell_join([plan.paths["experiment_dir"] + "/last.pt"])
     s.comment = f"SONIC training: {plan.train['world_size']} processes, +exp={plan.pipeline['exp']}"
+    if plan.config["rehearsal"]["enabled"]:
+        s.comment = "rehearsal: digest every training motion (no SONIC)"
+        s.body = [entry_command(plan, "train")]
+        return s
     s.body = [
         "# A requeued job continues its own run; a first start warm-starts when fine-tuning.",
         f"if [ -f {last} ]; then",

@@ -1,15 +1,23 @@
-"""SLURM rendering: one sbatch script per stage plus the DAG as a plain submit script.
+"""SLURM: render one sbatch script per stage, submit them through submitit, poll, cancel.
 
-Submission (issue: submit/ledger) sends these exact files; dependencies are command-line flags
-(``--dependency=afterok:<id>`` / ``aftercorr:<id>``) because job ids exist only at submit time.
+Submission sends the rendered files byte for byte; what differs per submission (array subset or
+chunk, offset, attempt, dependencies on job ids that exist only at submit time) goes on the sbatch
+command line.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import re
+import subprocess
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
 
 import jinja2
 
+from ..errors import GrailError
 from ..jobspec import JobSpec
 from ..plan import RunPlan
 
@@ -39,3 +47,206 @@ def render(plan: RunPlan, specs: list[JobSpec], env: jinja2.Environment) -> dict
     files["submit.sh"] = env.get_template("slurm/submit.sh.j2").render(
         plan=plan, specs=specs, log_root=plan.paths["logs_dir"])
     return files
+
+
+# ----------------------------------------------------------------------------- submission and polling
+
+# SLURM job states -> shard states (COMPLETED is settled by the marker: done or missing-output).
+STATE_MAP = {
+    "PENDING": "pending", "REQUEUED": "pending", "REQUEUE_HOLD": "pending", "REQUEUE_FED": "pending",
+    "CONFIGURING": "pending", "SUSPENDED": "pending", "RESIZING": "pending", "PREEMPTED": "pending",
+    "RUNNING": "running", "COMPLETING": "running", "STAGE_OUT": "running", "SIGNALING": "running",
+    "COMPLETED": "completed", "FAILED": "failed", "BOOT_FAIL": "failed", "DEADLINE": "timeout",
+    "CANCELLED": "cancelled", "REVOKED": "cancelled", "TIMEOUT": "timeout", "NODE_FAIL": "node-fail",
+    "OUT_OF_MEMORY": "out-of-memory", "SPECIAL_EXIT": "failed",
+}
+TERMINAL = {"completed", "failed", "cancelled", "timeout", "node-fail", "out-of-memory"}
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    state: str  # shard-level: pending | running | completed | failed | cancelled | timeout | ...
+    sched_state: str  # SLURM's word
+    exit_code: str | None = None
+    elapsed: float | None = None
+    node: str | None = None
+
+
+def _executor_class():
+    import submitit
+
+    class GrailSlurmExecutor(submitit.SlurmExecutor):
+        """submitit's SLURM executor with the submission file replaced by our rendered script,
+        byte for byte, and our flags (array subset, dependencies, name, offset) on the sbatch line."""
+
+        def __init__(self, folder: Path):
+            super().__init__(folder=folder)
+            self._script = ""
+            self._flags: list[str] = []
+
+        def _make_submission_file_text(self, command: str, uid: str) -> str:
+            return self._script
+
+        def _make_submission_command(self, submission_file_path: Path) -> list[str]:
+            return ["sbatch", *self._flags, str(submission_file_path)]
+
+        def sbatch(self, script: str, flags: list[str]) -> str:
+            self._script, self._flags = script, flags
+            return self._submit_command("grail-cluster").job_id
+
+    return GrailSlurmExecutor
+
+
+def parse_duration(text: str) -> float | None:
+    """SLURM's [D-]HH:MM:SS / MM:SS.mmm to seconds."""
+    if not text or text in ("INVALID", "UNLIMITED", "Partition_Limit"):
+        return None
+    days = 0
+    if "-" in text:
+        d, text = text.split("-", 1)
+        days = int(d)
+    parts = [float(p) for p in text.split(":")]
+    while len(parts) < 3:
+        parts.insert(0, 0.0)
+    h, m, s = parts
+    return days * 86400 + h * 3600 + m * 60 + s
+
+
+def expand_task_ids(spec: str) -> list[int]:
+    """``[0-3,7%4]`` or ``5`` -> task ids."""
+    spec = spec.strip("[]").split("%", 1)[0]
+    out: list[int] = []
+    for part in filter(None, spec.split(",")):
+        a, _, b = part.partition("-")
+        out.extend(range(int(a), int(b or a) + 1))
+    return out
+
+
+class SlurmBackend:
+    """sbatch through submitit; one ``squeue`` per refresh, ``sacct`` only to settle finished jobs."""
+
+    name = "slurm"
+
+    def __init__(self) -> None:
+        self.calls: Counter[str] = Counter()
+
+    def _run(self, argv: list[str], *, check: bool = True) -> subprocess.CompletedProcess:
+        self.calls[argv[0]] += 1
+        try:
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+        except FileNotFoundError:
+            raise GrailError(f"`{argv[0]}` not found: this machine has no SLURM client",
+                             fix="run on a SLURM login node, or use cluster=local") from None
+        except subprocess.TimeoutExpired:
+            raise GrailError(f"`{' '.join(argv[:3])} ...` did not answer in 120 s (slurmctld overloaded or down?)",
+                             fix="retry later; nothing was changed by this call") from None
+        if check and proc.returncode != 0:
+            raise GrailError(f"`{' '.join(argv[:4])} ...` failed: {proc.stderr.strip() or proc.stdout.strip()}")
+        return proc
+
+    # ------------------------------------------------------------------ cluster facts
+
+    def max_array_size(self) -> int:
+        out = self._run(["scontrol", "show", "config"]).stdout
+        m = re.search(r"^MaxArraySize\s*=\s*(\d+)", out, re.M)
+        return int(m.group(1)) if m else 1001
+
+    # ------------------------------------------------------------------ submit
+
+    def find_by_name(self, names: list[str]) -> dict[str, str]:
+        """Jobs already queued under our names (a crashed submitter's), so they are adopted, not doubled."""
+        if not names:
+            return {}
+        out = self._run(["squeue", "--me", "-h", "-o", "%i|%j", f"--name={','.join(names)}"], check=False).stdout
+        found: dict[str, str] = {}
+        for line in out.splitlines():
+            job_id, _, name = line.partition("|")
+            if name in names:
+                found.setdefault(name, job_id.strip().split("_", 1)[0])
+        return found
+
+    def prepare(self, plan: RunPlan, stages: list[str]) -> None:
+        # SLURM opens --output before the script runs, so the log dirs must exist first.
+        for stage in set(stages):
+            os.makedirs(os.path.join(plan.paths["logs_dir"], stage), exist_ok=True)
+
+    def submit_group(self, plan: RunPlan, group, *, name: str, dependency: str | None, attempt: int,
+                     spec_dir: Path) -> str:
+        script_path = spec_dir / f"{group.stage}.sh"
+        if not script_path.exists():
+            raise GrailError("rendered script missing", path=script_path, fix="re-run `grail-cluster run` to render it")
+        flags = submit_flags(name=name, array_spec=group.array_spec, dependency=dependency, offset=group.offset,
+                             attempt=attempt)
+        folder = spec_dir / ".submitit"
+        folder.mkdir(parents=True, exist_ok=True)
+        executor = _executor_class()(folder)
+        self.calls["sbatch"] += 1
+        try:
+            return executor.sbatch(script_path.read_text(), flags)
+        except Exception as exc:  # submitit wraps sbatch's error text
+            text = str(exc).strip().splitlines()
+            raise GrailError(f"sbatch refused {script_path.name}: {text[-1] if text else exc}", path=script_path,
+                             fix="check the partition/account/qos and resources of this stage") from None
+
+    def start(self, plan: RunPlan, ledger, round_: int) -> None:
+        """Nothing to start: SLURM runs the queued jobs by itself."""
+
+    # ------------------------------------------------------------------ poll
+
+    def live_states(self, jobs: list) -> dict[tuple[str, int | None], TaskInfo]:
+        """Queued and running tasks of the given ledger jobs: one ``squeue`` whatever their number."""
+        info: dict[tuple[str, int | None], TaskInfo] = {}
+        if not jobs:
+            return info
+        ours = {j.job_id for j in jobs}
+        # %i is "<array job id>_<task>" for array tasks (-r lists pending tasks one by one).
+        out = self._run(["squeue", "--me", "-h", "-r", "-o", "%i|%T|%M|%N"]).stdout
+        for line in out.splitlines():
+            parts = line.split("|")
+            if len(parts) < 4:
+                continue
+            jid, state, elapsed, node = parts
+            base, _, task = jid.partition("_")
+            if base not in ours:
+                continue
+            tasks: list[int | None] = list(expand_task_ids(task)) if task else [None]
+            for t in tasks:
+                info[(base, t)] = TaskInfo(STATE_MAP.get(state, "pending"), state, None, parse_duration(elapsed),
+                                           node or None)
+        return info
+
+    def final_states(self, job_ids: set[str]) -> dict[tuple[str, int | None], TaskInfo]:
+        """How finished jobs ended, from accounting: one ``sacct`` per 200 job ids (normally one)."""
+        info: dict[tuple[str, int | None], TaskInfo] = {}
+        ids = sorted(job_ids, key=int)
+        for start in range(0, len(ids), 200):
+            out = self._run(["sacct", "-n", "-P", "-X", "-o", "JobID,State,ExitCode,Elapsed,NodeList",
+                             "-j", ",".join(ids[start:start + 200])], check=False).stdout
+            for line in out.splitlines():
+                parts = line.split("|")
+                if len(parts) < 5:
+                    continue
+                jid, state, exit_code, elapsed, node = parts
+                state = state.split()[0]  # "CANCELLED by 0"
+                base, _, task = jid.partition("_")
+                tasks: list[int | None] = list(expand_task_ids(task)) if task else [None]
+                for t in tasks:
+                    info[(base, t)] = TaskInfo(STATE_MAP.get(state, "failed"), state, exit_code,
+                                               parse_duration(elapsed), None if node in ("", "None assigned") else node)
+        return info
+
+    # ------------------------------------------------------------------ cancel
+
+    def cancel(self, job_ids: list[str], ledger=None) -> None:
+        if job_ids:
+            self._run(["scancel", *job_ids], check=False)
+
+
+def submit_flags(*, name: str, array_spec: str | None, dependency: str | None, offset: int, attempt: int) -> list[str]:
+    flags = [f"--job-name={name}", f"--comment={name}"]
+    if array_spec:
+        flags.append(f"--array={array_spec}")
+    if dependency:
+        flags.append(f"--dependency={dependency}")
+    flags.append(f"--export=ALL,GRAIL_INDEX_OFFSET={offset},GRAIL_ATTEMPT={attempt}")
+    return flags

@@ -1,0 +1,281 @@
+"""The run ledger: ``runs/<run_id>/ledger.sqlite`` (WAL), the record of what was submitted and seen.
+
+Three tables plus an append-only event log:
+
+- ``jobs``: one row per scheduler submission (an array chunk or a single job), with the shard
+  indices it carries and its offset (array task id + offset = shard index);
+- ``shards``: the materialised current state of every (stage, index);
+- ``attempts``: one row per (stage, index, attempt), so earlier attempts stay visible;
+- ``events``: append-only, every submission and every state change.
+
+"Done" is decided by the shard's success marker; scheduler states only move the other states.
+
+Shard states::
+
+    pending -> running -> done
+                       -> failed | cancelled | timeout | node-fail | out-of-memory | missing-output
+    (any not done) --resubmit--> pending (attempt + 1)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import GrailError
+
+LEDGER_FILE = "ledger.sqlite"
+LOCK_FILE = ".submit.lock"
+
+ACTIVE = ("pending", "running")
+FAILED = ("failed", "cancelled", "timeout", "node-fail", "out-of-memory", "missing-output")
+STATES = ("unsubmitted", "done", *ACTIVE, *FAILED)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS jobs (
+    job_id TEXT PRIMARY KEY,
+    backend TEXT NOT NULL,
+    stage TEXT NOT NULL,
+    chunk INTEGER NOT NULL,
+    round INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    indices TEXT NOT NULL,
+    index_offset INTEGER NOT NULL,
+    array_spec TEXT,
+    depends TEXT,
+    submitted_at REAL NOT NULL,
+    settled INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS shards (
+    stage TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    attempt INTEGER NOT NULL,
+    job_id TEXT,
+    state TEXT NOT NULL,
+    sched_state TEXT,
+    exit_code TEXT,
+    node TEXT,
+    elapsed REAL,
+    signature TEXT,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (stage, idx)
+);
+CREATE TABLE IF NOT EXISTS attempts (
+    stage TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    attempt INTEGER NOT NULL,
+    job_id TEXT,
+    state TEXT NOT NULL,
+    sched_state TEXT,
+    exit_code TEXT,
+    elapsed REAL,
+    signature TEXT,
+    PRIMARY KEY (stage, idx, attempt)
+);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts REAL NOT NULL,
+    kind TEXT NOT NULL,
+    stage TEXT,
+    idx INTEGER,
+    attempt INTEGER,
+    detail TEXT
+);
+CREATE INDEX IF NOT EXISTS shards_by_job ON shards (job_id);
+"""
+
+
+@dataclass
+class JobRow:
+    job_id: str
+    backend: str
+    stage: str
+    chunk: int
+    round: int
+    name: str
+    indices: list[int]
+    index_offset: int
+    array_spec: str | None
+    depends: str | None
+    submitted_at: float
+    settled: bool
+
+
+@dataclass
+class ShardRow:
+    stage: str
+    idx: int
+    attempt: int
+    job_id: str | None
+    state: str
+    sched_state: str | None
+    exit_code: str | None
+    node: str | None
+    elapsed: float | None
+    signature: str | None
+    updated_at: float
+
+
+class Ledger:
+    def __init__(self, run_dir: str | Path):
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / LEDGER_FILE
+        self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        self.db.row_factory = sqlite3.Row
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    # ------------------------------------------------------------------ meta and events
+
+    def set_meta(self, key: str, value: Any) -> None:
+        self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
+
+    def meta(self, key: str, default: Any = None) -> Any:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return json.loads(row[0]) if row else default
+
+    def event(self, kind: str, stage: str | None = None, idx: int | None = None, attempt: int | None = None,
+              **detail: Any) -> None:
+        self.db.execute("INSERT INTO events (ts, kind, stage, idx, attempt, detail) VALUES (?, ?, ?, ?, ?, ?)",
+                        (time.time(), kind, stage, idx, attempt, json.dumps(detail, sort_keys=True) if detail else None))
+
+    def events(self, limit: int | None = None) -> list[dict[str, Any]]:
+        sql = "SELECT * FROM events ORDER BY id" + (f" DESC LIMIT {int(limit)}" if limit else "")
+        rows = [dict(r) for r in self.db.execute(sql)]
+        return list(reversed(rows)) if limit else rows
+
+    # ------------------------------------------------------------------ jobs
+
+    def record_job(self, *, job_id: str, backend: str, stage: str, chunk: int, round: int, name: str,
+                   indices: list[int], index_offset: int, array_spec: str | None, depends: str | None) -> None:
+        """A submission and its shards (pending, attempt = round), in one transaction."""
+        now = time.time()
+        with self.transaction() as db:
+            db.execute("INSERT INTO jobs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0)",
+                       (job_id, backend, stage, chunk, round, name, json.dumps(indices), index_offset,
+                        array_spec, depends, now))
+            for idx in indices:
+                db.execute("INSERT OR REPLACE INTO shards VALUES (?, ?, ?, ?, 'pending', NULL, NULL, NULL, NULL, NULL, ?)",
+                           (stage, idx, round, job_id, now))
+                db.execute("INSERT OR REPLACE INTO attempts VALUES (?, ?, ?, ?, 'pending', NULL, NULL, NULL, NULL)",
+                           (stage, idx, round, job_id))
+            self.event("submitted", stage, None, round, job_id=job_id, chunk=chunk, indices=indices,
+                       array=array_spec, depends=depends, name=name)
+
+    def jobs(self, *, unsettled: bool = False, stage: str | None = None) -> list[JobRow]:
+        sql = "SELECT * FROM jobs WHERE 1=1"
+        args: list[Any] = []
+        if unsettled:
+            sql += " AND settled = 0"
+        if stage:
+            sql += " AND stage = ?"
+            args.append(stage)
+        rows = self.db.execute(sql + " ORDER BY submitted_at, chunk", args).fetchall()
+        return [JobRow(**{**dict(r), "indices": json.loads(r["indices"]), "settled": bool(r["settled"])}) for r in rows]
+
+    def job_by_name(self, name: str) -> JobRow | None:
+        for job in self.jobs():
+            if job.name == name:
+                return job
+        return None
+
+    def settle(self, job_id: str) -> None:
+        self.db.execute("UPDATE jobs SET settled = 1 WHERE job_id = ?", (job_id,))
+
+    def next_round(self) -> int:
+        row = self.db.execute("SELECT MAX(round) FROM jobs").fetchone()
+        return 0 if row[0] is None else int(row[0]) + 1
+
+    # ------------------------------------------------------------------ shards
+
+    def shards(self, stage: str | None = None) -> list[ShardRow]:
+        sql, args = "SELECT * FROM shards", []
+        if stage:
+            sql, args = sql + " WHERE stage = ?", [stage]
+        return [ShardRow(**dict(r)) for r in self.db.execute(sql + " ORDER BY stage, idx", args)]
+
+    def shard(self, stage: str, idx: int) -> ShardRow | None:
+        r = self.db.execute("SELECT * FROM shards WHERE stage = ? AND idx = ?", (stage, idx)).fetchone()
+        return ShardRow(**dict(r)) if r else None
+
+    def attempts(self, stage: str, idx: int) -> list[dict[str, Any]]:
+        return [dict(r) for r in self.db.execute(
+            "SELECT * FROM attempts WHERE stage = ? AND idx = ? ORDER BY attempt", (stage, idx))]
+
+    def update_shard(self, stage: str, idx: int, state: str, **fields: Any) -> bool:
+        """Move a shard to ``state`` (recording scheduler facts); returns True when the state changed."""
+        if state not in STATES:
+            raise ValueError(f"unknown shard state {state!r}")
+        cur = self.shard(stage, idx)
+        if cur is None:
+            return False
+        allowed = {"sched_state", "exit_code", "node", "elapsed", "signature"}
+        unknown = set(fields) - allowed
+        if unknown:
+            raise ValueError(f"unknown shard fields {sorted(unknown)}")
+        changed = cur.state != state
+        values = {k: fields.get(k, getattr(cur, k)) for k in allowed}
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE shards SET state=?, sched_state=?, exit_code=?, node=?, elapsed=?, signature=?, updated_at=? "
+                "WHERE stage=? AND idx=?",
+                (state, values["sched_state"], values["exit_code"], values["node"], values["elapsed"],
+                 values["signature"], time.time(), stage, idx))
+            db.execute(
+                "UPDATE attempts SET state=?, sched_state=?, exit_code=?, elapsed=?, signature=? "
+                "WHERE stage=? AND idx=? AND attempt=?",
+                (state, values["sched_state"], values["exit_code"], values["elapsed"], values["signature"],
+                 stage, idx, cur.attempt))
+            if changed:
+                self.event("state", stage, idx, cur.attempt, old=cur.state, new=state,
+                           sched=values["sched_state"], exit_code=values["exit_code"])
+        return changed
+
+
+@contextlib.contextmanager
+def submit_lock(run_dir: str | Path, *, wait: bool = False) -> Iterator[None]:
+    """One submitter per run dir: a second one waits (``wait=True``) or is refused."""
+    path = Path(run_dir) / LOCK_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip()
+            raise GrailError(f"another grail-cluster process is submitting to this run ({holder or 'unknown pid'})",
+                             path=path, fix="wait for it to finish, or pass --wait to queue behind it") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} since {time.strftime('%H:%M:%S')}".encode(), 0)
+        yield
+    finally:
+        os.close(fd)

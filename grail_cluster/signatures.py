@@ -1,0 +1,57 @@
+"""One-line failure signatures from a job's logs: what a person would grep for first."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+TAIL_BYTES = 64 * 1024
+
+# Ordered: the first that matches names the failure.
+PATTERNS = [
+    ("OOM", re.compile(r"CUDA out of memory|OutOfMemoryError|oom[-_]kill|Out Of Memory|MemoryError|Killed process", re.I)),
+    ("NCCL timeout", re.compile(r"NCCL.*(timeout|timed out|Watchdog caught collective)", re.I)),
+    ("CUDA error", re.compile(r"CUDA error|cudaError|CUBLAS_STATUS|device-side assert", re.I)),
+    ("TIMEOUT", re.compile(r"DUE TO TIME LIMIT|TIME LIMIT", re.I)),
+    ("NODE_FAIL", re.compile(r"NODE_FAIL|DUE TO NODE FAILURE", re.I)),
+    ("PREEMPTED", re.compile(r"DUE TO PREEMPTION", re.I)),
+    ("CANCELLED", re.compile(r"\bCANCELLED AT\b", re.I)),
+]
+_EXCEPTION = re.compile(r"^\s*([A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b.*)$")
+_GRAIL_ERROR = re.compile(r"^error: (.*)$")
+
+
+def _tail(path: Path) -> str:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, 2)
+            size = fh.tell()
+            fh.seek(max(0, size - TAIL_BYTES))
+            return fh.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def signature(paths: list[Path], state: str | None = None) -> str | None:
+    """The failure's one-line signature from the given log files (stderr first), or None."""
+    text = "\n".join(_tail(p) for p in paths)
+    for name, pattern in PATTERNS:
+        if pattern.search(text):
+            last = last_error_line(text)
+            return f"{name}: {last}" if last and name not in ("TIMEOUT", "CANCELLED") else name
+    last = last_error_line(text)
+    if last:
+        return last
+    if state == "timeout":
+        return "TIMEOUT"
+    if state == "node-fail":
+        return "NODE_FAIL"
+    return None
+
+
+def last_error_line(text: str) -> str | None:
+    for line in reversed(text.splitlines()):
+        m = _EXCEPTION.match(line) or _GRAIL_ERROR.match(line)
+        if m:
+            return m.group(1).strip()[:200]
+    return None

@@ -1,0 +1,126 @@
+"""Refresh the ledger from markers and the scheduler, and summarise a run.
+
+A refresh costs O(1) scheduler calls whatever the shard count: one ``squeue`` for everything still
+queued or running, and one ``sacct`` only for jobs that left the queue without a valid marker.
+Markers decide "done"; a task the scheduler calls COMPLETED without a marker is ``missing-output``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .ledger import ACTIVE, FAILED, Ledger
+from .markers import read_marker, validate_marker
+from .plan import RunPlan
+from .signatures import signature
+
+
+def log_paths(run_dir: str | Path, stage: str, idx: int, attempt: int, job_id: str | None = None,
+              task: int | None = None) -> list[Path]:
+    """Our per-attempt logs first, then the scheduler's own files (which catch what happened
+    before the job script's first line or after it was killed, e.g. the time-limit message)."""
+    base = Path(run_dir) / "logs" / stage
+    paths = [base / str(idx) / f"{attempt}.err", base / str(idx) / f"{attempt}.out"]
+    if job_id:
+        suffix = f"{job_id}_{task}" if task is not None else job_id
+        paths += [base / f"slurm-{suffix}.err", base / f"slurm-{suffix}.out"]
+    return paths
+
+
+def refresh(plan: RunPlan, ledger: Ledger, backend: Any) -> None:
+    unsettled = ledger.jobs(unsettled=True)
+    if not unsettled:
+        return
+    if getattr(backend, "name", "") == "local":
+        backend.reconcile(plan, ledger)
+        unsettled = ledger.jobs(unsettled=True)
+        if not unsettled:
+            return
+    live = backend.live_states(unsettled)
+    unresolved: list[tuple[Any, int, int | None]] = []
+    for job in unsettled:
+        for idx in job.indices:
+            task = idx - job.index_offset if job.array_spec else None
+            shard = ledger.shard(job.stage, idx)
+            if shard is None or shard.job_id != job.job_id or shard.state == "done":
+                continue  # superseded by a later attempt, or settled
+            if validate_marker(plan.run_dir, job.stage, idx, plan.plan_hash):
+                t = live.get((job.job_id, task))
+                ledger.update_shard(job.stage, idx, "done", sched_state=t.sched_state if t else "COMPLETED",
+                                    elapsed=t.elapsed if t else shard.elapsed, node=t.node if t else shard.node)
+                continue
+            t = live.get((job.job_id, task))
+            if t is not None:
+                ledger.update_shard(job.stage, idx, t.state, sched_state=t.sched_state, elapsed=t.elapsed, node=t.node)
+            elif shard.state in ACTIVE:
+                unresolved.append((job, idx, task))
+    final = backend.final_states({job.job_id for job, _, _ in unresolved}) if unresolved else {}
+    for job, idx, task in unresolved:
+        t = final.get((job.job_id, task))
+        if t is None or t.state in ACTIVE:
+            continue  # accounting lags the queue by a second or so; next refresh settles it
+        state = "missing-output" if t.state == "completed" else t.state
+        shard = ledger.shard(job.stage, idx)
+        sig = None
+        if state != "done":
+            sig = signature(log_paths(plan.run_dir, job.stage, idx, shard.attempt, job.job_id, task), state)
+            if state == "missing-output":
+                sig = "exited 0 but wrote no valid success marker" + (f" ({sig})" if sig else "")
+        ledger.update_shard(job.stage, idx, state, sched_state=t.sched_state, exit_code=t.exit_code,
+                            elapsed=t.elapsed, node=t.node, signature=sig)
+    for job in unsettled:
+        states = [ledger.shard(job.stage, i) for i in job.indices]
+        if all(s is None or s.job_id != job.job_id or s.state not in ACTIVE for s in states):
+            ledger.settle(job.job_id)
+
+
+@dataclass
+class StageStatus:
+    name: str
+    size: int
+    counts: dict[str, int]
+    wall_s: float | None
+    failures: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def finished(self) -> bool:
+        return not any(self.counts.get(s) for s in (*ACTIVE, "unsubmitted"))
+
+
+def summarise(plan: RunPlan, ledger: Ledger) -> list[StageStatus]:
+    out = []
+    shards = {(s.stage, s.idx): s for s in ledger.shards()}
+    jobs = ledger.jobs()
+    for st in plan.stages:
+        counts: Counter[str] = Counter()
+        failures = []
+        for idx in range(st.size):
+            s = shards.get((st.name, idx))
+            state = s.state if s else "unsubmitted"
+            counts[state] += 1
+            if s and state in FAILED:
+                failures.append({"index": idx, "state": state, "attempt": s.attempt, "job_id": s.job_id,
+                                 "exit_code": s.exit_code, "signature": s.signature})
+        stage_jobs = [j for j in jobs if j.stage == st.name]
+        wall = None
+        if stage_jobs:
+            # From the stage's first submission to its last finished shard (markers carry the time).
+            start = min(j.submitted_at for j in stage_jobs)
+            if counts.get("running") or counts.get("pending"):
+                end = time.time()
+            else:
+                ends = [m["finished_at"] for i in range(st.size)
+                        if (m := read_marker(plan.run_dir, st.name, i)) and "finished_at" in m]
+                ends += [s.updated_at for (name, _), s in shards.items() if name == st.name and s.state != "done"]
+                end = max(ends) if ends else start
+            wall = max(0.0, end - start)
+        out.append(StageStatus(st.name, st.size, dict(counts), wall, failures))
+    return out
+
+
+def run_finished(stages: list[StageStatus]) -> bool:
+    return all(s.finished for s in stages)
