@@ -83,9 +83,9 @@ def _submit_groups(plan: RunPlan, ledger: Ledger, backend: Any, groups: list[Gro
     return Submitted(round_, jobs, adopted)
 
 
-def submit_run(plan: RunPlan, *, wait_lock: bool = False) -> Submitted:
+def submit_run(plan: RunPlan, *, wait_lock: bool = False, backend: Any = None) -> Submitted:
     """Submit every stage of a freshly planned run; refuses if this run was submitted before."""
-    backend = get_backend(plan.backend)
+    backend = backend or get_backend(plan.backend)
     with submit_lock(plan.run_dir, wait=wait_lock), Ledger(plan.run_dir) as ledger:
         recorded = ledger.meta("plan_hash")
         if recorded and recorded != plan.plan_hash:
@@ -94,7 +94,7 @@ def submit_run(plan: RunPlan, *, wait_lock: bool = False) -> Submitted:
         ledger.set_meta("plan_hash", plan.plan_hash)
         ledger.set_meta("backend", plan.backend)
         selected = {st.name: list(range(st.size)) for st in plan.stages}
-        groups = plan_groups(plan, selected, max_array_size=_max_array_size(backend, ledger),
+        groups = plan_groups(plan, selected, max_array_size=_max_array_size(backend, ledger, plan),
                              parallelism=_parallelism(plan))
         done = {j.name for j in ledger.jobs()}
         if all(g.name(plan.run_id, 0) in done for g in groups):
@@ -105,10 +105,14 @@ def submit_run(plan: RunPlan, *, wait_lock: bool = False) -> Submitted:
         return _submit_groups(plan, ledger, backend, groups, 0)
 
 
-def _max_array_size(backend: Any, ledger: Ledger) -> int | None:
-    """Read once per run (``scontrol show config``) and kept in the ledger."""
+def _max_array_size(backend: Any, ledger: Ledger, plan: RunPlan | None = None) -> int | None:
+    """``cluster.max_array_size`` if set, else read once per run (``scontrol show config``) and kept
+    in the ledger."""
     if not hasattr(backend, "max_array_size"):
         return None
+    configured = plan.config["cluster"].get("max_array_size") if plan else None
+    if configured:
+        return int(configured)
     value = ledger.meta("max_array_size")
     if value is None:
         value = backend.max_array_size()
@@ -161,7 +165,7 @@ def resubmit(plan: RunPlan, *, stages: list[str] | None = None, indices: list[in
         selected = {k: v for k, v in selected.items() if v}
         round_ = ledger.next_round()
         groups = plan_groups(plan, {k: sorted(v) for k, v in selected.items()},
-                             max_array_size=_max_array_size(backend, ledger), parallelism=_parallelism(plan))
+                             max_array_size=_max_array_size(backend, ledger, plan), parallelism=_parallelism(plan))
         if dry_run or not groups:
             return Submitted(round_, [{"stage": g.stage, "indices": g.indices, "array": g.array_spec,
                                        "name": g.name(plan.run_id, round_)} for g in groups])

@@ -121,12 +121,22 @@ def _inject(fault: str) -> None:
             time.sleep(60)
 
 
+def parse_faults(items: list[str]) -> dict[str, str]:
+    """["eval/3:exit1", ...] -> {"eval/3": "exit1"}."""
+    out = {}
+    for item in items:
+        where, _, fault = str(item).rpartition(":")
+        if fault not in FAULTS or "/" not in where:
+            raise DataError(f"bad rehearsal fault {item!r}: write <stage>/<index>:<fault> with fault one of "
+                            f"{', '.join(FAULTS)}")
+        out[where] = fault
+    return out
+
+
 def run(plan: RunPlan, stage: str, index: int) -> int:
     cfg = plan.config["rehearsal"]
     attempt = int(os.environ.get("GRAIL_ATTEMPT", "0"))
-    fault = (cfg.get("faults") or {}).get(f"{stage}/{index}")
-    if fault and fault not in FAULTS:
-        raise DataError(f"unknown rehearsal fault {fault!r} for {stage}/{index}; use one of {', '.join(FAULTS)}")
+    fault = parse_faults(cfg.get("faults") or []).get(f"{stage}/{index}")
     if fault and attempt == 0 and fault != "no_marker":
         _inject(fault)
     if cfg.get("work_seconds"):

@@ -55,3 +55,21 @@ def last_error_line(text: str) -> str | None:
         if m:
             return m.group(1).strip()[:200]
     return None
+
+
+def exit_signature(exit_code: str | int | None) -> str | None:
+    """SLURM's "code:signal" (or a shell's 128+N) as words, for failures whose logs say nothing."""
+    if exit_code is None:
+        return None
+    code, _, sig = str(exit_code).partition(":")
+    try:
+        code_i, sig_i = int(code), int(sig or 0)
+    except ValueError:
+        return None
+    if sig_i:
+        return f"killed by signal {sig_i}" + (" (SIGKILL: OOM killer or kill -9?)" if sig_i == 9 else "")
+    if code_i > 128:
+        return f"killed by signal {code_i - 128}" + (" (SIGKILL: OOM killer or kill -9?)" if code_i == 137 else "")
+    if code_i:
+        return f"exit code {code_i}"
+    return None

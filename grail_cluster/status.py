@@ -16,7 +16,7 @@ from typing import Any
 from .ledger import ACTIVE, FAILED, Ledger
 from .markers import read_marker, validate_marker
 from .plan import RunPlan
-from .signatures import signature
+from .signatures import exit_signature, signature
 
 
 def log_paths(run_dir: str | Path, stage: str, idx: int, attempt: int, job_id: str | None = None,
@@ -67,7 +67,8 @@ def refresh(plan: RunPlan, ledger: Ledger, backend: Any) -> None:
         shard = ledger.shard(job.stage, idx)
         sig = None
         if state != "done":
-            sig = signature(log_paths(plan.run_dir, job.stage, idx, shard.attempt, job.job_id, task), state)
+            sig = signature(log_paths(plan.run_dir, job.stage, idx, shard.attempt, job.job_id, task), state) \
+                or exit_signature(t.exit_code)
             if state == "missing-output":
                 sig = "exited 0 but wrote no valid success marker" + (f" ({sig})" if sig else "")
         ledger.update_shard(job.stage, idx, state, sched_state=t.sched_state, exit_code=t.exit_code,

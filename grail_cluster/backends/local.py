@@ -1,14 +1,25 @@
-"""Local rendering: the same job bodies as bash scripts, plus ``jobs.json`` for the slot queue."""
+"""Local: the same job bodies as bash scripts plus ``jobs.json``, and the executor that runs them
+with a CPU/GPU slot queue (one ``CUDA_VISIBLE_DEVICES`` per GPU slot) in dependency order."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
 from dataclasses import asdict
+from pathlib import Path
 
 import jinja2
 
 from ..jobspec import JobSpec
+from ..ledger import ACTIVE, Ledger
+from ..markers import validate_marker
 from ..plan import RunPlan
+from ..signatures import exit_signature, signature
 
 
 def render(plan: RunPlan, specs: list[JobSpec], env: jinja2.Environment) -> dict[str, str]:
@@ -30,3 +41,295 @@ def render(plan: RunPlan, specs: list[JobSpec], env: jinja2.Environment) -> dict
     ]
     files["jobs.json"] = json.dumps({"run_id": plan.run_id, "plan_hash": plan.plan_hash, "jobs": jobs}, indent=1) + "\n"
     return files
+
+
+# ----------------------------------------------------------------------------- the local executor
+
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie child of ours counts as gone
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        return done == 0
+    except ChildProcessError:
+        return True
+
+
+class LocalBackend:
+    """Runs the rendered local scripts on this machine through a CPU/GPU slot queue.
+
+    "Submitting" records the jobs in the ledger; a runner process (detached, or in the foreground
+    for ``grail-cluster run cluster=local``) then runs them in dependency order and writes each
+    shard's state to the ledger. Polling costs no scheduler calls.
+    """
+
+    name = "local"
+
+    def __init__(self, spawn: bool = True) -> None:
+        self.spawn = spawn
+        self.calls: Counter[str] = Counter()
+
+    def prepare(self, plan: RunPlan, stages: list[str]) -> None:
+        for stage in set(stages):
+            os.makedirs(os.path.join(plan.paths["logs_dir"], stage), exist_ok=True)
+
+    def submit_group(self, plan: RunPlan, group, *, name: str, dependency: str | None, attempt: int,
+                     spec_dir: Path) -> str:
+        return f"local-r{attempt}-{group.stage}-{group.chunk}"
+
+    def start(self, plan: RunPlan, ledger: Ledger, round_: int) -> None:
+        if not self.spawn:
+            return
+        log = Path(plan.paths["logs_dir"]) / f"local-runner-r{round_}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "ab") as fh:
+            proc = subprocess.Popen([sys.executable, "-m", "grail_cluster.backends.local", plan.run_dir,
+                                     "--round", str(round_)], stdout=fh, stderr=fh, stdin=subprocess.DEVNULL,
+                                    start_new_session=True)
+        ledger.set_meta(f"runner_pid_r{round_}", proc.pid)
+
+    def runner_pids(self, ledger: Ledger) -> list[int]:
+        return [ledger.meta(f"runner_pid_r{r}") for r in range(ledger.next_round())
+                if ledger.meta(f"runner_pid_r{r}")]
+
+    def reconcile(self, plan: RunPlan, ledger: Ledger) -> None:
+        """A runner that died (machine reboot, kill -9) leaves active shards behind: fail them."""
+        for job in ledger.jobs(unsettled=True):
+            pid = ledger.meta(f"runner_pid_r{job.round}")
+            if ledger.meta(f"runner_foreground_r{job.round}") and not pid:
+                pid = ledger.meta(f"runner_foreground_pid_r{job.round}")
+            if _alive(pid):
+                continue
+            for idx in job.indices:
+                s = ledger.shard(job.stage, idx)
+                if s and s.job_id == job.job_id and s.state in ACTIVE:
+                    if validate_marker(plan.run_dir, job.stage, idx, plan.plan_hash):
+                        ledger.update_shard(job.stage, idx, "done")
+                    else:
+                        ledger.update_shard(job.stage, idx, "failed", sched_state="RUNNER_GONE",
+                                            signature="the local runner exited before this shard finished")
+            ledger.settle(job.job_id)
+
+    def live_states(self, jobs: list) -> dict:
+        return {}
+
+    def final_states(self, job_ids: set[str]) -> dict:
+        return {}
+
+    def cancel(self, job_ids: list[str], ledger: Ledger | None = None) -> None:
+        if ledger is None:
+            return
+        for pid in self.runner_pids(ledger) + [ledger.meta(f"runner_foreground_pid_r{r}") for r in range(ledger.next_round())]:
+            if _alive(pid):
+                os.kill(pid, signal.SIGTERM)
+
+
+class Runner:
+    """Runs one submission round of a run dir: a slot queue honouring the stage dependencies."""
+
+    def __init__(self, run_dir: str, round_: int, progress=None):
+        from ..plan import read_plan
+
+        self.plan = read_plan(run_dir)
+        self.round = round_
+        self.progress = progress
+        cluster = self.plan.config["cluster"]
+        self.cpus = int(cluster.get("cpus") or os.cpu_count() or 1)
+        self.free_gpus = [str(g) for g in (cluster.get("gpus") or [])]
+        self.total_gpus = len(self.free_gpus)
+        self.free_cpus = self.cpus
+        self.cancelled = False
+        self.running: dict[tuple[str, int], tuple[subprocess.Popen, float, int, list[str], str]] = {}
+
+    def _tasks(self, ledger: Ledger) -> dict[tuple[str, int], str]:
+        return {(j.stage, i): j.job_id for j in ledger.jobs() if j.round == self.round for i in j.indices}
+
+    def _deps(self, stage: str, idx: int, tasks: dict) -> list[tuple[str, int]]:
+        out = []
+        for dep in self.plan.stage(stage).depends_on:
+            if dep.kind == "aftercorr":
+                if (dep.stage, idx) in tasks:
+                    out.append((dep.stage, idx))
+            else:
+                out += [t for t in tasks if t[0] == dep.stage]
+        return out
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, lambda *_: setattr(self, "cancelled", True))
+        spec_dir = Path(self.plan.paths["specs_dir"]) / "local"
+        with Ledger(self.plan.run_dir) as ledger:
+            tasks = self._tasks(ledger)
+            order = [t for st in self.plan.stage_names for t in sorted(tasks) if t[0] == st]
+            state: dict[tuple[str, int], str] = {t: "pending" for t in order}
+            while True:
+                if self.cancelled:
+                    self._cancel_all(ledger, state)
+                    break
+                self._reap(ledger, state)
+                for t in order:
+                    if state[t] != "pending":
+                        continue
+                    deps = self._deps(*t, tasks)
+                    if any(state.get(d) not in (None, "pending", "running", "done") for d in deps):
+                        # The local analogue of --kill-on-invalid-dep: an upstream failed.
+                        state[t] = "cancelled"
+                        ledger.update_shard(*t, "cancelled", sched_state="DEPENDENCY_FAILED",
+                                            signature="an upstream shard failed; resubmit it first")
+                        continue
+                    if all(state.get(d, "done") == "done" for d in deps):
+                        self._start(ledger, spec_dir, t, tasks[t], state)
+                if self.progress:
+                    self.progress(state)
+                if not any(s in ("pending", "running") for s in state.values()):
+                    break
+                time.sleep(0.1)
+            for job in {j for j in tasks.values()}:
+                ledger.settle(job)
+        return 0 if all(s == "done" for s in state.values()) else 1
+
+    def _start(self, ledger: Ledger, spec_dir: Path, t: tuple[str, int], job_id: str, state: dict) -> None:
+        stage, idx = t
+        res = self.plan.stage(stage).resources
+        need_cpus = min(res.cpus, self.cpus)
+        if res.gpus > self.total_gpus:
+            state[t] = "failed"
+            ledger.update_shard(stage, idx, "failed", sched_state="UNSATISFIABLE",
+                                signature=f"needs {res.gpus} GPU(s); cluster.gpus lists {self.total_gpus}")
+            return
+        if need_cpus > self.free_cpus or res.gpus > len(self.free_gpus):
+            return
+        gpus = [self.free_gpus.pop(0) for _ in range(res.gpus)]
+        self.free_cpus -= need_cpus
+        env = {**os.environ, "GRAIL_INDEX": str(idx), "GRAIL_ATTEMPT": str(self.round), "GRAIL_INDEX_OFFSET": "0"}
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
+        log_base = Path(self.plan.paths["logs_dir"]) / stage / f"local-{job_id}_{idx}"
+        with open(f"{log_base}.out", "ab") as out, open(f"{log_base}.err", "ab") as err:
+            proc = subprocess.Popen(["bash", str(spec_dir / f"{stage}.sh")], env=env, stdout=out, stderr=err,
+                                    stdin=subprocess.DEVNULL, start_new_session=True)
+        self.running[t] = (proc, time.time(), need_cpus, gpus, job_id)
+        state[t] = "running"
+        ledger.update_shard(stage, idx, "running", sched_state="RUNNING", node="localhost")
+
+    def _reap(self, ledger: Ledger, state: dict) -> None:
+        from ..status import log_paths
+
+        for t, (proc, started, cpus, gpus, job_id) in list(self.running.items()):
+            stage, idx = t
+            limit = self.plan.stage(stage).resources.time_min * 60
+            code = proc.poll()
+            timed_out = False
+            if code is None and time.time() - started > limit:
+                self._kill(proc)
+                code, timed_out = proc.wait(), True
+            if code is None:
+                continue
+            del self.running[t]
+            self.free_cpus += cpus
+            self.free_gpus += gpus
+            elapsed = time.time() - started
+            exit_code = f"{code}:0" if code >= 0 else f"0:{-code}"
+            if timed_out:
+                new, sched = "timeout", "TIMEOUT"
+            elif code == 0:
+                ok = validate_marker(self.plan.run_dir, stage, idx, self.plan.plan_hash)
+                new, sched = ("done", "COMPLETED") if ok else ("missing-output", "COMPLETED")
+            else:
+                new, sched = "failed", "FAILED"
+            sig = None
+            if new != "done":
+                paths = log_paths(self.plan.run_dir, stage, idx, self.round) + [
+                    Path(self.plan.paths["logs_dir"]) / stage / f"local-{job_id}_{idx}.err"]
+                sig = signature(paths, new) or exit_signature(exit_code)
+                if new == "missing-output":
+                    sig = "exited 0 but wrote no valid success marker"
+            state[t] = new
+            ledger.update_shard(stage, idx, new, sched_state=sched, exit_code=exit_code, elapsed=elapsed, signature=sig)
+
+    @staticmethod
+    def _kill(proc: subprocess.Popen) -> None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def _cancel_all(self, ledger: Ledger, state: dict) -> None:
+        for t, (proc, *_rest) in list(self.running.items()):
+            self._kill(proc)
+            proc.wait()
+            state[t] = "cancelled"
+            ledger.update_shard(*t, "cancelled", sched_state="CANCELLED", signature="cancelled")
+        self.running.clear()
+        for t, s in state.items():
+            if s == "pending":
+                state[t] = "cancelled"
+                ledger.update_shard(*t, "cancelled", sched_state="CANCELLED", signature="cancelled before it started")
+
+
+def run_foreground(plan: RunPlan, console, json_out: bool = False) -> int:
+    """``grail-cluster run cluster=local``: submit, then run here with progress bars; Ctrl-C cancels."""
+    import json
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from ..control import submit_run
+    from ..status import summarise
+
+    result = submit_run(plan, backend=LocalBackend(spawn=False))
+    with Ledger(plan.run_dir) as ledger:
+        ledger.set_meta(f"runner_foreground_pid_r{result.round}", os.getpid())
+        ledger.set_meta(f"runner_foreground_r{result.round}", True)
+    progress = Progress(TextColumn("{task.description:<8}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.fields[states]}"), console=console, disable=json_out)
+    bars = {st.name: progress.add_task(st.name, total=st.size, states="") for st in plan.stages}
+
+    def show(state: dict) -> None:
+        for st in plan.stages:
+            mine = [s for (name, _), s in state.items() if name == st.name]
+            counts = Counter(mine)
+            progress.update(bars[st.name], completed=sum(v for k, v in counts.items() if k not in ("pending", "running")),
+                            states=" ".join(f"{k}:{v}" for k, v in sorted(counts.items()) if k != "done"))
+
+    runner = Runner(plan.run_dir, result.round, progress=show)
+    previous = signal.signal(signal.SIGINT, lambda *_: setattr(runner, "cancelled", True))
+    try:
+        with progress:
+            code = runner.run()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    with Ledger(plan.run_dir) as ledger:
+        stages = summarise(plan, ledger)
+    if json_out:
+        sys.stdout.write(json.dumps({"run_id": plan.run_id, "run_dir": plan.run_dir, "ok": code == 0,
+                                     "cancelled": runner.cancelled,
+                                     "stages": [{"name": s.name, "counts": s.counts} for s in stages]}, indent=1) + "\n")
+    else:
+        console.print(f"run {plan.run_id}: {'done' if code == 0 else 'cancelled' if runner.cancelled else 'finished with failures'}"
+                      f"; status: grail-cluster status {plan.run_dir}")
+    return 130 if runner.cancelled else code
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m grail_cluster.backends.local",
+                                     description="the detached local runner of one submission round")
+    parser.add_argument("run_dir")
+    parser.add_argument("--round", type=int, required=True)
+    args = parser.parse_args(argv)
+    return Runner(args.run_dir, args.round).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
