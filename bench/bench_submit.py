@@ -58,6 +58,7 @@ if str(REPO) not in sys.path:
 WRAPPED = ("sbatch", "squeue", "sacct", "scontrol", "scancel")
 MARKER = ".bench_complete.json"
 POLL_S = 0.05
+WAIT_FOR_ROOM_S = 330.0  # MinJobAge (300 s here) frees the records of cancelled tasks
 # The default per-stage resources (train 64 CPUs / 480 GiB, eval 1 GPU / 16 CPUs / 64 GiB) do not fit
 # the one local node, so sbatch refuses them. Rehearsal tasks get what a peer's task gets: 1 CPU, no
 # GPU (train keeps 1 GRES GPU: a run has at least one rank), 1 GiB.
@@ -169,8 +170,34 @@ class Cluster:
         return [line for line in proc.stdout.splitlines() if line.strip()]
 
     def all_jobs(self) -> list[str]:
+        """Pending/running/completing jobs of everyone (array remainders as one line)."""
         proc = subprocess.run([self.real["squeue"], "-h", "-o", "%i|%T|%j"], capture_output=True, text=True)
         return [line for line in proc.stdout.splitlines() if line.strip()]
+
+    def records(self) -> int:
+        """Job records slurmctld holds (finished and cancelled ones stay MinJobAge s): MaxJobCount counts these."""
+        proc = subprocess.run([self.real["squeue"], "-h", "-r", "-t", "all", "-o", "%i"], capture_output=True, text=True)
+        return sum(1 for line in proc.stdout.splitlines() if line.strip())
+
+    def config(self) -> dict[str, str]:
+        out = subprocess.run([self.real["scontrol"], "show", "config"], capture_output=True, text=True).stdout
+        return {m.group(1): m.group(2).strip() for m in re.finditer(r"^(\w+)\s*=\s*(.*)$", out, re.M)}
+
+    def wait_until_fit(self, tasks: int, max_wait_s: float) -> dict[str, Any]:
+        """Wait until an array of `tasks` is accepted: MaxArraySize > tasks - 1 (another user may have
+        restarted slurmctld with a small one) and MaxJobCount has room for `tasks` more records."""
+        t0 = time.perf_counter()
+        while True:
+            conf = self.config()
+            max_array = int(conf.get("MaxArraySize", "0") or 0)
+            max_jobs = int(conf.get("MaxJobCount", "10000") or 10000)
+            records = self.records()
+            ok = max_array >= tasks and records + tasks + 200 <= max_jobs
+            waited = time.perf_counter() - t0
+            if ok or waited > max_wait_s:
+                return {"ok": ok, "waited_s": round(waited, 1), "max_array_size": max_array,
+                        "max_job_count": max_jobs, "records": records}
+            time.sleep(5)
 
     def cancel(self, ids: list[str], wait_s: float = 90.0) -> float:
         """scancel these job ids (never anything else); wait until none is pending/running/completing."""
@@ -256,9 +283,15 @@ def rel_calls(calls: list[dict[str, Any]], t_origin: float) -> dict[str, Any]:
 
 def run_contender(name: str, argv: list[str], *, cluster: Cluster, bin_dir: Path, log: Path, cwd: Path,
                   expect_tasks: int | None, timeout_s: float, extra_env: dict[str, str] | None = None,
-                  keep_jobs: bool = False) -> dict[str, Any]:
+                  keep_jobs: bool = False, room: int | None = None) -> dict[str, Any]:
     """Run one submitter as a child process with the wrappers on PATH; time it; cancel its jobs."""
     log.unlink(missing_ok=True)
+    fit = cluster.wait_until_fit(room or expect_tasks or 1, WAIT_FOR_ROOM_S)
+    if not fit["ok"]:
+        print(f"    warning: the cluster has no room for {room or expect_tasks} more tasks after "
+              f"{fit['waited_s']} s ({fit}); running anyway", flush=True)
+    elif fit["waited_s"] > 1:
+        print(f"    (waited {fit['waited_s']} s for room: {fit})", flush=True)
     foreign = len(cluster.all_jobs())  # others' jobs (e.g. a test suite) share the node: recorded, not hidden
     t_origin = time.time()
     poller = VisibilityPoller(cluster, log, t_origin)
@@ -273,17 +306,27 @@ def run_contender(name: str, argv: list[str], *, cluster: Cluster, bin_dir: Path
                threading.Thread(target=lambda: err_chunks.extend(proc.stderr), daemon=True)]
     for th in readers:
         th.start()
+    def stop_child() -> None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        except ProcessLookupError:
+            pass
+
     timed_out = False
     try:
         proc.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
         timed_out = True
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_child()
+    except BaseException:  # interrupted: stop the child (its own session) and cancel what it queued
+        stop_child()
+        poller.stop()
+        cluster.cancel(sbatch_ids(read_calls(log)), wait_s=30)
+        raise
     wall = time.perf_counter() - t0
     for th in readers:
         th.join(timeout=10)
@@ -314,6 +357,7 @@ def run_contender(name: str, argv: list[str], *, cluster: Cluster, bin_dir: Path
         "stdout_times": [(round(t, 4), ln[:120]) for t, ln in lines if ln.lstrip().startswith("{\"phase\"")],
         "stderr_tail": stderr[-4000:],
         "foreign_jobs_at_start": foreign,
+        "cluster_at_start": fit,
         "polls": len(poller.samples),
         **res_extra,
     }
@@ -469,7 +513,7 @@ def bench_ours(ctx: dict[str, Any], n: int, tag: str, keep_jobs: bool = False) -
     work = Path(tempfile.mkdtemp(prefix=f"ours-{tag}.", dir=ctx["work"]))
     res = run_contender("ours", ours_argv(ctx["lib"], ctx["sonic"], work / "runs", n), cluster=ctx["cluster"],
                         bin_dir=ctx["bin"], log=work / "calls.tsv", cwd=work, expect_tasks=None,
-                        timeout_s=300, keep_jobs=keep_jobs)
+                        timeout_s=300, keep_jobs=keep_jobs, room=2 * n + 3)  # eval + export arrays, 3 singles
     out = parse_json_tail(res["stdout"]) or {}
     run_dir = out.get("run_dir") if isinstance(out, dict) else None
     if not run_dir:
@@ -540,11 +584,14 @@ def bench_hydra(ctx: dict[str, Any], n: int, wait_s: float) -> dict[str, Any]:
     return res
 
 
-def bench_status(ctx: dict[str, Any], sizes: list[int], refreshes: int) -> list[dict[str, Any]]:
-    """Submit an ours run per size (jobs left queued), refresh `status --json` a few times, cancel."""
+def bench_status(ctx: dict[str, Any], sizes: list[int], refreshes: int,
+                 kept: dict[int, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Refresh `status --json` a few times on an ours run per size whose jobs are still queued (the
+    last timed run for N, a new one otherwise); then cancel that run. Largest size first, so that a
+    smaller run's `squeue --me` does not list the larger run's tasks."""
     rows = []
-    for n in sizes:
-        sub = bench_ours(ctx, n, f"status{n}", keep_jobs=True)
+    for n in sorted(sizes, reverse=True):
+        sub = (kept or {}).get(n) or bench_ours(ctx, n, f"status{n}", keep_jobs=True)
         entry: dict[str, Any] = {"shards": n, "submit_rc": sub["rc"], "run_dir": sub["run_dir"],
                                  "job_ids": sub["job_ids"], "tasks": sub["tasks_seen"], "refreshes": []}
         try:
@@ -567,7 +614,7 @@ def bench_status(ctx: dict[str, Any], sizes: list[int], refreshes: int) -> list[
         finally:
             entry["cancel_s"] = ctx["cluster"].cancel(sub["job_ids"])
         rows.append(entry)
-    return rows
+    return sorted(rows, key=lambda r: r["shards"])
 
 
 def ours_ready(ctx: dict[str, Any]) -> tuple[bool, str]:
@@ -598,11 +645,17 @@ def ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.2f}x"
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shards", type=int, default=1000, help="tasks per contender (default 1000)")
     ap.add_argument("--quick", action="store_true", help="100 shards")
-    ap.add_argument("--repeat", type=int, default=3, help="runs of ours and submitit, interleaved (default 3)")
+    ap.add_argument("--repeat", type=int, default=2,
+                    help="runs of ours and submitit, interleaved (default 2: with 1,000 shards, 2 runs of each plus "
+                         "hydra and status leave ~7,000 job records, under the default MaxJobCount of 10,000)")
     ap.add_argument("--skip-ours", action="store_true", help="peers only (grail-cluster run/status not measured)")
     ap.add_argument("--skip-hydra", action="store_true", help="leave out the Hydra launcher")
     ap.add_argument("--hydra-wait", type=float, default=360.0,
@@ -614,6 +667,8 @@ def main(argv: list[str] | None = None) -> int:
     if n < 1 or args.repeat < 1:
         ap.error("--shards and --repeat must be >= 1")
 
+    # SIGTERM unwinds like Ctrl-C, so that every contender's jobs are cancelled on the way out.
+    signal.signal(signal.SIGTERM, _interrupt)
     bench_dir = Path(os.environ.get("GRAIL_BENCH_DIR", ".bench")).expanduser().resolve()
     bench_dir.mkdir(parents=True, exist_ok=True)
     os.environ["XDG_CACHE_HOME"] = str(bench_dir / "xdg-cache")
@@ -655,14 +710,28 @@ def main(argv: list[str] | None = None) -> int:
     print(f"ours: {'measured' if ready else 'NOT measured: ' + why}", flush=True)
 
     runs: dict[str, list[dict[str, Any]]] = {"ours": [], "submitit": []}
+    kept: dict[int, dict[str, Any]] = {}
+    failed: dict[str, list[dict[str, Any]]] = {"ours": [], "submitit": []}
     try:
         for r in range(args.repeat):
-            order = ("ours", "submitit") if r % 2 == 0 else ("submitit", "ours")
+            # Alternate the order; the last run of all is ours, whose jobs stay queued for the status figure.
+            order = ("submitit", "ours") if (args.repeat - 1 - r) % 2 == 0 else ("ours", "submitit")
             for who in order:
                 if who == "ours" and not ready:
                     continue
                 print(f"[{r + 1}/{args.repeat}] {who}: {n} shards ...", flush=True)
-                res = bench_ours(ctx, n, str(r)) if who == "ours" else bench_submitit(ctx, n, str(r))
+                last = r == args.repeat - 1 and who == "ours"
+                for attempt in range(2):  # one retry: another user may restart slurmctld mid-submission
+                    tag = f"{r}" if attempt == 0 else f"{r}-retry"
+                    res = (bench_ours(ctx, n, tag, keep_jobs=last) if who == "ours"
+                           else bench_submitit(ctx, n, tag))
+                    if res["rc"] == 0:
+                        break
+                    failed[who].append(res)
+                    print(f"    failed (rc {res['rc']}): {res['stderr_tail'].strip().splitlines()[-1:]}; retrying once",
+                          flush=True)
+                if last and res["rc"] == 0:
+                    kept[n] = res
                 runs[who].append(res)
                 print(f"    rc {res['rc']}, returned in {fmt(res['returned_s'])} s, {res['tasks_seen']} tasks visible "
                       f"at {fmt(res['visible_s'])} s, calls {res['calls']}", flush=True)
@@ -671,7 +740,7 @@ def main(argv: list[str] | None = None) -> int:
         status = []
         if ready:
             print(f"status polling at 10 and {n} shards ...", flush=True)
-            status = bench_status(ctx, sorted({min(10, n), n}), args.status_refreshes)
+            status = bench_status(ctx, sorted({min(10, n), n}), args.status_refreshes, kept)
         hydra = None
         if not args.skip_hydra:
             print(f"hydra: {n} shards (blocks until every job ends; stopped after {args.hydra_wait:.0f} s) ...",
@@ -682,6 +751,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"{hydra['files_written']} files written, calls {hydra['calls']}", flush=True)
     finally:
         leftovers = [j for res in runs["ours"] + runs["submitit"] for j in res.get("job_ids", [])]
+        leftovers += [j for res in kept.values() for j in res.get("job_ids", [])]
+        leftovers += [j for rs in failed.values() for res in rs for j in res.get("job_ids", [])]
         cluster.cancel(leftovers, wait_s=30)  # a no-op unless something was interrupted
 
     def agg(rs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -714,7 +785,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "command": "python bench/bench_submit.py" + (" --quick" if args.quick else "")
                    + (f" --shards {n}" if not args.quick and n != 1000 else "")
-                   + (f" --repeat {args.repeat}" if args.repeat != 3 else "")
+                   + (f" --repeat {args.repeat}" if args.repeat != 2 else "")
                    + (" --skip-ours" if args.skip_ours else "") + (" --skip-hydra" if args.skip_hydra else ""),
         "shards": n,
         "machine": machine(),
@@ -725,6 +796,9 @@ def main(argv: list[str] | None = None) -> int:
         "ours_not_measured_because": None if ready else why,
         "summary": summary,
         "runs": runs,
+        "failed_runs": failed,
+        "foreign_jobs_seen": max([x.get("foreign_jobs_at_start", 0) for x in runs["ours"] + runs["submitit"]
+                                  + ([hydra] if hydra else [])] or [0]),
         "status": status,
         "hydra": hydra,
         "wall_s": time.perf_counter() - t_start,
@@ -776,6 +850,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"submitit refresh of all {n} jobs: {other(s['refresh_calls'])}, {fmt(s.get('refresh_median_s'), 3)} s")
     if not ready:
         print(f"ours NOT measured: {why}")
+    if result["foreign_jobs_seen"]:
+        print(f"warning: up to {result['foreign_jobs_seen']} jobs of others were queued when a contender started; "
+              "they shared the node's CPUs with this run")
+    if any(failed.values()):
+        print(f"failed and retried: { {k: len(v) for k, v in failed.items()} } (see failed_runs in the JSON)")
     print(f"wall {result['wall_s']:.0f} s; written {out}")
     return 0
 

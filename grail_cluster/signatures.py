@@ -10,6 +10,8 @@ TAIL_BYTES = 64 * 1024
 # Ordered: the first that matches names the failure.
 PATTERNS = [
     ("OOM", re.compile(r"CUDA out of memory|OutOfMemoryError|oom[-_]kill|Out Of Memory|MemoryError|Killed process", re.I)),
+    # bash reporting that a child died of SIGKILL (OOM killer, kill -9, cgroup limit)
+    ("killed by signal 9 (SIGKILL)", re.compile(r"line \d+:\s+\d+ Killed\b")),
     ("NCCL timeout", re.compile(r"NCCL.*(timeout|timed out|Watchdog caught collective)", re.I)),
     ("CUDA error", re.compile(r"CUDA error|cudaError|CUBLAS_STATUS|device-side assert", re.I)),
     ("TIMEOUT", re.compile(r"DUE TO TIME LIMIT|TIME LIMIT", re.I)),
@@ -38,7 +40,8 @@ def signature(paths: list[Path], state: str | None = None) -> str | None:
     for name, pattern in PATTERNS:
         if pattern.search(text):
             last = last_error_line(text)
-            return f"{name}: {last}" if last and name not in ("TIMEOUT", "CANCELLED") else name
+            terse = name in ("TIMEOUT", "CANCELLED") or name.startswith("killed")
+            return f"{name}: {last}" if last and not terse else name
     last = last_error_line(text)
     if last:
         return last

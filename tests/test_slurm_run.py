@@ -108,10 +108,11 @@ def test_full_dag_status_agrees_with_sacct_and_markers(world, capsys):
 
 def test_faults_are_named_and_resubmit_repairs_exactly_them(world, capsys):
     root, _ = world
-    reference = make(root, "reference-local", cluster="local")
-    assert subprocess.run([sys.executable, "-m", "grail_cluster", "run",
-                           *overrides(root, "reference-local", "local"), "--json"],
-                          capture_output=True, text=True).returncode == 0
+    reference = make(root, "reference-local", "cluster.gpus=[0]", cluster="local")
+    proc = subprocess.run([sys.executable, "-m", "grail_cluster", "run",
+                           *overrides(root, "reference-local", "local", "cluster.gpus=[0]"), "--json"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
     faults = "rehearsal.faults=[eval/3:exit1,eval/5:kill,eval/7:hang,eval/9:hang,eval/11:no_marker]"
     plan = make(root, "faulty", faults, "resources.eval.time=1")
     submit_run(plan)

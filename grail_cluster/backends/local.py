@@ -15,6 +15,7 @@ from pathlib import Path
 
 import jinja2
 
+from ..errors import GrailError
 from ..jobspec import JobSpec
 from ..ledger import ACTIVE, Ledger
 from ..markers import validate_marker
@@ -78,7 +79,13 @@ class LocalBackend:
         self.calls: Counter[str] = Counter()
 
     def prepare(self, plan: RunPlan, stages: list[str]) -> None:
+        gpus = len(plan.config["cluster"].get("gpus") or [])
         for stage in set(stages):
+            need = plan.stage(stage).resources.gpus
+            if need > gpus:
+                raise GrailError(f"stage {stage} needs {need} GPU(s) per job but cluster.gpus lists {gpus}",
+                                 fix="list this machine's GPU ids (cluster.gpus=[0,1,...]) or lower "
+                                     f"{'train.gpus_per_node' if stage == 'train' else f'resources.{stage}.gpus'}")
             os.makedirs(os.path.join(plan.paths["logs_dir"], stage), exist_ok=True)
 
     def submit_group(self, plan: RunPlan, group, *, name: str, dependency: str | None, attempt: int,
