@@ -43,10 +43,18 @@ def test_run_dry_run_writes_and_prints_the_exact_files(tmp_path, hoi_pair, sonic
     assert (runs[0] / "plan.json").exists()
 
 
-def test_run_without_dry_run_is_refused_clearly(tmp_path, hoi_pair, sonic_root, capsys):
+def test_run_on_kubernetes_is_refused_clearly(tmp_path, hoi_pair, sonic_root, capsys):
     _, ha = hoi_pair
-    rc = main(["run", *base_overrides(tmp_path, ha.root, sonic_root)])
-    assert rc == 2 and "--dry-run" in capsys.readouterr().err
+    rc = main(["run", *base_overrides(tmp_path, ha.root, sonic_root, "cluster=kubernetes", "cluster.image=x:1")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "cluster=kubernetes" in err and "Traceback" not in err
+
+
+def test_local_run_without_gpus_is_refused_before_anything_runs(tmp_path, hoi_pair, sonic_root, capsys):
+    _, ha = hoi_pair
+    rc = main(["run", *base_overrides(tmp_path, ha.root, sonic_root, "cluster=local")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "cluster.gpus" in err
 
 
 def test_render_out_dir_json(tmp_path, hoi_pair, sonic_root, capsys):
