@@ -258,6 +258,12 @@ def cmd_run(args: argparse.Namespace) -> int:
                 continue
             out.rule(f"{spec_dir / rel}")
             out.print(files[rel], markup=False, highlight=False)
+        if plan.backend == "slurm":
+            out.rule("submission (job ids of dependencies are known only when submitting)")
+            from .backends.slurm import submission_lines
+
+            for line in submission_lines(plan):
+                out.print(line, markup=False, highlight=False)
         _print_plan(plan, plan_path)
         out.print(f"dry run: nothing submitted; {len(written)} file(s) in {spec_dir}")
         return EXIT_OK

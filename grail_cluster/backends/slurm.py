@@ -45,8 +45,33 @@ def render_script(plan: RunPlan, spec: JobSpec, env: jinja2.Environment) -> str:
 def render(plan: RunPlan, specs: list[JobSpec], env: jinja2.Environment) -> dict[str, str]:
     files = {f"{spec.stage}.sh": render_script(plan, spec, env) for spec in specs}
     files["submit.sh"] = env.get_template("slurm/submit.sh.j2").render(
-        plan=plan, specs=specs, log_root=plan.paths["logs_dir"])
+        plan=plan, specs=specs, log_root=plan.paths["logs_dir"], lines=submission_lines(plan))
     return files
+
+
+def submission_lines(plan: RunPlan) -> list[str]:
+    """The sbatch calls `grail-cluster run` makes for this plan, as shell, with ``$JOB_<stage>_<n>``
+    for job ids that exist only once submitted (arrays chunked by ``cluster.max_array_size`` if set)."""
+    from ..sonic.commands import shell_join
+    from ..submission import plan_groups
+
+    max_size = plan.config["cluster"].get("max_array_size")
+    groups = plan_groups(plan, {st.name: list(range(st.size)) for st in plan.stages},
+                         max_array_size=max_size, parallelism=plan.config["cluster"].get("array_parallelism"))
+    lines = [] if max_size else ["# arrays are chunked at submit time when the cluster's MaxArraySize is smaller"]
+    by_stage: dict[str, list] = {}
+    for g in groups:
+        by_stage.setdefault(g.stage, []).append(g)
+    for g in groups:
+        deps = []
+        for d in g.depends:
+            ups = [u for u in by_stage.get(d.stage, []) if d.chunk is None or u.chunk == d.chunk]
+            deps.append(f"{d.kind}:" + ":".join(f"$JOB_{u.stage}_{u.chunk}" for u in ups))
+        flags = submit_flags(name=g.name(plan.run_id, 0), array_spec=g.array_spec, dependency=",".join(deps) or None,
+                             offset=g.offset, attempt=0)
+        lines.append(f"JOB_{g.stage}_{g.chunk}=$(sbatch --parsable {shell_join(flags)} {g.stage}.sh)")
+        lines.append(f'echo "{g.stage} {g.chunk}: $JOB_{g.stage}_{g.chunk}"')
+    return lines
 
 
 # ----------------------------------------------------------------------------- submission and polling

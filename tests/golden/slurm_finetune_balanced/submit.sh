@@ -4,17 +4,18 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 mkdir -p <TMP>/runs/golden/logs/train <TMP>/runs/golden/logs/select <TMP>/runs/golden/logs/eval <TMP>/runs/golden/logs/render <TMP>/runs/golden/logs/export <TMP>/runs/golden/logs/merge <TMP>/runs/golden/logs/web
-JOB_train=$(sbatch --parsable train.sh)
-echo "train: $JOB_train"
-JOB_select=$(sbatch --parsable --dependency=afterok:$JOB_train select.sh)
-echo "select: $JOB_select"
-JOB_eval=$(sbatch --parsable --dependency=afterok:$JOB_select eval.sh)
-echo "eval: $JOB_eval"
-JOB_render=$(sbatch --parsable --dependency=aftercorr:$JOB_eval render.sh)
-echo "render: $JOB_render"
-JOB_export=$(sbatch --parsable --dependency=aftercorr:$JOB_eval export.sh)
-echo "export: $JOB_export"
-JOB_merge=$(sbatch --parsable --dependency=afterok:$JOB_export,afterok:$JOB_render merge.sh)
-echo "merge: $JOB_merge"
-JOB_web=$(sbatch --parsable --dependency=afterok:$JOB_merge web.sh)
-echo "web: $JOB_web"
+# arrays are chunked at submit time when the cluster's MaxArraySize is smaller
+JOB_train_0=$(sbatch --parsable --job-name=golden:train:0 --comment=golden:train:0 --export=ALL,GRAIL_INDEX_OFFSET=0,GRAIL_ATTEMPT=0 train.sh)
+echo "train 0: $JOB_train_0"
+JOB_select_0=$(sbatch --parsable --job-name=golden:select:0 --comment=golden:select:0 "--dependency=afterok:$JOB_train_0" --export=ALL,GRAIL_INDEX_OFFSET=0,GRAIL_ATTEMPT=0 select.sh)
+echo "select 0: $JOB_select_0"
+JOB_eval_0=$(sbatch --parsable --job-name=golden:eval:0 --comment=golden:eval:0 --array=0-5%6 "--dependency=afterok:$JOB_select_0" --export=ALL,GRAIL_INDEX_OFFSET=0,GRAIL_ATTEMPT=0 eval.sh)
+echo "eval 0: $JOB_eval_0"
+JOB_render_0=$(sbatch --parsable --job-name=golden:render:0 --comment=golden:render:0 --array=0-5%6 "--dependency=aftercorr:$JOB_eval_0" --export=ALL,GRAIL_INDEX_OFFSET=0,GRAIL_ATTEMPT=0 render.sh)
+echo "render 0: $JOB_render_0"
+JOB_export_0=$(sbatch --parsable --job-name=golden:export:0 --comment=golden:export:0 --array=0-5%6 "--dependency=aftercorr:$JOB_eval_0" --export=ALL,GRAIL_INDEX_OFFSET=0,GRAIL_ATTEMPT=0 export.sh)
+echo "export 0: $JOB_export_0"
+JOB_merge_0=$(sbatch --parsable --job-name=golden:merge:0 --comment=golden:merge:0 --array=0-1%2 "--dependency=afterok:$JOB_export_0,afterok:$JOB_render_0" --export=ALL,GRAIL_INDEX_OFFSET=0,GRAIL_ATTEMPT=0 merge.sh)
+echo "merge 0: $JOB_merge_0"
+JOB_web_0=$(sbatch --parsable --job-name=golden:web:0 --comment=golden:web:0 "--dependency=afterok:$JOB_merge_0" --export=ALL,GRAIL_INDEX_OFFSET=0,GRAIL_ATTEMPT=0 web.sh)
+echo "web 0: $JOB_web_0"
