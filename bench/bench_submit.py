@@ -183,16 +183,16 @@ class Cluster:
         out = subprocess.run([self.real["scontrol"], "show", "config"], capture_output=True, text=True).stdout
         return {m.group(1): m.group(2).strip() for m in re.finditer(r"^(\w+)\s*=\s*(.*)$", out, re.M)}
 
-    def wait_until_fit(self, tasks: int, max_wait_s: float) -> dict[str, Any]:
-        """Wait until an array of `tasks` is accepted: MaxArraySize > tasks - 1 (another user may have
-        restarted slurmctld with a small one) and MaxJobCount has room for `tasks` more records."""
+    def wait_until_fit(self, array: int, tasks: int, max_wait_s: float) -> dict[str, Any]:
+        """Wait until an array of `array` tasks is accepted, MaxArraySize >= array (another user may
+        have restarted slurmctld with a small one), and MaxJobCount has room for `tasks` more records."""
         t0 = time.perf_counter()
         while True:
             conf = self.config()
             max_array = int(conf.get("MaxArraySize", "0") or 0)
             max_jobs = int(conf.get("MaxJobCount", "10000") or 10000)
             records = self.records()
-            ok = max_array >= tasks and records + tasks + 200 <= max_jobs
+            ok = max_array >= array and records + tasks + 200 <= max_jobs
             waited = time.perf_counter() - t0
             if ok or waited > max_wait_s:
                 return {"ok": ok, "waited_s": round(waited, 1), "max_array_size": max_array,
@@ -283,10 +283,10 @@ def rel_calls(calls: list[dict[str, Any]], t_origin: float) -> dict[str, Any]:
 
 def run_contender(name: str, argv: list[str], *, cluster: Cluster, bin_dir: Path, log: Path, cwd: Path,
                   expect_tasks: int | None, timeout_s: float, extra_env: dict[str, str] | None = None,
-                  keep_jobs: bool = False, room: int | None = None) -> dict[str, Any]:
+                  keep_jobs: bool = False, room: int | None = None, array: int = 1) -> dict[str, Any]:
     """Run one submitter as a child process with the wrappers on PATH; time it; cancel its jobs."""
     log.unlink(missing_ok=True)
-    fit = cluster.wait_until_fit(room or expect_tasks or 1, WAIT_FOR_ROOM_S)
+    fit = cluster.wait_until_fit(array, room or expect_tasks or 1, WAIT_FOR_ROOM_S)
     if not fit["ok"]:
         print(f"    warning: the cluster has no room for {room or expect_tasks} more tasks after "
               f"{fit['waited_s']} s ({fit}); running anyway", flush=True)
@@ -513,7 +513,7 @@ def bench_ours(ctx: dict[str, Any], n: int, tag: str, keep_jobs: bool = False) -
     work = Path(tempfile.mkdtemp(prefix=f"ours-{tag}.", dir=ctx["work"]))
     res = run_contender("ours", ours_argv(ctx["lib"], ctx["sonic"], work / "runs", n), cluster=ctx["cluster"],
                         bin_dir=ctx["bin"], log=work / "calls.tsv", cwd=work, expect_tasks=None,
-                        timeout_s=300, keep_jobs=keep_jobs, room=2 * n + 3)  # eval + export arrays, 3 singles
+                        timeout_s=300, keep_jobs=keep_jobs, room=2 * n + 3, array=n)  # eval + export arrays, 3 singles
     out = parse_json_tail(res["stdout"]) or {}
     run_dir = out.get("run_dir") if isinstance(out, dict) else None
     if not run_dir:
@@ -543,7 +543,7 @@ def bench_submitit(ctx: dict[str, Any], n: int, tag: str) -> dict[str, Any]:
     argv = [sys.executable, str(script), str(work / "submitit" / "%j"), str(work / "out"), str(n),
             str(work / "refresh_calls.tsv")]
     res = run_contender("submitit", argv, cluster=ctx["cluster"], bin_dir=ctx["bin"], log=work / "calls.tsv",
-                        cwd=work, expect_tasks=n, timeout_s=300)
+                        cwd=work, expect_tasks=n, timeout_s=300, array=n)
     phases = {}
     for line in res["stdout"].splitlines():
         try:
@@ -573,7 +573,7 @@ def bench_hydra(ctx: dict[str, Any], n: int, wait_s: float) -> dict[str, Any]:
             "hydra/launcher=submitit_slurm", "hydra.launcher.partition=debug", "hydra.launcher.timeout_min=5",
             f"hydra.launcher.array_parallelism={PARALLELISM}", f"hydra.sweep.dir={work / 'sweep'}"]
     res = run_contender("hydra", argv, cluster=ctx["cluster"], bin_dir=ctx["bin"], log=work / "calls.tsv",
-                        cwd=work, expect_tasks=n, timeout_s=wait_s)
+                        cwd=work, expect_tasks=n, timeout_s=wait_s, array=n)
     res.pop("_poller")
     res["files_written"] = sum(1 for _ in (work / "out").glob("*.txt"))
     res["returned"] = not res["timed_out"] and res["rc"] == 0
@@ -658,8 +658,8 @@ def main(argv: list[str] | None = None) -> int:
                          "hydra and status leave ~7,000 job records, under the default MaxJobCount of 10,000)")
     ap.add_argument("--skip-ours", action="store_true", help="peers only (grail-cluster run/status not measured)")
     ap.add_argument("--skip-hydra", action="store_true", help="leave out the Hydra launcher")
-    ap.add_argument("--hydra-wait", type=float, default=360.0,
-                    help="seconds to let the blocking Hydra launcher run before stopping it (default 360)")
+    ap.add_argument("--hydra-wait", type=float, default=540.0,
+                    help="seconds to let the blocking Hydra launcher run before stopping it (default 540)")
     ap.add_argument("--status-refreshes", type=int, default=3, help="status calls per size (default 3)")
     ap.add_argument("--keep", action="store_true", help="keep the work dir (job folders, logs, call logs)")
     args = ap.parse_args(argv)
