@@ -1,0 +1,93 @@
+"""The ledger, the submit lock, and the pure submission planning (chunks, ranges, closure)."""
+
+import subprocess
+import sys
+import time
+
+import pytest
+
+from grail_cluster import config
+from grail_cluster.errors import GrailError
+from grail_cluster.ledger import Ledger, submit_lock
+from grail_cluster.library import scan_library
+from grail_cluster.plan import build_plan
+from grail_cluster.submission import compress_ranges, downstream_closure, plan_groups
+from tests.conftest import base_overrides
+
+
+def test_states_attempts_and_events(tmp_path):
+    with Ledger(tmp_path) as ledger:
+        ledger.record_job(job_id="10", backend="slurm", stage="eval", chunk=0, round=0, name="r:eval:0",
+                          indices=[0, 1, 2], index_offset=0, array_spec="0-2%3", depends=None)
+        assert {s.state for s in ledger.shards("eval")} == {"pending"}
+        assert ledger.update_shard("eval", 1, "running", sched_state="RUNNING")
+        assert not ledger.update_shard("eval", 1, "running")  # no change, no event
+        ledger.update_shard("eval", 1, "failed", exit_code="1:0", signature="RuntimeError: x")
+        ledger.record_job(job_id="11", backend="slurm", stage="eval", chunk=0, round=1, name="r:eval:0:r1",
+                          indices=[1], index_offset=0, array_spec="1%1", depends=None)
+        assert ledger.shard("eval", 1).attempt == 1 and ledger.shard("eval", 1).job_id == "11"
+        assert [a["state"] for a in ledger.attempts("eval", 1)] == ["failed", "pending"]
+        kinds = [e["kind"] for e in ledger.events()]
+        assert kinds == ["submitted", "state", "state", "submitted"]
+        assert ledger.next_round() == 2
+        with pytest.raises(ValueError):
+            ledger.update_shard("eval", 0, "exploded")
+    # A second connection sees the same, durable, state (WAL).
+    with Ledger(tmp_path) as again:
+        assert again.shard("eval", 1).state == "pending" and again.shard("eval", 1).attempt == 1
+        assert len(again.jobs()) == 2
+
+
+def test_one_submitter_per_run_dir(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c",
+                               "import time,sys; from grail_cluster.ledger import submit_lock\n"
+                               f"with submit_lock({str(tmp_path)!r}):\n print('held', flush=True); time.sleep(3)"],
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    with pytest.raises(GrailError) as exc:
+        with submit_lock(tmp_path):
+            pass
+    assert "another grail-cluster process" in str(exc.value) and "--wait" in str(exc.value)
+    start = time.time()
+    with submit_lock(tmp_path, wait=True):
+        assert time.time() - start > 0.5  # waited for the holder
+    holder.wait(timeout=10)
+
+
+def test_compress_ranges():
+    assert compress_ranges([0, 1, 2, 3, 7, 9, 10]) == "0-3,7,9-10"
+    assert compress_ranges([5]) == "5" and compress_ranges([]) == ""
+
+
+@pytest.fixture
+def plan(tmp_path, hoi_pair, sonic_root):
+    _, ha = hoi_pair
+    c = config.load(base_overrides(tmp_path, ha.root, sonic_root, "eval.num_shards=6", "select.k=2"))
+    return build_plan(c, scan_library(ha.root))
+
+
+def test_chunks_offsets_and_aftercorr_partners(plan):
+    selected = {st.name: list(range(st.size)) for st in plan.stages}
+    groups = plan_groups(plan, selected, max_array_size=5, parallelism=6)
+    evals = [g for g in groups if g.stage == "eval"]
+    assert [(g.offset, g.task_ids) for g in evals] == [(0, [0, 1, 2, 3, 4]), (5, [0, 1, 2, 3, 4]), (10, [0, 1])]
+    assert sum(g.parallelism for g in evals) <= 6
+    renders = [g for g in groups if g.stage == "render"]
+    assert [d.chunk for g in renders for d in g.depends] == [0, 1, 2]
+    merge = next(g for g in groups if g.stage == "merge")
+    assert {(d.kind, d.stage) for d in merge.depends} == {("afterok", "export"), ("afterok", "render")}
+
+
+def test_resubmit_groups_split_by_what_upstream_reruns(plan):
+    # eval 3 failed (render/export 3 cancelled with it); render 8 failed on its own (eval 8 is done).
+    groups = plan_groups(plan, {"eval": [3], "render": [3, 8], "export": [3], "merge": [0, 1], "web": [0]},
+                         max_array_size=None, parallelism=None)
+    renders = [g for g in groups if g.stage == "render"]
+    assert [(g.indices, [d.kind for d in g.depends]) for g in renders] == [([3], ["aftercorr"]), ([8], [])]
+    assert next(g for g in groups if g.stage == "eval").depends == []  # select is done: nothing to wait for
+
+
+def test_downstream_closure(plan):
+    not_done = {"eval": {3}, "render": {3}, "export": {3}, "merge": {0}, "web": {0}}
+    out = downstream_closure(plan, {"eval": {3}}, not_done)
+    assert out == {"eval": {3}, "render": {3}, "export": {3}, "merge": {0}, "web": {0}}
