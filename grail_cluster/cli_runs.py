@@ -1,0 +1,189 @@
+"""The run-management commands: status, watch, logs, cancel, resubmit (any backend, any shell)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from rich.markup import escape
+from rich.table import Table
+
+from .cli import _print_json, err, out
+from .errors import EXIT_OK, EXIT_PROBLEMS, ConfigError
+
+
+def _load_run(run: str):
+    from .plan import read_plan
+
+    path = Path(run)
+    if not (path / "plan.json").exists() and (Path("runs") / run / "plan.json").exists():
+        path = Path("runs") / run
+    return read_plan(path)
+
+
+def _status_data(plan, refresh_first: bool = True) -> dict[str, Any]:
+    from .control import get_backend
+    from .ledger import Ledger
+    from .status import refresh, run_finished, summarise
+
+    backend = get_backend(plan.backend)
+    with Ledger(plan.run_dir) as ledger:
+        if refresh_first:
+            refresh(plan, ledger, backend)
+        stages = summarise(plan, ledger)
+    calls = dict(getattr(backend, "calls", {}))
+    return {
+        "run_id": plan.run_id, "run_dir": plan.run_dir, "backend": plan.backend, "plan_hash": plan.plan_hash,
+        "finished": run_finished(stages),
+        "ok": run_finished(stages) and all(s.counts.get("done", 0) == s.size for s in stages),
+        "stages": [{"name": s.name, "size": s.size, "counts": s.counts, "wall_s": s.wall_s, "failures": s.failures}
+                   for s in stages],
+        "scheduler_calls": calls,
+    }
+
+
+STATE_COLOURS = {"done": "green", "running": "cyan", "pending": "white", "unsubmitted": "dim",
+                 "failed": "red", "cancelled": "yellow", "timeout": "magenta", "node-fail": "red",
+                 "out-of-memory": "red", "missing-output": "red"}
+
+
+def _status_table(data: dict[str, Any]) -> Table:
+    table = Table(title=f"run {data['run_id']} ({data['backend']})")
+    table.add_column("stage")
+    table.add_column("shards", justify="right")
+    table.add_column("states")
+    table.add_column("wall", justify="right")
+    for s in data["stages"]:
+        states = "  ".join(f"[{STATE_COLOURS.get(k, 'white')}]{k} {v}[/]" for k, v in sorted(s["counts"].items()))
+        wall = f"{s['wall_s']:.0f} s" if s["wall_s"] is not None else "-"
+        table.add_row(s["name"], str(s["size"]), states, wall)
+    return table
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    plan = _load_run(args.run)
+    data = _status_data(plan)
+    if args.json:
+        _print_json(data)
+    else:
+        out.print(_status_table(data))
+        for s in data["stages"]:
+            for f in s["failures"][: args.max_failures]:
+                out.print(f"[red]{s['name']} {f['index']}[/] {f['state']} (attempt {f['attempt']}, job {f['job_id']}): "
+                          f"{escape(f['signature'] or 'no signature in the logs')}")
+        if data["finished"] and not data["ok"]:
+            out.print(f"repair: grail-cluster resubmit {plan.run_dir}")
+    if not data["finished"]:
+        return EXIT_OK
+    return EXIT_OK if data["ok"] else EXIT_PROBLEMS
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    import time
+
+    from rich.live import Live
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    plan = _load_run(args.run)
+    progress = Progress(TextColumn("{task.description:<8}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.fields[states]}"), console=out)
+    tasks = {st.name: progress.add_task(st.name, total=st.size, states="") for st in plan.stages}
+    with Live(progress, console=out, refresh_per_second=4, transient=False):
+        while True:
+            data = _status_data(plan)
+            for s in data["stages"]:
+                settled = sum(v for k, v in s["counts"].items() if k not in ("pending", "running", "unsubmitted"))
+                states = " ".join(f"{k}:{v}" for k, v in sorted(s["counts"].items()) if k != "done")
+                progress.update(tasks[s["name"]], completed=settled, states=states)
+            if data["finished"]:
+                break
+            time.sleep(args.interval)
+    out.print(_status_table(data))
+    return EXIT_OK if data["ok"] else EXIT_PROBLEMS
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    import time
+
+    from .ledger import FAILED, Ledger
+    from .status import log_paths
+
+    plan = _load_run(args.run)
+    if args.stage not in plan.stage_names:
+        raise ConfigError(f"no stage {args.stage!r} in run {plan.run_id}", fix=f"choose one of {', '.join(plan.stage_names)}")
+    with Ledger(plan.run_dir) as ledger:
+        shards = {s.idx: s for s in ledger.shards(args.stage)}
+        jobs = {j.job_id: j for j in ledger.jobs(stage=args.stage)}
+    if args.failed:
+        indices = sorted(i for i, s in shards.items() if s.state in FAILED)
+        if not indices:
+            out.print(f"no failed shards in stage {args.stage}")
+            return EXIT_OK
+    else:
+        indices = [args.index if args.index is not None else 0]
+    for idx in indices:
+        s = shards.get(idx)
+        attempt = args.attempt if args.attempt is not None else (s.attempt if s else 0)
+        job = jobs.get(s.job_id) if s and s.job_id else None
+        task = idx - job.index_offset if job and job.array_spec else None
+        paths = [p for p in log_paths(plan.run_dir, args.stage, idx, attempt, s.job_id if s else None, task) if p.exists()]
+        if not paths:
+            err.print(f"{args.stage} {idx} attempt {attempt}: no log files yet ({Path(plan.run_dir) / 'logs' / args.stage / str(idx)})")
+            continue
+        for path in paths:
+            out.rule(f"{args.stage} {idx} attempt {attempt}: {path}")
+            lines = path.read_text(errors="replace").splitlines()
+            out.print("\n".join(lines[-args.lines:] if (args.failed or args.lines) else lines), markup=False, highlight=False)
+    if args.follow and not args.failed:
+        path = Path(plan.run_dir) / "logs" / args.stage / str(indices[0]) / f"{attempt}.out"
+        pos = path.stat().st_size if path.exists() else 0
+        try:
+            while True:
+                if path.exists() and path.stat().st_size > pos:
+                    with open(path, errors="replace") as fh:
+                        fh.seek(pos)
+                        sys.stdout.write(fh.read())
+                        pos = fh.tell()
+                    sys.stdout.flush()
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            return EXIT_OK
+    return EXIT_OK
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from .control import cancel
+
+    plan = _load_run(args.run)
+    ids = cancel(plan, stage=args.stage)
+    if args.json:
+        _print_json({"cancelled_jobs": ids})
+    else:
+        out.print(f"cancelled {len(ids)} job(s): {' '.join(ids) or '-'}")
+    return EXIT_OK
+
+
+def cmd_resubmit(args: argparse.Namespace) -> int:
+    from .control import resubmit
+
+    plan = _load_run(args.run)
+    indices = [int(x) for x in args.indices.split(",")] if args.indices else None
+    states = args.states.split(",") if args.states else None
+    stages = args.stage.split(",") if args.stage else None
+    for st in stages or []:
+        if st not in plan.stage_names:
+            raise ConfigError(f"no stage {st!r} in run {plan.run_id}", fix=f"choose from {', '.join(plan.stage_names)}")
+    result = resubmit(plan, stages=stages, indices=indices, states=states, wait_lock=args.wait, dry_run=args.dry_run)
+    if args.json:
+        _print_json({"round": result.round, "jobs": result.jobs, "dry_run": args.dry_run})
+        return EXIT_OK
+    if not result.jobs:
+        out.print("nothing to resubmit: every selected shard is done or queued")
+        return EXIT_OK
+    verb = "would submit" if args.dry_run else "submitted"
+    for j in result.jobs:
+        out.print(f"{verb} {j['stage']}: {j.get('array') or 'single job'} (attempt {result.round})"
+                  + (f" as job {j['job_id']}" if j.get("job_id") else ""))
+    return EXIT_OK
