@@ -18,10 +18,16 @@ that log every invocation and then run the real binary):
 
 "Visible" is measured the same way for every contender: a thread reads the sbatch wrapper's log
 for job ids and polls the real ``squeue -r -t all -j <ids>`` every 50 ms; the figure is the first
-poll that shows all the contender's tasks. Ours and submitit are repeated ``--repeat`` times,
-interleaved, and their jobs are cancelled (``scancel <their ids>``) right after each measurement.
-Then ``grail-cluster status <run_dir> --json`` is run on an ours run of 10 and one of N shards
-while their jobs are queued, counting scheduler calls per refresh. Hydra runs last, alone.
+poll that shows the contender's N shard tasks (for ours: its eval array). Ours and submitit are
+repeated ``--repeat`` times, interleaved, and their jobs are cancelled (``scancel <their ids>``,
+never anything else) right after each measurement, except the last ours run: ``grail-cluster
+status <run_dir> --json`` is refreshed on it while its jobs are queued, then on a fresh 10-shard
+run, counting scheduler calls per refresh. Hydra runs last, alone.
+
+The cluster is shared: before each contender the bench waits (untimed) until MaxArraySize >= N
+(a test may restart slurmctld with a small one) and MaxJobCount has room for its tasks (cancelled
+tasks keep a record for MinJobAge), records other users' queued jobs, and retries a failed run once.
+Ours gets resource overrides (``OURS_FIT``) because the default stage requests do not fit the node.
 
     python bench/bench_submit.py               # 1,000 shards
     python bench/bench_submit.py --quick       # 100 shards
@@ -233,9 +239,9 @@ class Cluster:
 class VisibilityPoller(threading.Thread):
     """Polls the real squeue for the job ids the sbatch wrapper has logged so far; records (t, rows)."""
 
-    def __init__(self, cluster: Cluster, log: Path, t_origin: float):
+    def __init__(self, cluster: Cluster, log: Path, t_origin: float, target: int | None = None):
         super().__init__(daemon=True)
-        self.cluster, self.log, self.t_origin = cluster, log, t_origin
+        self.cluster, self.log, self.t_origin, self.target = cluster, log, t_origin, target
         self.samples: list[tuple[float, int]] = []
         self._halt = threading.Event()
 
@@ -245,6 +251,8 @@ class VisibilityPoller(threading.Thread):
             if ids:
                 per_job = Counter(row.split("|")[0].split("_")[0] for row in self.cluster.squeue_rows(ids))
                 self.samples.append((time.time() - self.t_origin, dict(per_job)))
+                if self.target and sum(per_job.values()) >= self.target:
+                    return  # seen them all: stop, so that polling does not compete with a blocking launcher
             self._halt.wait(POLL_S)
 
     def stop(self) -> None:
@@ -294,7 +302,7 @@ def run_contender(name: str, argv: list[str], *, cluster: Cluster, bin_dir: Path
         print(f"    (waited {fit['waited_s']} s for room: {fit})", flush=True)
     foreign = len(cluster.all_jobs())  # others' jobs (e.g. a test suite) share the node: recorded, not hidden
     t_origin = time.time()
-    poller = VisibilityPoller(cluster, log, t_origin)
+    poller = VisibilityPoller(cluster, log, t_origin, expect_tasks)
     poller.start()
     t0 = time.perf_counter()
     proc = subprocess.Popen(argv, cwd=cwd, env=env_with(bin_dir, log, extra_env), stdout=subprocess.PIPE,
@@ -640,9 +648,10 @@ def fmt(x: float | None, nd: int = 2) -> str:
 
 
 def ratio(a: float | None, b: float | None) -> str:
-    if a is None or b is None or b == 0:
+    if a is None or b is None or b == 0 or a == 0:
         return "-"
-    return f"{a / b:.2f}x"
+    r = a / b
+    return f"{r:.2f}x ({r:.2f} times as long)" if r >= 1 else f"{r:.4f}x ({1 / r:.0f} times faster)"
 
 
 def _interrupt(signum: int, frame: Any) -> None:
@@ -676,8 +685,9 @@ def main(argv: list[str] | None = None) -> int:
 
     real = real_binaries()
     cluster = Cluster(real)
-    config = subprocess.run([real["scontrol"], "show", "config"], capture_output=True, text=True).stdout
-    conf = {k: (re.search(rf"^{k}\s*=\s*(.+)$", config, re.M) or [None, None])[1] for k in
+    # Another user of the cluster (a test suite) may have it restarted with a small MaxArraySize.
+    start_fit = cluster.wait_until_fit(n, 1, WAIT_FOR_ROOM_S)
+    conf = {k: cluster.config().get(k) for k in
             ("MaxArraySize", "MaxJobCount", "SchedulerParameters", "MinJobAge", "SLURM_VERSION")}
     node = subprocess.run([real["scontrol"], "show", "node", "-o"], capture_output=True, text=True).stdout
     cpus = re.search(r"CPUTot=(\d+)", node)
@@ -754,6 +764,8 @@ def main(argv: list[str] | None = None) -> int:
         leftovers += [j for res in kept.values() for j in res.get("job_ids", [])]
         leftovers += [j for rs in failed.values() for res in rs for j in res.get("job_ids", [])]
         cluster.cancel(leftovers, wait_s=30)  # a no-op unless something was interrupted
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
 
     def agg(rs: list[dict[str, Any]]) -> dict[str, Any]:
         ok = [x for x in rs if x["rc"] == 0]
@@ -782,6 +794,16 @@ def main(argv: list[str] | None = None) -> int:
         summary["ours"]["ledger_jobs"] = sorted({x["ledger_jobs"] for x in runs["ours"] if x["rc"] == 0},
                                                 key=lambda v: -1 if v is None else v)
 
+    def r(a: float | None, b: float | None) -> float | None:
+        return a / b if a is not None and b else None
+
+    o_, s_ = summary["ours"], summary["submitit"]
+    summary["ratios"] = {
+        "ours_over_submitit_return": r(o_.get("returned_median_s"), s_.get("returned_median_s")),
+        "ours_over_submitit_visible": r(o_.get("visible_median_s"), s_.get("visible_median_s")),
+        "ours_over_hydra_visible": r(o_.get("visible_median_s"), (hydra or {}).get("visible_s")),
+        "ours_over_hydra_return": r(o_.get("returned_median_s"), (hydra or {}).get("returned_s")),
+    }
     result = {
         "command": "python bench/bench_submit.py" + (" --quick" if args.quick else "")
                    + (f" --shards {n}" if not args.quick and n != 1000 else "")
@@ -789,7 +811,9 @@ def main(argv: list[str] | None = None) -> int:
                    + (" --skip-ours" if args.skip_ours else "") + (" --skip-hydra" if args.skip_hydra else ""),
         "shards": n,
         "machine": machine(),
-        "slurm": {**conf, "node_cpus": int(cpus.group(1)) if cpus else None, "foreign_jobs_at_start": len(foreign)},
+        "slurm": {**conf, "node_cpus": int(cpus.group(1)) if cpus else None, "foreign_jobs_at_start": len(foreign),
+                  "wait_at_start": start_fit,
+                  "at_end": {k: cluster.config().get(k) for k in ("MaxArraySize", "MaxJobCount")}},
         "versions": versions,
         "library": {**lib_info, "root": str(lib)},
         "ours_measured": ready,
@@ -805,8 +829,6 @@ def main(argv: list[str] | None = None) -> int:
     }
     out = bench_dir / "bench_submit.json"
     out.write_text(json.dumps(result, indent=1, default=str) + "\n")
-    if not args.keep:
-        shutil.rmtree(work, ignore_errors=True)
 
     # ------------------------------------------------------------------ table
     o, s = summary["ours"], summary["submitit"]
@@ -842,7 +864,8 @@ def main(argv: list[str] | None = None) -> int:
               f"visible {ratio(o['visible_median_s'], s['visible_median_s'])}")
         if hydra:
             print(f"ours vs hydra: visible {ratio(o['visible_median_s'], hydra['visible_s'])}, "
-                  f"to return {ratio(o['returned_median_s'], hydra['returned_s'])}")
+                  f"to return {ratio(o['returned_median_s'], hydra['returned_s'])} "
+                  "(hydra returns when every job has ended; ours and submitit when they are queued)")
         for st in status:
             print(f"status --json at {st['shards']:>5} shards: {st.get('calls_per_refresh')} per refresh, "
                   f"median {fmt(st.get('median_wall_s'))} s")

@@ -115,7 +115,12 @@ class RunPlan:
 
     @property
     def eval_shards(self) -> list[EvalShard]:
-        return [s if isinstance(s, EvalShard) else EvalShard(**s) for s in self.eval["shards"]]
+        # Built once: eval_index() is called per index, and rebuilding made rendering quadratic.
+        cached = self.__dict__.get("_eval_shards")
+        if cached is None:
+            cached = [s if isinstance(s, EvalShard) else EvalShard(**s) for s in self.eval["shards"]]
+            self.__dict__["_eval_shards"] = cached
+        return cached
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
