@@ -229,3 +229,30 @@ def test_cancel_stops_a_stage_and_its_dependants(world):
     stages = wait_settled(plan, timeout=120)
     assert stages["eval"].counts.get("cancelled") == stages["eval"].size
     assert stages["web"].counts.get("cancelled") == 1
+
+
+def test_a_crashed_submitter_is_reconciled_not_doubled(world):
+    """A submitter that died after sbatch but before writing the ledger: the next `run` finds the
+    job by its name and adopts it instead of queueing the stage twice."""
+    from grail_cluster.submission import plan_groups
+
+    root, _ = world
+    plan = make(root, "crashed", "rehearsal.work_seconds=20")
+    backend = SlurmBackend()
+    groups = plan_groups(plan, {st.name: list(range(st.size)) for st in plan.stages}, max_array_size=None,
+                         parallelism=None)
+    train = groups[0]
+    backend.prepare(plan, ["train"])
+    orphan = backend.submit_group(plan, train, name=train.name(plan.run_id, 0), dependency=None, attempt=0,
+                                  spec_dir=Path(plan.paths["specs_dir"]) / "slurm")
+    result = submit_run(plan)
+    assert result.adopted == 1
+    with Ledger(plan.run_dir) as ledger:
+        assert [j.job_id for j in ledger.jobs(stage="train")] == [orphan]
+        assert any(e["kind"] == "adopted" for e in ledger.events())
+    out = subprocess.run(["squeue", "--me", "-h", "-o", "%i", f"--name={train.name(plan.run_id, 0)}"],
+                         capture_output=True, text=True).stdout.split()
+    assert out == [orphan]
+    assert next(j for j in result.jobs if j["stage"] == "select")["dependency"] == f"afterok:{orphan}"
+    cancel(plan)
+    wait_settled(plan, timeout=120)
