@@ -13,7 +13,7 @@ import os
 import sys
 
 from .errors import EXIT_USAGE, DataError, GrailError
-from .markers import file_digest, write_marker
+from .markers import file_digest, validate_marker, write_marker
 from .plan import RunPlan, read_plan
 
 
@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-dir", required=True)
     parser.add_argument("--index", type=int, required=True)
     parser.add_argument("--plan-hash", help="refuse to run if plan.json no longer has this hash")
+    parser.add_argument("--force", action="store_true", help="run even if this index's marker says it is done")
     args = parser.parse_args(argv)
     try:
         plan = read_plan(args.run_dir)
@@ -64,19 +65,23 @@ def main(argv: list[str] | None = None) -> int:
             raise DataError(f"plan.json changed since this job was rendered ({plan.plan_hash[:12]} != {args.plan_hash[:12]})",
                             path=os.path.join(args.run_dir, "plan.json"),
                             fix="re-render and resubmit the run (`grail-cluster run ...`) instead of editing its plan")
+        if args.stage not in plan.stage_names:
+            raise GrailError(f"stage {args.stage} is not part of run {plan.run_id}",
+                             fix=f"stages of this run: {', '.join(plan.stage_names)}")
+        size = plan.stage(args.stage).size
+        if not 0 <= args.index < size:
+            raise GrailError(f"index {args.index} outside 0..{size - 1} of stage {args.stage}")
+        if not args.force and validate_marker(plan.run_dir, args.stage, args.index, plan.plan_hash):
+            # A requeued or resubmitted job whose work is already done must not redo (or clobber) it.
+            print(f"[grail] {args.stage} {args.index} is already done (valid marker); nothing to do (--force reruns)")
+            return 0
         if plan.config.get("rehearsal", {}).get("enabled"):
             from . import rehearsal
 
-            size = plan.stage(args.stage).size
-            if not 0 <= args.index < size:
-                raise GrailError(f"index {args.index} outside 0..{size - 1} of stage {args.stage}")
             return rehearsal.run(plan, args.stage, args.index)
         if args.stage in LATER:
             raise GrailError(f"the {args.stage} stage's in-job tool (`grail-cluster {LATER[args.stage]}`) is not part "
                              "of this grail-cluster version", fix="upgrade grail-cluster")
-        size = plan.stage(args.stage).size
-        if not 0 <= args.index < size:
-            raise GrailError(f"index {args.index} outside 0..{size - 1} of stage {args.stage}")
         return STAGES[args.stage](plan, args.index)
     except GrailError as exc:
         print(f"error: {exc.render()}", file=sys.stderr)

@@ -128,3 +128,18 @@ def test_gpu_slots_hand_out_distinct_devices(world):
         seen.add(line.split("=", 1)[1])
     # One device per GPU slot, and with two slots both were in use.
     assert seen == {"0", "1"}
+
+
+def test_rerunning_a_done_shard_is_a_no_op_unless_forced(world):
+    proc = cli("run", *overrides(world, "local5"))
+    assert proc.returncode == 0, proc.stderr
+    run_dir = world / "runs" / "local5"
+    output = run_dir / "rehearsal" / "eval" / "2.json"
+    before = output.stat().st_mtime_ns
+    again = subprocess.run([sys.executable, "-m", "grail_cluster.entry", "eval", "--run-dir", str(run_dir),
+                            "--index", "2"], capture_output=True, text=True)
+    assert again.returncode == 0 and "already done" in again.stdout
+    assert output.stat().st_mtime_ns == before
+    forced = subprocess.run([sys.executable, "-m", "grail_cluster.entry", "eval", "--run-dir", str(run_dir),
+                             "--index", "2", "--force"], capture_output=True, text=True)
+    assert forced.returncode == 0 and output.stat().st_mtime_ns != before
