@@ -392,6 +392,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", action="store_true", help="if another submitter holds this run, wait for it")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_resubmit)
+
+    # The data lifecycle tools (GRAIL-compatible): each module registers its own subcommand.
+    from .data import bps, export, merge, select_top, summarize
+
+    for tool in (select_top, export, summarize, merge, bps):
+        tool.register(sub)
     return parser
 
 

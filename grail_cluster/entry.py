@@ -47,8 +47,76 @@ def _eval(plan: RunPlan, index: int) -> int:
     return 127  # not reached
 
 
-STAGES = {"train": _train, "eval": _eval}
-LATER = {"select": "select-top", "render": "render-replay", "export": "export", "merge": "merge", "web": "web"}
+def _require_step(checkpoint: str, step: int | None) -> None:
+    if step is None:
+        raise DataError("the checkpoint's training step is unknown, and exported/merged libraries are keyed by step",
+                        path=checkpoint, fix="evaluate model_step_NNNNNN.pt files (or copy last.pt to that name)")
+
+
+def _select(plan: RunPlan, index: int) -> int:
+    """Rank the run's own checkpoints (TensorBoard events / eval metrics of its experiment dir)."""
+    from .data.io import write_json
+    from .data.select_top import select_top
+
+    k = plan.eval["num_checkpoints"]
+    result = select_top(experiment_dir=plan.paths["experiment_dir"], k=k,
+                        hoi=plan.pipeline.get("tiebreak") == "obj_pos_error",
+                        min_sr=float(plan.config["select"].get("min_sr") or 0.0))
+    if len(result["top"]) < k:
+        raise DataError(f"only {len(result['top'])} checkpoint(s) qualify; the plan evaluates {k}",
+                        path=plan.paths["experiment_dir"], fix="lower select.k or select.min_sr, and re-plan")
+    path = plan.paths["selection"]
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    write_json(path, result)
+    write_marker(plan.run_dir, "select", index, plan.plan_hash,
+                 {path: {"size": os.path.getsize(path), "sha256": file_digest(path)}})
+    print(f"[grail] selected {k} checkpoint(s): {[t['eval_step'] for t in result['top']]}")
+    return 0
+
+
+def _export(plan: RunPlan, index: int) -> int:
+    """Export the successful rollouts of eval index ``index`` (GRAIL layout exported/step_S/shard_i)."""
+    from .data.export import export_shard
+    from .launchers.eval import resolve_checkpoint, shard_dir
+
+    c, shard = plan.eval_index(index)
+    checkpoint, step = resolve_checkpoint(plan, c)
+    _require_step(checkpoint, step)
+    out = os.path.join(plan.paths["export_dir"], f"step_{step:06d}", f"shard_{shard.shard}")
+    ex = plan.config["export"]
+    manifest = export_shard(shard_dir(plan, step, shard.shard), plan.library["root"], out,
+                            obj_pos_threshold=ex.get("obj_pos_threshold"), min_progress=float(ex["min_progress"]),
+                            hand_actions=(plan.pipeline.get("needs") or {}).get("hand_actions", "no") != "no",
+                            checkpoint=checkpoint, step=step)
+    path = os.path.join(out, "export_manifest.json")
+    write_marker(plan.run_dir, "export", index, plan.plan_hash,
+                 {path: {"size": os.path.getsize(path), "sha256": file_digest(path)}})
+    print(f"[grail] exported {manifest['exported_count']}/{manifest['total_motions_evaluated']} to {out}")
+    return 0
+
+
+def _merge(plan: RunPlan, index: int) -> int:
+    """Merge every export shard of checkpoint rank ``index`` into exported/step_S/merged."""
+    from .data.merge import merge_step
+    from .launchers.eval import resolve_checkpoint
+
+    checkpoint, step = resolve_checkpoint(plan, index)
+    _require_step(checkpoint, step)
+    report = merge_step(plan.paths["experiment_dir"], step,
+                        num_shards=plan.eval["num_shards"], source_data=plan.library["root"])
+    if not report["sound"]:
+        raise DataError(f"the merge of step {step} is not sound: {'; '.join(report.get('problems', []))[:300]}",
+                        path=report.get("output"), fix="inspect it with `grail-cluster merge --json`, then resubmit the "
+                                                         "export shards it names")
+    manifest = os.path.join(report["output"], "export_manifest.json")
+    write_marker(plan.run_dir, "merge", index, plan.plan_hash,
+                 {manifest: {"size": os.path.getsize(manifest), "sha256": file_digest(manifest)}})
+    print(f"[grail] merged step {step}: {report.get('exported_count')} motions in {report['output']}")
+    return 0
+
+
+STAGES = {"train": _train, "select": _select, "eval": _eval, "export": _export, "merge": _merge}
+LATER = {"render": "render-replay", "web": "web"}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,1 @@
+"""Data-lifecycle steps that read and write GRAIL motion libraries (export, summarize, merge)."""

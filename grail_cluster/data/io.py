@@ -1,0 +1,109 @@
+"""Small, crash-safe writers shared by the data steps.
+
+Outputs are consumed by later pipeline stages (and by people comparing runs), so a step must never
+leave a half-written file or directory behind: everything is written under a temporary name in the
+same parent directory and renamed into place only once complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+
+@contextlib.contextmanager
+def atomic_dir(out: Path) -> Iterator[Path]:
+    """Yield an empty temp dir next to ``out``; rename it to ``out`` on success, remove it on error.
+
+    An existing ``out`` is replaced only after the new tree is complete. The temp dir lives in the
+    same parent so the final rename never crosses filesystems.
+    """
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f"{out.name}.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if out.exists():
+        # os.replace cannot overwrite a non-empty directory: move the old one aside first.
+        old = out.parent / f"{out.name}.old-{os.getpid()}"
+        os.replace(out, old)
+    try:
+        os.replace(tmp, out)
+    except BaseException:
+        if old is not None:
+            os.replace(old, out)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+
+
+def _json_default(obj: Any) -> Any:
+    # numpy scalars/arrays and paths show up in manifests; store them as plain JSON values.
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, set | frozenset):
+        return sorted(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def dumps_json(data: Any) -> str:
+    return json.dumps(data, sort_keys=True, indent=1, default=_json_default) + "\n"
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write ``data`` as JSON (sorted keys, indent 1) via temp file + rename."""
+    _atomic_write_bytes(Path(path), dumps_json(data).encode())
+
+
+def write_pickle(path: Path, data: Any) -> None:
+    """Write ``data`` with joblib (as GRAIL does), via temp file + rename."""
+    import joblib
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    try:
+        joblib.dump(data, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()

@@ -1,0 +1,576 @@
+"""``select-top``: the k best checkpoints of a SONIC training run (contracts §5.1).
+
+Eval rows (``eval_step`` + ``eval/success/success_rate`` + tiebreak metrics) come from one of:
+
+- the online W&B API (``--run`` / ``--group``; ``wandb.Api()``, injectable as ``api=``),
+- offline W&B run dirs (``--wandb_dir``: ``offline-run-*/run-<id>.wandb``), read with a small reader of
+  the W&B transaction log (leveldb-log framing around ``wandb_internal_pb2.Record`` protobufs, the
+  wandb package's own schema) so no server, no ``wandb sync`` and no ``wandb leet`` binary is needed;
+  ``reader="leet"`` uses ``wandb leet inspect --json`` instead,
+- the SONIC experiment dir itself (``--experiment_dir``): its TensorBoard event files (TB step = eval
+  step) and the eval watcher's ``eval/<step:06d>/train/metrics_eval.json`` (which win over TB).
+
+Ranking (§5.1): keep rows with a success rate, an ``eval_step`` and SR >= ``min_sr``; sort SR desc,
+then ``mpjpe_l`` asc (``obj_pos_error`` with ``hoi``; missing = +inf); first row per ``eval_step``;
+take the top k. Checkpoints are ``model_step_{step:0{pad}d}.pt`` in the experiment dir; when the
+experiment dir is known every selected checkpoint must exist there (a missing one is a DataError).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import struct
+import subprocess
+import sys
+import tempfile
+import zlib
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from ..errors import EXIT_OK, ConfigError, DataError, GrailError
+
+SR = "eval/success/success_rate"
+MPJPE_L = "eval/all/mpjpe_l"
+MPJPE_G = "eval/all/mpjpe_g"
+OBJ_POS = "eval/all/obj_pos_error"
+EVAL_STEP = "eval_step"
+HISTORY_KEYS = [SR, MPJPE_L, MPJPE_G, OBJ_POS, EVAL_STEP]
+DEFAULT_ENTITY = "nv-gear"
+DEFAULT_PROJECT = "TRL_G1_Track"
+
+
+# ----------------------------------------------------------------------------- ranking
+
+
+def _num(value: Any) -> float | None:
+    """A finite float, or None for missing/NaN/inf/non-numeric values."""
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def checkpoint_name(step: int, step_pad: int = 6) -> str:
+    return f"model_step_{step:0{step_pad}d}.pt" if step_pad > 0 else f"model_step_{step}.pt"
+
+
+def eval_rows(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows that have a success rate and an eval step (the ones that count as eval rows)."""
+    return [r for r in rows if _num(r.get(SR)) is not None and _num(r.get(EVAL_STEP)) is not None]
+
+
+def rank_rows(rows: Iterable[dict[str, Any]], *, k: int = 5, hoi: bool = False, min_sr: float = 0.0,
+              step_pad: int = 6) -> list[dict[str, Any]]:
+    """§5.1 ranking of history rows into ``top`` entries (without paths)."""
+    tiebreak = OBJ_POS if hoi else MPJPE_L
+    kept = [r for r in eval_rows(rows) if _num(r[SR]) >= min_sr]
+
+    def key(r: dict[str, Any]) -> tuple[float, float]:
+        tb = _num(r.get(tiebreak))
+        return (-_num(r[SR]), math.inf if tb is None else tb)
+
+    kept.sort(key=key)  # stable: equal rows keep history order
+    seen: set[int] = set()
+    top: list[dict[str, Any]] = []
+    for r in kept:
+        step = int(round(_num(r[EVAL_STEP])))
+        if step in seen:
+            continue
+        seen.add(step)
+        top.append({
+            "rank": len(top) + 1,
+            "eval_step": step,
+            "checkpoint": checkpoint_name(step, step_pad),
+            "success_rate": _num(r[SR]),
+            "mpjpe_l": _num(r.get(MPJPE_L)),
+            "mpjpe_g": _num(r.get(MPJPE_G)),
+            "obj_pos_error": _num(r.get(OBJ_POS)),
+        })
+        if len(top) >= k:
+            break
+    return top
+
+
+# ----------------------------------------------------------------------------- offline W&B
+
+_LOG_HEADER = b":W&B"
+_BLOCK = 32768
+_REC_HEADER = 7  # crc32 (4) + length (2) + type (1)
+_FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
+
+
+def _wandb_records(path: Path) -> Iterator[bytes]:
+    """Payloads of a ``.wandb`` transaction log (leveldb log framing, 32 KiB blocks, 7-byte file header).
+
+    A torn tail (a run still writing, or killed) ends the iteration quietly; a wrong file header or a bad
+    checksum is a DataError."""
+    data = path.read_bytes()
+    if len(data) < 7 or data[:4] != _LOG_HEADER:
+        raise DataError("not a W&B transaction log (bad header)", path=path,
+                        fix="pass the offline-run-* dir that wandb wrote (it holds run-<id>.wandb)")
+    pos, pending = 7, b""
+    while pos + _REC_HEADER <= len(data):
+        left_in_block = _BLOCK - pos % _BLOCK
+        if left_in_block < _REC_HEADER:  # zero padding at the end of a block
+            pos += left_in_block
+            continue
+        crc, length, rtype = struct.unpack_from("<IHB", data, pos)
+        start = pos + _REC_HEADER
+        chunk = data[start:start + length]
+        if len(chunk) < length:
+            return  # torn tail
+        if rtype == 0 and length == 0:
+            pos += left_in_block  # padding
+            continue
+        if zlib.crc32(chunk, zlib.crc32(bytes([rtype]))) & 0xFFFFFFFF != crc:
+            raise DataError(f"W&B log checksum mismatch at byte {pos}", path=path,
+                            fix="the file is corrupt; use --experiment_dir (TensorBoard/metrics_eval.json) instead")
+        pos = start + length
+        if rtype == _FULL:
+            yield chunk
+        elif rtype == _FIRST:
+            pending = chunk
+        elif rtype == _MIDDLE:
+            pending += chunk
+        elif rtype == _LAST:
+            yield pending + chunk
+            pending = b""
+
+
+def _history_item_value(item: Any) -> Any:
+    field = item.WhichOneof("value") if _has_value_oneof(item) else None
+    if field in ("number", "integer", "boolean", "text"):
+        return getattr(item, field)
+    if field == "none":
+        return None
+    raw = item.json if field == "json" else item.value_json
+    if not raw:
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw
+
+
+def _has_value_oneof(item: Any) -> bool:
+    return any(o.name == "value" for o in item.DESCRIPTOR.oneofs)
+
+
+def _item_key(item: Any) -> str:
+    return "/".join(item.nested_key) if item.nested_key else item.key
+
+
+class OfflineRun:
+    """What one offline run dir holds: id, name, group, config, history rows."""
+
+    def __init__(self, run_dir: Path, run_id: str, name: str, group: str, config: dict[str, Any],
+                 history: list[dict[str, Any]], finished: bool):
+        self.run_dir, self.id, self.name, self.group = run_dir, run_id, name, group
+        self.config, self.history, self.finished = config, history, finished
+        self.project = ""
+        self.entity = ""
+
+
+def _log_file(run_dir: Path) -> Path:
+    logs = sorted(run_dir.glob("run-*.wandb"))
+    if not logs:
+        raise DataError("no run-<id>.wandb in this W&B run dir", path=run_dir,
+                        fix="pass the dir wandb.init(dir=...) used, or one of its wandb/offline-run-* dirs")
+    return logs[0]
+
+
+def read_offline_run(run_dir: str | Path, reader: str = "protobuf") -> OfflineRun:
+    """Read an offline W&B run dir (``offline-run-<time>-<id>``) back."""
+    run_dir = Path(run_dir)
+    log = _log_file(run_dir)
+    if reader == "leet":
+        return _read_with_leet(run_dir, log)
+    try:
+        from wandb.proto import wandb_internal_pb2 as pb
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ConfigError("reading offline W&B runs needs the wandb package",
+                          fix="pip install 'grail-cluster[wandb]' (or pip install wandb)") from exc
+    run = OfflineRun(run_dir, log.stem.removeprefix("run-"), "", "", {}, [], False)
+    for payload in _wandb_records(log):
+        rec = pb.Record()
+        try:
+            rec.ParseFromString(payload)
+        except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError
+            raise DataError(f"undecodable W&B record ({exc})", path=log,
+                            fix="read it with a wandb version at least as new as the writer's") from exc
+        kind = rec.WhichOneof("record_type")
+        if kind == "run":
+            r = rec.run
+            run.id = r.run_id or run.id
+            run.name = r.display_name or run.name
+            run.group = r.run_group or run.group
+            run.project, run.entity = r.project, r.entity
+            _apply_config(run.config, r.config)
+        elif kind == "config":
+            _apply_config(run.config, rec.config)
+        elif kind == "history":
+            run.history.append({_item_key(i): _history_item_value(i) for i in rec.history.item})
+        elif kind == "exit":
+            run.finished = rec.exit.exit_code == 0
+    return run
+
+
+def _apply_config(config: dict[str, Any], cfg: Any) -> None:
+    for item in cfg.update:
+        key = "/".join(item.nested_key) if item.nested_key else item.key
+        try:
+            config[key] = json.loads(item.value_json)
+        except ValueError:
+            config[key] = item.value_json
+    for item in cfg.remove:
+        config.pop("/".join(item.nested_key) if item.nested_key else item.key, None)
+
+
+def _read_with_leet(run_dir: Path, log: Path) -> OfflineRun:
+    cmd = ["wandb", "leet", "inspect", "--json", str(run_dir)]
+    exe = Path(sys.executable).with_name("wandb")
+    if exe.exists():
+        cmd[0] = str(exe)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise ConfigError(f"could not run {' '.join(cmd)}: {exc}", fix="install wandb>=0.31 (it ships `wandb leet`)") from exc
+    if proc.returncode != 0:
+        raise DataError(f"`wandb leet inspect` failed: {proc.stderr.strip()[-500:]}", path=run_dir,
+                        fix="check the run dir, or use the default protobuf reader")
+    run = OfflineRun(run_dir, log.stem.removeprefix("run-"), "", "", {}, [], False)
+    for line in proc.stdout.splitlines():
+        if not line.strip():
+            continue
+        rec = json.loads(line)
+        kind = rec.get("type")
+        if kind == "run":
+            r = rec["run"]
+            run.id = r.get("run_id", run.id)
+            run.name = r.get("display_name", run.name)
+            run.group = r.get("run_group", run.group)
+            run.project, run.entity = r.get("project", ""), r.get("entity", "")
+            run.config.update(r.get("config", {}).get("update", {}))
+        elif kind == "config":
+            run.config.update(rec["config"].get("update", {}))
+        elif kind == "history":
+            run.history.append(dict(rec["history"].get("item", {})))
+        elif kind == "exit":
+            run.finished = rec["exit"].get("exit_code", 0) == 0
+    return run
+
+
+def find_offline_runs(wandb_dir: str | Path) -> list[Path]:
+    """Run dirs under ``wandb_dir``: itself, ``offline-run-*``/``run-*`` children, or ``wandb/`` children."""
+    root = Path(wandb_dir)
+    if not root.is_dir():
+        raise DataError("W&B dir not found", path=root, fix="pass the dir given to wandb.init(dir=...) (SONIC: /tmp)")
+    if list(root.glob("run-*.wandb")):
+        return [root]
+    found: list[Path] = []
+    for base in (root, root / "wandb"):
+        found += [p for p in sorted(base.glob("*run-*")) if p.is_dir() and list(p.glob("run-*.wandb"))]
+    if not found:
+        raise DataError("no W&B run dirs (offline-run-*/run-<id>.wandb) here", path=root,
+                        fix="pass the dir given to wandb.init(dir=...) (SONIC: /tmp), or its wandb/ subdir")
+    return found
+
+
+# ----------------------------------------------------------------------------- experiment dir
+
+
+def _tb_rows(exp: Path) -> dict[int, dict[str, Any]]:
+    files = sorted(p for p in exp.rglob("events.out.tfevents.*") if p.is_file())
+    if not files:
+        return {}
+    try:
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ConfigError("reading TensorBoard events needs the tensorboard package",
+                          fix="pip install 'grail-cluster[select]' (or pip install tensorboard)") from exc
+    rows: dict[int, dict[str, Any]] = {}
+    for f in files:
+        acc = EventAccumulator(str(f), size_guidance={"scalars": 0})
+        try:
+            acc.Reload()
+        except Exception as exc:  # noqa: BLE001 - corrupt record / proto errors
+            raise DataError(f"unreadable TensorBoard event file ({exc})", path=f) from exc
+        tags = set(acc.Tags().get("scalars", []))
+        for tag in (SR, MPJPE_L, MPJPE_G, OBJ_POS):
+            if tag not in tags:
+                continue
+            for ev in acc.Scalars(tag):  # later files/events overwrite earlier ones of the same step
+                rows.setdefault(int(ev.step), {EVAL_STEP: int(ev.step)})[tag] = float(ev.value)
+    return rows
+
+
+def _watcher_rows(exp: Path) -> dict[int, dict[str, Any]]:
+    rows: dict[int, dict[str, Any]] = {}
+    eval_dir = exp / "eval"
+    if not eval_dir.is_dir():
+        return rows
+    for step_dir in sorted(eval_dir.iterdir()):
+        f = step_dir / "train" / "metrics_eval.json"
+        if not (re.fullmatch(r"\d+", step_dir.name) and f.is_file()):
+            continue
+        try:
+            data = json.loads(f.read_text())
+        except (OSError, ValueError) as exc:
+            raise DataError(f"unreadable metrics_eval.json ({exc})", path=f,
+                            fix="re-run the eval of this step, or delete the file to ignore the step") from exc
+        step = int(step_dir.name)
+        rows[step] = {EVAL_STEP: step, **{k: data.get(k) for k in (SR, MPJPE_L, MPJPE_G, OBJ_POS) if k in data}}
+    return rows
+
+
+def experiment_rows(exp: str | Path) -> list[dict[str, Any]]:
+    """Eval rows of a SONIC experiment dir: TensorBoard scalars, overridden by the watcher's JSON."""
+    exp = Path(exp)
+    if not exp.is_dir():
+        raise DataError("experiment dir not found", path=exp,
+                        fix="pass SONIC's experiment dir (logs_rl/<project>/<experiment>-<timestamp>)")
+    rows = _tb_rows(exp)
+    for step, row in _watcher_rows(exp).items():
+        rows.setdefault(step, {EVAL_STEP: step}).update(row)
+    return [rows[s] for s in sorted(rows)]
+
+
+# ----------------------------------------------------------------------------- online W&B
+
+
+def _run_path(run: Any) -> str:
+    path = getattr(run, "path", None)
+    if isinstance(path, (list, tuple)):
+        return "/".join(str(p) for p in path)
+    if isinstance(path, str):
+        return path
+    return "/".join(str(x) for x in (getattr(run, "entity", ""), getattr(run, "project", ""), run.id))
+
+
+def _online_history(run: Any, samples: int) -> list[dict[str, Any]]:
+    return [dict(r) for r in run.history(samples=samples, pandas=False, keys=list(HISTORY_KEYS))]
+
+
+def _online_source(api: Any, run: str | None, group: str | None, entity: str, project: str,
+                   samples: int) -> tuple[Any, list[dict[str, Any]]]:
+    if api is None:
+        try:
+            import wandb
+        except ImportError as exc:  # pragma: no cover - depends on the environment
+            raise ConfigError("the W&B API needs the wandb package", fix="pip install wandb") from exc
+        try:
+            api = wandb.Api()
+        except Exception as exc:  # noqa: BLE001 - wandb raises many kinds (no key, no network)
+            raise DataError(f"cannot use the W&B API: {exc}",
+                            fix="wandb login, or read offline runs (--wandb_dir) or the experiment dir (--experiment_dir)") from exc
+    try:
+        if run is not None:
+            path = run if "/" in run else f"{entity}/{project}/{run}"
+            chosen = api.run(path)
+            return chosen, _online_history(chosen, samples)
+        runs = list(api.runs(f"{entity}/{project}", filters={"group": group}))
+        if not runs:
+            raise DataError(f"no W&B runs in group {group!r} of {entity}/{project}",
+                            fix="check --group, --entity and --project")
+        best = None
+        for r in runs:
+            hist = _online_history(r, samples)
+            score = (len(eval_rows(hist)), getattr(r, "state", "") == "finished")
+            if best is None or score > best[0]:
+                best = (score, r, hist)
+        return best[1], best[2]
+    except GrailError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - wandb.errors.CommError and friends
+        raise DataError(f"W&B API request failed: {exc}",
+                        fix="check the run/group path and your network, or use --wandb_dir / --experiment_dir") from exc
+
+
+# ----------------------------------------------------------------------------- select_top
+
+
+def _choose_offline(runs: list[OfflineRun], run: str | None, group: str | None, where: Path) -> OfflineRun:
+    pool = runs
+    if run is not None:
+        rid = run.rsplit("/", 1)[-1]
+        pool = [r for r in runs if r.id == rid]
+        if not pool:
+            raise DataError(f"no offline W&B run with id {rid!r}", path=where,
+                            fix=f"ids here: {', '.join(sorted(r.id for r in runs))}")
+    elif group is not None:
+        pool = [r for r in runs if r.group == group]
+        if not pool:
+            raise DataError(f"no offline W&B run in group {group!r}", path=where,
+                            fix=f"groups here: {', '.join(sorted({r.group or '(none)' for r in runs}))}")
+    # most eval rows; ties prefer a finished run, then the latest dir
+    return max(enumerate(pool), key=lambda ir: (len(eval_rows(ir[1].history)), ir[1].finished, ir[0]))[1]
+
+
+def select_top(source: str | Path | None = None, k: int = 5, hoi: bool = False, min_sr: float = 0.0,
+               step_pad: int = 6, *, run: str | None = None, group: str | None = None,
+               experiment_dir: str | Path | None = None, wandb_dir: str | Path | None = None,
+               entity: str = DEFAULT_ENTITY, project: str = DEFAULT_PROJECT, samples: int = 5000,
+               api: Any = None, check_files: bool = True, reader: str = "protobuf") -> dict[str, Any]:
+    """The §5.1 top-k JSON (plus ``checkpoint_path``) for one training run.
+
+    ``source`` is a SONIC experiment dir (same as ``experiment_dir``). With ``wandb_dir`` rows come from
+    offline W&B runs there (``run``/``group`` pick one); else ``run``/``group`` use the online API
+    (``api``, default ``wandb.Api()``); else the experiment dir's TensorBoard and watcher files.
+    """
+    if source is not None:
+        if experiment_dir is not None and Path(source) != Path(experiment_dir):
+            raise ConfigError("give the experiment dir once (source or experiment_dir)")
+        experiment_dir = source
+    if run is not None and group is not None:
+        raise ConfigError("--run and --group exclude each other")
+    if wandb_dir is None and run is None and group is None and experiment_dir is None:
+        raise ConfigError("nothing to read", fix="pass --run, --group, --experiment_dir or --wandb_dir")
+    if k < 1:
+        raise ConfigError(f"--k must be >= 1 (got {k})")
+    if step_pad < 0:
+        raise ConfigError(f"--step_pad must be >= 0 (got {step_pad})")
+
+    run_id = run_name = grp = None
+    if wandb_dir is not None:
+        where = Path(wandb_dir)
+        chosen = _choose_offline([read_offline_run(p, reader) for p in find_offline_runs(where)], run, group, where)
+        rows = chosen.history
+        run_id = "/".join(x for x in (chosen.entity, chosen.project, chosen.id) if x)
+        run_name, grp = chosen.name or None, chosen.group or None
+        cfg_dir = chosen.config.get("experiment_dir") or chosen.config.get("experiment_save_dir")
+    elif run is not None or group is not None:
+        online, rows = _online_source(api, run, group, entity, project, samples)
+        run_id, run_name = _run_path(online), getattr(online, "name", None)
+        grp = getattr(online, "group", None)
+        cfg = dict(getattr(online, "config", None) or {})
+        cfg_dir = cfg.get("experiment_dir") or cfg.get("experiment_save_dir")
+    else:
+        rows = experiment_rows(experiment_dir)
+        cfg_dir = None
+    if experiment_dir is None and isinstance(cfg_dir, dict):  # W&B config values may be {"value": ...}
+        cfg_dir = cfg_dir.get("value")
+    exp = Path(experiment_dir) if experiment_dir is not None else (Path(cfg_dir) if cfg_dir else None)
+
+    top = rank_rows(rows, k=k, hoi=hoi, min_sr=min_sr, step_pad=step_pad)
+    if not top:
+        n = len(eval_rows(rows))
+        raise DataError(f"no eval rows to rank ({len(rows)} rows, {n} with {SR} and {EVAL_STEP}, min_sr={min_sr})",
+                        path=exp or wandb_dir,
+                        fix="wait for the eval watcher to log results, or lower --min_sr")
+    exp_abs = Path(os.path.abspath(exp)) if exp is not None else None
+    for entry in top:
+        entry["checkpoint_path"] = str(exp_abs / entry["checkpoint"]) if exp_abs else None
+    if exp_abs is not None and check_files:
+        missing = [e["checkpoint_path"] for e in top if not Path(e["checkpoint_path"]).is_file()]
+        if missing:
+            raise DataError(f"{len(missing)} selected checkpoint(s) missing: {', '.join(missing)}",
+                            path=exp_abs,
+                            fix="check --step_pad (0 = unpadded names) and that the experiment dir is the run's; "
+                                "or pass explicit select.checkpoints=[...]")
+    return {
+        "run": run_id, "run_name": run_name, "group": grp,
+        "experiment_dir": str(exp_abs) if exp_abs else None,
+        "k": k, "min_sr": min_sr, "step_pad": step_pad, "hoi": hoi,
+        "tiebreak_key": OBJ_POS if hoi else MPJPE_L,
+        "top": top,
+    }
+
+
+def write_json_atomic(path: str | Path, data: Any) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh, indent=1)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def _fmt(v: Any, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def _print_table(result: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"top {len(result['top'])} checkpoints ({result['run'] or result['experiment_dir']})")
+    for col in ("rank", "eval_step", "checkpoint", "SR", "mpjpe_l", "mpjpe_g", "obj_pos_error"):
+        table.add_column(col)
+    for e in result["top"]:
+        table.add_row(str(e["rank"]), str(e["eval_step"]), e["checkpoint"], _fmt(e["success_rate"], ".4f"),
+                      _fmt(e["mpjpe_l"], ".2f"), _fmt(e["mpjpe_g"], ".2f"), _fmt(e["obj_pos_error"], ".4f"))
+    console = Console(stderr=True, emoji=False)
+    if not console.is_terminal:
+        console.width = 200  # logs: do not squeeze the table to 80 columns
+    console.print(table)
+
+
+def cmd_select_top(args: argparse.Namespace) -> int:
+    result = select_top(run=args.run, group=args.group, experiment_dir=args.experiment_dir, wandb_dir=args.wandb_dir,
+                        entity=args.entity, project=args.project, k=args.k, hoi=args.hoi, min_sr=args.min_sr,
+                        step_pad=args.step_pad, samples=args.samples, check_files=not args.no_check_files)
+    if args.out:
+        write_json_atomic(args.out, result)
+    sys.stdout.write(json.dumps(result, indent=1) + "\n")
+    if not args.json:
+        _print_table(result)
+    return EXIT_OK
+
+
+def register(subparsers: Any) -> argparse.ArgumentParser:
+    desc = ("Rank a training run's eval results (W&B online, offline W&B run dirs, or the experiment dir's "
+            "TensorBoard events and eval/<step>/train/metrics_eval.json) and print the top-k checkpoints as "
+            "JSON on stdout (a table on stderr).")
+    p = subparsers.add_parser("select-top", help="the k best checkpoints of a training run", description=desc)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--run", help="W&B run: entity/project/id or id")
+    src.add_argument("--group", help="W&B group: the run with the most eval rows (ties: finished first)")
+    src.add_argument("--experiment_dir", help="SONIC experiment dir (TensorBoard events + watcher metrics)")
+    p.add_argument("--entity", default=DEFAULT_ENTITY)
+    p.add_argument("--project", default=DEFAULT_PROJECT)
+    p.add_argument("--k", type=int, default=5)
+    p.add_argument("--hoi", action="store_true", help="tiebreak on eval/all/obj_pos_error instead of mpjpe_l")
+    p.add_argument("--min_sr", type=float, default=0.0)
+    p.add_argument("--step_pad", type=int, default=6, help="model_step_{step:0<pad>d}.pt; 0 = unpadded")
+    p.add_argument("--out", help="also write the JSON here (atomically)")
+    p.add_argument("--samples", type=int, default=5000, help="W&B history samples")
+    p.add_argument("--wandb_dir", help="read offline W&B run dirs here (wandb.init dir=..., SONIC: /tmp)")
+    p.add_argument("--no_check_files", action="store_true",
+                   help="do not require the selected checkpoints to exist (experiment dir on another machine)")
+    p.add_argument("--json", action="store_true", help="JSON only (no table on stderr)")
+    p.set_defaults(func=cmd_select_top)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m grail_cluster.data.select_top``: the same command, standalone."""
+    parser = argparse.ArgumentParser(prog="grail-cluster")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["select-top", *(sys.argv[1:] if argv is None else argv)])
+    try:
+        return int(args.func(args))
+    except GrailError as exc:
+        sys.stderr.write(f"error: {exc.render()}\n")
+        return exc.exit_code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,350 @@
+"""``select-top`` (§5.1): ranking, and its three sources read for real.
+
+- experiment dir: real TensorBoard event files (tensorboard's own EventFileWriter, no torch/TF) and the
+  watcher's ``eval/<step:06d>/train/metrics_eval.json``;
+- offline W&B: runs written by the real ``wandb`` package (``mode="offline"``), read back by our
+  transaction-log reader and cross-checked against ``wandb leet inspect --json``;
+- online W&B: the API cannot be reached here, so a stand-in object is injected as ``api=`` (it
+  mimics ``wandb.Api().run/runs`` and ``Run.history(samples, pandas=False, keys)``).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from grail_cluster.data import select_top as st
+from grail_cluster.data.select_top import (
+    EVAL_STEP,
+    MPJPE_G,
+    MPJPE_L,
+    OBJ_POS,
+    SR,
+    main,
+    rank_rows,
+    read_offline_run,
+    select_top,
+)
+from grail_cluster.errors import ConfigError, DataError
+
+# ----------------------------------------------------------------------------- test data
+
+
+def _row(step, sr, mpjpe_l=None, obj=None, mpjpe_g=None):
+    r = {EVAL_STEP: step, SR: sr}
+    for k, v in ((MPJPE_L, mpjpe_l), (OBJ_POS, obj), (MPJPE_G, mpjpe_g)):
+        if v is not None:
+            r[k] = v
+    return r
+
+
+ROWS = [
+    _row(500, 0.50, 40.0, 0.05, 60.0),
+    _row(1000, 0.80, 35.0, 0.09, 55.0),
+    _row(1500, 0.80, 30.0, 0.02, 50.0),  # ties 1000 on SR, better mpjpe_l and obj_pos_error
+    _row(2000, 0.90, None, None),  # best SR, no tiebreak metrics
+    _row(2500, 0.80, 32.0, None),  # tie on SR; missing obj_pos_error sorts last with --hoi
+    {"train/loss": 1.0, "_step": 7},  # a training row: no eval metrics
+    _row(3000, float("nan"), 10.0),  # NaN success rate: not an eval row
+]
+
+
+def write_tb_events(logdir: Path, rows, filename_suffix=""):
+    """Real TensorBoard event file with eval scalars at step = eval_step."""
+    from tensorboard.compat.proto import event_pb2, summary_pb2
+    from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+    w = EventFileWriter(str(logdir), filename_suffix=filename_suffix)
+    for r in rows:
+        values = [summary_pb2.Summary.Value(tag=k, simple_value=float(v)) for k, v in r.items()
+                  if k.startswith("eval/") and v is not None]
+        w.add_event(event_pb2.Event(wall_time=time.time(), step=int(r[EVAL_STEP]),
+                                    summary=summary_pb2.Summary(value=values)))
+    w.add_event(event_pb2.Event(wall_time=time.time(), step=10, summary=summary_pb2.Summary(
+        value=[summary_pb2.Summary.Value(tag="Episode_Reward/track", simple_value=1.0)])))
+    w.close()
+
+
+def make_experiment(root: Path, steps=(500, 1000, 1500, 2000, 2500), *, step_pad=6) -> Path:
+    """A SONIC experiment dir (§2.4): checkpoints, last.pt, meta.yaml, config.yaml."""
+    exp = root / "logs_rl" / "GRAB_Tracking" / "pnp_table-20260601_120000"
+    exp.mkdir(parents=True)
+    for s in steps:
+        (exp / st.checkpoint_name(s, step_pad)).write_bytes(b"ckpt")
+    (exp / "last.pt").write_bytes(b"ckpt")
+    (exp / "meta.yaml").write_text("wandb_run: abc123\nmax_train_steps: 3000\n")
+    (exp / "config.yaml").write_text("project_name: GRAB_Tracking\n")
+    return exp
+
+
+def write_metrics_eval(exp: Path, step: int, sr: float, mpjpe_l: float, obj: float) -> Path:
+    f = exp / "eval" / f"{step:06d}" / "train" / "metrics_eval.json"
+    f.parent.mkdir(parents=True)
+    f.write_text(json.dumps({SR: sr, "eval/success/progress_rate": 1.0, MPJPE_L: mpjpe_l, MPJPE_G: 2 * mpjpe_l,
+                             OBJ_POS: obj, "failed_keys": [], "eval/all_metrics_dict": {"motion_keys": []}}))
+    return f
+
+
+# ----------------------------------------------------------------------------- ranking
+
+
+def test_ranking_rules():
+    top = rank_rows(ROWS, k=5)
+    assert [t["eval_step"] for t in top] == [2000, 1500, 2500, 1000, 500]
+    assert top[0] == {"rank": 1, "eval_step": 2000, "checkpoint": "model_step_002000.pt", "success_rate": 0.9,
+                      "mpjpe_l": None, "mpjpe_g": None, "obj_pos_error": None}
+    hoi = rank_rows(ROWS, k=5, hoi=True)
+    assert [t["eval_step"] for t in hoi] == [2000, 1500, 1000, 2500, 500]
+    assert [t["eval_step"] for t in rank_rows(ROWS, k=2, min_sr=0.8)] == [2000, 1500]
+    assert rank_rows(ROWS, k=1, step_pad=0)[0]["checkpoint"] == "model_step_2000.pt"
+    assert rank_rows(ROWS, k=1, step_pad=8)[0]["checkpoint"] == "model_step_00002000.pt"
+    assert rank_rows(ROWS, min_sr=0.95) == []
+
+
+def test_first_row_per_step_after_sorting():
+    rows = [_row(500, 0.5, 10.0), _row(500, 0.7, 50.0), _row(1000, 0.6, 5.0), _row(500.0, 0.7, 20.0)]
+    top = rank_rows(rows, k=5)
+    # step 500 keeps its best row (SR 0.7, mpjpe_l 20 beats 50); float steps count as the same step
+    assert [(t["eval_step"], t["success_rate"], t["mpjpe_l"]) for t in top] == [(500, 0.7, 20.0), (1000, 0.6, 5.0)]
+
+
+# ----------------------------------------------------------------------------- experiment dir
+
+
+def test_experiment_dir_tensorboard_and_watcher(tmp_path):
+    exp = make_experiment(tmp_path)
+    write_tb_events(exp, [r for r in ROWS if EVAL_STEP in r and r[SR] == r[SR]])
+    # the watcher's JSON wins over TB for its step: 500 becomes the best checkpoint
+    write_metrics_eval(exp, 500, 0.95, 25.0, 0.01)
+    # a watcher-only step (not in TB) whose checkpoint exists
+    (exp / "model_step_003000.pt").write_bytes(b"ckpt")
+    write_metrics_eval(exp, 3000, 0.85, 26.0, 0.03)
+
+    res = select_top(exp, k=3)
+    assert [t["eval_step"] for t in res["top"]] == [500, 2000, 3000]
+    assert res["top"][0]["mpjpe_g"] == 50.0 and res["top"][0]["success_rate"] == 0.95
+    assert res["top"][1]["success_rate"] == pytest.approx(0.9)  # float32 in TB
+    assert res["tiebreak_key"] == MPJPE_L and res["experiment_dir"] == str(exp.resolve())
+    assert res["top"][2]["checkpoint_path"] == str(exp.resolve() / "model_step_003000.pt")
+    assert set(res) == {"run", "run_name", "group", "experiment_dir", "k", "min_sr", "step_pad", "hoi",
+                        "tiebreak_key", "top"}
+    assert set(res["top"][0]) == {"rank", "eval_step", "checkpoint", "success_rate", "mpjpe_l", "mpjpe_g",
+                                  "obj_pos_error", "checkpoint_path"}
+    hoi = select_top(experiment_dir=exp, k=4, hoi=True)
+    assert [t["eval_step"] for t in hoi["top"]] == [500, 2000, 3000, 1500]
+
+
+def test_cli_out_json_and_table(tmp_path, capsys):
+    exp = make_experiment(tmp_path)
+    write_tb_events(exp, ROWS[:5])
+    out = tmp_path / "sel" / "top.json"
+    assert main(["--experiment_dir", str(exp), "--k", "2", "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    printed = json.loads(captured.out)
+    assert json.loads(out.read_text()) == printed
+    assert [t["eval_step"] for t in printed["top"]] == [2000, 1500]
+    assert "model_step_001500.pt" in captured.err  # the table for people
+    assert [p.name for p in out.parent.iterdir()] == ["top.json"]  # no temp file left
+    assert main(["--experiment_dir", str(exp), "--k", "1", "--json"]) == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_missing_checkpoint_is_an_error(tmp_path, capsys):
+    exp = make_experiment(tmp_path, steps=(500, 1000, 1500, 2500))  # 2000 was never saved
+    write_tb_events(exp, ROWS[:5])
+    with pytest.raises(DataError, match="model_step_002000.pt"):
+        select_top(exp, k=2)
+    assert select_top(exp, k=2, check_files=False)["top"][0]["eval_step"] == 2000
+    # step_pad must match the file names
+    with pytest.raises(DataError, match="model_step_2000.pt"):
+        select_top(exp, k=1, step_pad=0)
+    assert main(["--experiment_dir", str(exp)]) == 1
+    err = capsys.readouterr().err
+    assert "model_step_002000.pt" in err and "fix:" in err and "Traceback" not in err
+
+
+def test_no_eval_rows_and_bad_inputs(tmp_path):
+    exp = make_experiment(tmp_path)
+    with pytest.raises(DataError, match="no eval rows"):
+        select_top(exp)
+    with pytest.raises(DataError, match="experiment dir not found"):
+        select_top(tmp_path / "nope")
+    with pytest.raises(ConfigError):
+        select_top()
+    with pytest.raises(ConfigError):
+        select_top(exp, k=0)
+    bad = write_metrics_eval(exp, 500, 0.5, 1.0, 1.0)
+    bad.write_text("{not json")
+    with pytest.raises(DataError, match="metrics_eval.json"):
+        select_top(exp)
+    with pytest.raises(SystemExit) as exc:  # --run and --group exclude each other: usage error
+        main(["--run", "a", "--group", "b"])
+    assert exc.value.code == 2
+
+
+# ----------------------------------------------------------------------------- offline W&B (real wandb)
+
+_WRITER = textwrap.dedent("""
+    import json, sys, wandb
+    spec = json.loads(sys.argv[1])
+    run = wandb.init(mode="offline", dir=spec["dir"], project="GRAB_Tracking", group=spec["group"],
+                     name=spec["name"], id=spec["id"], config={"experiment_dir": spec["exp"], "blob": spec["blob"]})
+    run.define_metric("eval_step")
+    run.define_metric("eval/*", step_metric="eval_step")
+    for i, row in enumerate(spec["rows"]):
+        wandb.log({"Episode_Reward/track": float(i), "global_step": 100 * i})
+        wandb.log(row)
+    run.finish(exit_code=spec.get("exit_code", 0))
+""")
+
+
+def write_offline_run(wandb_dir: Path, run_id: str, group: str, exp: Path, rows, exit_code=0, name=None, blob=0):
+    spec = {"dir": str(wandb_dir), "id": run_id, "group": group, "name": name or f"exp/{run_id}",
+            "exp": str(exp), "rows": rows, "exit_code": exit_code,
+            "blob": "x" * blob}
+    env = {"WANDB_SILENT": "true", "WANDB_MODE": "offline", "PATH": "/usr/bin:/bin", "HOME": str(wandb_dir)}
+    subprocess.run([sys.executable, "-c", _WRITER, json.dumps(spec)], check=True, env=env, timeout=120,
+                   capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def offline(tmp_path_factory):
+    root = tmp_path_factory.mktemp("wb")
+    exp = make_experiment(root)
+    wdir = root / "tmp"
+    good = [r for r in ROWS if EVAL_STEP in r and r[SR] == r[SR]]
+    # group "g": run "short" has fewer eval rows; "long" wins by rows
+    write_offline_run(wdir, "short", "g", exp, good[:2])
+    # a 100 kB config value makes records span 32 KiB log blocks (FIRST/MIDDLE/LAST fragments)
+    write_offline_run(wdir, "long", "g", exp, [{k: v for k, v in r.items() if v is not None} for r in good],
+                      blob=100_000)
+    write_offline_run(wdir, "other", "h", root / "elsewhere", good[:1], exit_code=1)
+    return wdir, exp
+
+
+def test_offline_reader_matches_leet(offline):
+    wdir, exp = offline
+    (run_dir,) = [p for p in (wdir / "wandb").iterdir() if p.name.endswith("-long")]
+    ours = read_offline_run(run_dir)
+    leet = read_offline_run(run_dir, reader="leet")
+    assert ours.id == leet.id == "long" and ours.group == leet.group == "g" and ours.name == "exp/long"
+    assert ours.config["experiment_dir"] == leet.config["experiment_dir"] == str(exp)
+    assert ours.finished and leet.finished
+    assert len(ours.config["blob"]) == 100_000 and run_dir.joinpath("run-long.wandb").stat().st_size > 3 * 32768
+    assert ours.history == leet.history
+    assert [r[EVAL_STEP] for r in ours.history if EVAL_STEP in r] == [500, 1000, 1500, 2000, 2500]
+    assert not read_offline_run(next((wdir / "wandb").glob("*-other"))).finished
+
+
+def test_offline_select(offline, tmp_path, capsys):
+    wdir, exp = offline
+    res = select_top(wandb_dir=wdir, group="g", k=3)
+    assert res["run"] == "GRAB_Tracking/long" and res["run_name"] == "exp/long" and res["group"] == "g"
+    assert res["experiment_dir"] == str(exp.resolve())
+    assert [t["eval_step"] for t in res["top"]] == [2000, 1500, 2500]
+    short = select_top(wandb_dir=wdir / "wandb", run="short", k=5)
+    assert [t["eval_step"] for t in short["top"]] == [1000, 500]
+    # the experiment dir given on the command line wins over the run's config
+    with pytest.raises(DataError, match="experiment dir|missing"):
+        select_top(wandb_dir=wdir, group="g", experiment_dir=tmp_path)
+    # the "other" run's experiment dir does not exist here: its checkpoint is reported missing
+    with pytest.raises(DataError, match="model_step_000500.pt"):
+        select_top(wandb_dir=wdir, group="h")
+    with pytest.raises(DataError, match="no offline W&B run in group"):
+        select_top(wandb_dir=wdir, group="zzz")
+    assert main(["--group", "g", "--wandb_dir", str(wdir), "--k", "1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["top"][0]["eval_step"] == 2000
+
+
+def test_offline_bad_log(tmp_path):
+    run_dir = tmp_path / "wandb" / "offline-run-20260101_000000-bad"
+    run_dir.mkdir(parents=True)
+    (run_dir / "run-bad.wandb").write_bytes(b"garbage")
+    with pytest.raises(DataError, match="not a W&B transaction log"):
+        select_top(wandb_dir=tmp_path, run="bad")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no W&B run dirs"):
+        select_top(wandb_dir=tmp_path / "empty", run="x")
+    with pytest.raises(DataError, match="W&B dir not found"):
+        select_top(wandb_dir=tmp_path / "not-there", run="x")
+
+
+# ----------------------------------------------------------------------------- online W&B (stand-in API)
+
+
+class FakeRun:
+    """Stand-in for wandb.apis.public.Run (the online API is unreachable in tests)."""
+
+    def __init__(self, run_id, rows, state="finished", config=None, group="g"):
+        self.id, self.name, self.group, self.state = run_id, f"exp/{run_id}", group, state
+        self.path = ["nv-gear", "TRL_G1_Track", run_id]
+        self.config = config if config is not None else {}
+        self._rows = rows
+        self.calls = []
+
+    def history(self, samples=500, pandas=True, keys=None):
+        self.calls.append({"samples": samples, "pandas": pandas, "keys": keys})
+        return [{k: r.get(k) for k in keys} if keys else dict(r) for r in self._rows]
+
+
+class FakeApi:
+    """Stand-in for wandb.Api(): records the paths and filters it was asked for."""
+
+    def __init__(self, runs):
+        self._runs = runs
+        self.asked = []
+
+    def run(self, path):
+        self.asked.append(("run", path))
+        rid = path.split("/")[-1]
+        for r in self._runs:
+            if r.id == rid:
+                return r
+        raise ValueError(f"Could not find run {path}")
+
+    def runs(self, path, filters=None):
+        self.asked.append(("runs", path, filters))
+        return [r for r in self._runs if r.group == filters.get("group")]
+
+
+def test_online_run_and_group(tmp_path):
+    exp = make_experiment(tmp_path)
+    rows = [r for r in ROWS if EVAL_STEP in r]
+    a = FakeRun("a", rows, config={"experiment_dir": str(exp)})
+    b = FakeRun("b", rows[:2], config={"experiment_save_dir": str(exp)})
+    c = FakeRun("c", rows[:2], state="crashed")
+    api = FakeApi([a, b, c])
+    res = select_top(run="a", api=api, k=2, samples=123)
+    assert api.asked == [("run", "nv-gear/TRL_G1_Track/a")]
+    assert a.calls == [{"samples": 123, "pandas": False, "keys": [SR, MPJPE_L, MPJPE_G, OBJ_POS, EVAL_STEP]}]
+    assert res["run"] == "nv-gear/TRL_G1_Track/a" and res["run_name"] == "exp/a" and res["group"] == "g"
+    assert [t["eval_step"] for t in res["top"]] == [2000, 1500]
+    assert res["experiment_dir"] == str(exp.resolve())
+
+    select_top(run="ent/proj/a", api=api, k=1)
+    assert api.asked[-1] == ("run", "ent/proj/a")
+
+    res = select_top(group="g", api=api, entity="e", project="p", k=5)
+    assert api.asked[-1] == ("runs", "e/p", {"group": "g"})
+    assert res["run"].endswith("/a")  # most eval rows
+    # b and c tie on rows: the finished one wins; b's config uses experiment_save_dir
+    res = select_top(group="g", api=FakeApi([c, b]), k=1)
+    assert res["run"].endswith("/b") and res["experiment_dir"] == str(exp.resolve())
+
+    # no experiment dir in the config: no paths, no file check
+    res = select_top(run="c", api=api, k=1)
+    assert res["experiment_dir"] is None and res["top"][0]["checkpoint_path"] is None
+
+
+def test_online_errors():
+    api = FakeApi([])
+    with pytest.raises(DataError, match="W&B API request failed"):
+        select_top(run="nope", api=api)
+    with pytest.raises(DataError, match="no W&B runs in group"):
+        select_top(group="g", api=api)
