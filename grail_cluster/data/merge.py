@@ -478,7 +478,7 @@ def _print_report(rep: dict[str, Any]) -> None:
     if rep["duplicates"]:
         con.print(f"[yellow]{len(rep['duplicates'])} duplicate keys across shards (first shard kept):[/]")
         for d in rep["duplicates"][:20]:
-            con.print(f"  {escape(d['key'])}: kept shard_{d['kept_from']}, dropped shard "
+            con.print(f"  {escape(d['key'])}: kept shard_{d['kept_from']}, dropped from "
                       + ", ".join(f"shard_{r}" for r in d["dropped_from"]))
         if len(rep["duplicates"]) > 20:
             con.print(f"  ... and {len(rep['duplicates']) - 20} more (see --json)")
