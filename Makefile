@@ -32,8 +32,13 @@ test-fast: setup
 lint: setup
 	$(PY) -m ruff check grail_cluster launchers sonic tests bench
 
+# Every benchmark prints ours against the peer measured in the same run (figures: docs/benchmarks.md).
 bench: setup
 	$(PY) bench/bench_plan.py
+	$(PY) bench/bench_merge.py
+	$(PY) bench/bench_data.py
+	bash $(SLURM_UP)
+	$(PY) bench/bench_submit.py
 
 # The lifecycle as far as this version goes: a generated library, doctor, plan and the rendered
 # jobs for every backend (nothing is submitted).
