@@ -9,7 +9,9 @@ written into a temp dir that is renamed into place at the end, so an error leave
 from __future__ import annotations
 
 import argparse
+import bisect
 import json
+import os
 import shutil
 import sys
 from dataclasses import dataclass, field
@@ -180,9 +182,24 @@ class Source:
         if self.usd_root is None or not (self.usd_root / "textures").is_dir():
             return []
         tex = self.usd_root / "textures"
-        flat = [p for p in tex.glob(f"{key}_*") if p.is_file()]
+        names = self._texture_names(tex)
+        # One sorted listing, searched by prefix: a glob per key made export quadratic in keys.
+        prefix = f"{key}_"
+        flat = []
+        for name in names[bisect.bisect_left(names, prefix):]:
+            if not name.startswith(prefix):
+                break
+            if (tex / name).is_file():
+                flat.append(tex / name)
         nested = [p for p in (tex / key).rglob("*") if p.is_file()] if (tex / key).is_dir() else []
         return sorted(flat + nested)
+
+    def _texture_names(self, tex: Path) -> list[str]:
+        cached = self.__dict__.get("_texture_listing")
+        if cached is None:
+            cached = sorted(os.listdir(tex))
+            self.__dict__["_texture_listing"] = cached
+        return cached
 
 
 # ----------------------------------------------------------------------------------------------
