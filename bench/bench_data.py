@@ -28,7 +28,6 @@ import functools
 import glob
 import json
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -44,6 +43,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # `tests.libgen` lives in the repo, not the package
 
+from bench.machine import machine  # noqa: E402
 from grail_cluster.data import g1  # noqa: E402
 from grail_cluster.data.export import export_shard  # noqa: E402
 from grail_cluster.data.summarize import summarize  # noqa: E402
@@ -54,19 +54,6 @@ NUM_SHARDS = 8
 STEP = 1000
 TERMINATED_FRACTION = 0.10
 MARKER = ".bench_complete.json"
-
-
-def machine() -> dict[str, Any]:
-    mem_kb, cpu = 0, platform.processor() or "unknown"
-    try:
-        with open("/proc/meminfo") as fh:
-            mem_kb = int(next(line for line in fh if line.startswith("MemTotal")).split()[1])
-        with open("/proc/cpuinfo") as fh:
-            cpu = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), cpu)
-    except (OSError, StopIteration):
-        pass
-    return {"cpus": len(os.sched_getaffinity(0)), "mem_gib": round(mem_kb / 2**20, 1), "cpu_model": cpu,
-            "python": platform.python_version(), "platform": platform.platform()}
 
 
 # ----------------------------------------------------------------------------------------------

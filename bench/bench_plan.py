@@ -25,7 +25,6 @@ import argparse
 import glob
 import json
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -42,6 +41,7 @@ if str(REPO) not in sys.path:
 _t_import = time.perf_counter()
 import joblib  # noqa: E402
 
+from bench.machine import machine  # noqa: E402
 from grail_cluster import config  # noqa: E402
 from grail_cluster.library import _cache_candidates, scan_library  # noqa: E402
 from grail_cluster.plan import build_plan, write_plan  # noqa: E402
@@ -58,25 +58,6 @@ MARKER = ".bench_complete.json"
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def machine() -> dict[str, Any]:
-    mem_kb = 0
-    cpu = platform.processor() or "unknown"
-    try:
-        with open("/proc/meminfo") as fh:
-            mem_kb = int(next(line for line in fh if line.startswith("MemTotal")).split()[1])
-        with open("/proc/cpuinfo") as fh:
-            cpu = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), cpu)
-    except (OSError, StopIteration):
-        pass
-    return {
-        "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "mem_gib": round(mem_kb / 2**20, 1),
-        "cpu_model": cpu,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-    }
 
 
 def lib_name(n: int) -> str:

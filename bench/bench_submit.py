@@ -41,7 +41,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import shutil
 import signal
@@ -61,6 +60,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # `tests.libgen` and `tests.conftest` live in the repo, not the package
 
+from bench.machine import machine  # noqa: E402
+
 WRAPPED = ("sbatch", "squeue", "sacct", "scontrol", "scancel")
 MARKER = ".bench_complete.json"
 POLL_S = 0.05
@@ -75,25 +76,6 @@ PARALLELISM = 256
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def machine() -> dict[str, Any]:
-    mem_kb = 0
-    cpu = platform.processor() or "unknown"
-    try:
-        with open("/proc/meminfo") as fh:
-            mem_kb = int(next(line for line in fh if line.startswith("MemTotal")).split()[1])
-        with open("/proc/cpuinfo") as fh:
-            cpu = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), cpu)
-    except (OSError, StopIteration):
-        pass
-    return {
-        "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "mem_gib": round(mem_kb / 2**20, 1),
-        "cpu_model": cpu,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-    }
 
 
 def real_binaries() -> dict[str, str]:

@@ -104,9 +104,8 @@ def check_values(c: dict[str, Any]) -> None:
     if ev["sharding"] not in STRATEGIES:
         raise ConfigError(f"eval.sharding must be one of {', '.join(STRATEGIES)}, got {ev['sharding']!r}",
                           fix="eval.sharding=sonic_block (SONIC's own) or eval.sharding=balanced (by frames)")
-    for key, minimum in (("num_shards", 1),):
-        if not isinstance(ev[key], int) or ev[key] < minimum:
-            raise ConfigError(f"eval.{key} must be an integer >= {minimum}, got {ev[key]!r}")
+    if not isinstance(ev["num_shards"], int) or ev["num_shards"] < 1:
+        raise ConfigError(f"eval.num_shards must be an integer >= 1, got {ev['num_shards']!r}")
     tr = c["train"]
     for key in ("nodes", "gpus_per_node", "num_envs"):
         if not isinstance(tr[key], int) or tr[key] < 1:

@@ -202,12 +202,6 @@ class Ledger:
         rows = self.db.execute(sql + " ORDER BY submitted_at, chunk", args).fetchall()
         return [JobRow(**{**dict(r), "indices": json.loads(r["indices"]), "settled": bool(r["settled"])}) for r in rows]
 
-    def job_by_name(self, name: str) -> JobRow | None:
-        for job in self.jobs():
-            if job.name == name:
-                return job
-        return None
-
     def settle(self, job_id: str) -> None:
         self.db.execute("UPDATE jobs SET settled = 1 WHERE job_id = ?", (job_id,))
 

@@ -41,21 +41,24 @@ def refresh(plan: RunPlan, ledger: Ledger, backend: Any) -> None:
         if not unsettled:
             return
     live = backend.live_states(unsettled)
+    # One read of every shard row; rows are only written when something changed, so a refresh of a
+    # quiet 2,000-shard run is a single query plus the scheduler call.
+    shards = {(s.stage, s.idx): s for s in ledger.shards()}
     unresolved: list[tuple[Any, int, int | None]] = []
     for job in unsettled:
         for idx in job.indices:
             task = idx - job.index_offset if job.array_spec else None
-            shard = ledger.shard(job.stage, idx)
+            shard = shards.get((job.stage, idx))
             if shard is None or shard.job_id != job.job_id or shard.state == "done":
                 continue  # superseded by a later attempt, or settled
+            t = live.get((job.job_id, task))
             if validate_marker(plan.run_dir, job.stage, idx, plan.plan_hash):
-                t = live.get((job.job_id, task))
                 ledger.update_shard(job.stage, idx, "done", sched_state=t.sched_state if t else "COMPLETED",
                                     elapsed=t.elapsed if t else shard.elapsed, node=t.node if t else shard.node)
-                continue
-            t = live.get((job.job_id, task))
-            if t is not None:
-                ledger.update_shard(job.stage, idx, t.state, sched_state=t.sched_state, elapsed=t.elapsed, node=t.node)
+            elif t is not None:
+                if (t.state, t.sched_state, t.node) != (shard.state, shard.sched_state, shard.node):
+                    ledger.update_shard(job.stage, idx, t.state, sched_state=t.sched_state, elapsed=t.elapsed,
+                                        node=t.node)
             elif shard.state in ACTIVE:
                 unresolved.append((job, idx, task))
     final = backend.final_states({job.job_id for job, _, _ in unresolved}) if unresolved else {}
@@ -64,18 +67,17 @@ def refresh(plan: RunPlan, ledger: Ledger, backend: Any) -> None:
         if t is None or t.state in ACTIVE:
             continue  # accounting lags the queue by a second or so; next refresh settles it
         state = "missing-output" if t.state == "completed" else t.state
-        shard = ledger.shard(job.stage, idx)
-        sig = None
-        if state != "done":
-            sig = signature(log_paths(plan.run_dir, job.stage, idx, shard.attempt, job.job_id, task), state) \
-                or exit_signature(t.exit_code)
-            if state == "missing-output":
-                sig = "exited 0 but wrote no valid success marker" + (f" ({sig})" if sig else "")
+        attempt = shards[(job.stage, idx)].attempt
+        sig = signature(log_paths(plan.run_dir, job.stage, idx, attempt, job.job_id, task), state) \
+            or exit_signature(t.exit_code)
+        if state == "missing-output":
+            sig = "exited 0 but wrote no valid success marker" + (f" ({sig})" if sig else "")
         ledger.update_shard(job.stage, idx, state, sched_state=t.sched_state, exit_code=t.exit_code,
                             elapsed=t.elapsed, node=t.node, signature=sig)
+    current = {(s.stage, s.idx): s for s in ledger.shards()}
     for job in unsettled:
-        states = [ledger.shard(job.stage, i) for i in job.indices]
-        if all(s is None or s.job_id != job.job_id or s.state not in ACTIVE for s in states):
+        rows = [current.get((job.stage, i)) for i in job.indices]
+        if all(s is None or s.job_id != job.job_id or s.state not in ACTIVE for s in rows):
             ledger.settle(job.job_id)
 
 

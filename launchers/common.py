@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from grail_cluster.jobspec import JobSpec
 from grail_cluster.plan import RunPlan
 from grail_cluster.sonic.commands import shell_join
@@ -58,9 +60,11 @@ def data_overrides(plan: RunPlan, *, for_eval: bool = False) -> list[str]:
     lib = plan.library
     data = plan.config["data"]
     if lib["layout"] == "terrain":
-        placeholder = data.get("flat_usd_path")
-        if not placeholder and lib.get("flat_placeholder") and not lib["flat_placeholder"].startswith(lib["root"] + "/flat_placeholder"):
-            placeholder = lib["flat_placeholder"]  # legacy object_usd/ location: name it explicitly
+        # The plan holds data.flat_usd_path or the one the index found; SONIC finds the root one itself,
+        # so only a placeholder elsewhere (legacy object_usd/, or the user's) is named explicitly.
+        placeholder = lib.get("flat_placeholder")
+        if placeholder == os.path.join(lib["root"], "flat_placeholder.usd"):
+            placeholder = None
         return commands.terrain_data_overrides(
             lib["root"], flat_usd_path=placeholder,
             flat_motion_dir=None if for_eval else data.get("flat_motion_dir"),

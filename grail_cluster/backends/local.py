@@ -111,8 +111,6 @@ class LocalBackend:
         """A runner that died (machine reboot, kill -9) leaves active shards behind: fail them."""
         for job in ledger.jobs(unsettled=True):
             pid = ledger.meta(f"runner_pid_r{job.round}")
-            if ledger.meta(f"runner_foreground_r{job.round}") and not pid:
-                pid = ledger.meta(f"runner_foreground_pid_r{job.round}")
             if _alive(pid):
                 continue
             for idx in job.indices:
@@ -134,7 +132,7 @@ class LocalBackend:
     def cancel(self, job_ids: list[str], ledger: Ledger | None = None) -> None:
         if ledger is None:
             return
-        for pid in self.runner_pids(ledger) + [ledger.meta(f"runner_foreground_pid_r{r}") for r in range(ledger.next_round())]:
+        for pid in self.runner_pids(ledger):
             if _alive(pid):
                 os.kill(pid, signal.SIGTERM)
 
@@ -295,8 +293,7 @@ def run_foreground(plan: RunPlan, console, json_out: bool = False) -> int:
 
     result = submit_run(plan, backend=LocalBackend(spawn=False))
     with Ledger(plan.run_dir) as ledger:
-        ledger.set_meta(f"runner_foreground_pid_r{result.round}", os.getpid())
-        ledger.set_meta(f"runner_foreground_r{result.round}", True)
+        ledger.set_meta(f"runner_pid_r{result.round}", os.getpid())  # this process is the runner
     progress = Progress(TextColumn("{task.description:<8}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[states]}"), console=console, disable=json_out)
     bars = {st.name: progress.add_task(st.name, total=st.size, states="") for st in plan.stages}

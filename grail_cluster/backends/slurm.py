@@ -85,7 +85,6 @@ STATE_MAP = {
     "CANCELLED": "cancelled", "REVOKED": "cancelled", "TIMEOUT": "timeout", "NODE_FAIL": "node-fail",
     "OUT_OF_MEMORY": "out-of-memory", "SPECIAL_EXIT": "failed",
 }
-TERMINAL = {"completed", "failed", "cancelled", "timeout", "node-fail", "out-of-memory"}
 
 
 @dataclass(frozen=True)
