@@ -25,6 +25,17 @@ REQUIRED_EXAMPLES = {
 }
 
 
+def _reference_root() -> str:
+    from .sonic.reference.setup import reference_root
+
+    return reference_root()
+
+
+# ``${grail_reference_root:}``: where the embedded reference tracker's SONIC-layout root is installed.
+if not OmegaConf.has_resolver("grail_reference_root"):
+    OmegaConf.register_new_resolver("grail_reference_root", _reference_root)
+
+
 def config_dir() -> Path:
     return Path(str(resources.files("grail_cluster.configs")))
 

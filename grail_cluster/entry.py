@@ -34,17 +34,57 @@ def _train(plan: RunPlan, index: int) -> int:
     return 0
 
 
+def _run_child(argv: list[str], cwd: str) -> int:
+    """Run a tool as a child (not exec): its outputs are checked and marked after it exits.
+
+    SIGTERM/SIGINT (scancel, preemption, Ctrl-C) are passed on, so the child stops with the job.
+    """
+    import signal
+    import subprocess
+
+    child = subprocess.Popen(argv, cwd=cwd)
+    forward = lambda signum, _frame: child.send_signal(signum)  # noqa: E731
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return child.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def _eval(plan: RunPlan, index: int) -> int:
+    """One SONIC metrics shard; done when its metrics_eval.json covers exactly the shard's motions."""
+    import json
+
     from .launchers import eval as eval_launcher
     from .sonic.commands import shell_join
 
-    c, _ = plan.eval_index(index)
+    c, shard = plan.eval_index(index)
     checkpoint, step = eval_launcher.resolve_checkpoint(plan, c)
     argv = eval_launcher.sonic_argv(plan, index, checkpoint, step)
+    out_dir = eval_launcher.shard_dir(plan, step, shard.shard)
+    metrics = os.path.join(out_dir, "metrics_eval.json")
+    if os.path.exists(metrics):  # a stale shard from an earlier attempt must not pass for this one
+        os.remove(metrics)
     print("[grail] " + shell_join(argv), flush=True)
-    os.chdir(plan.config["sonic"]["root"])
-    os.execvp(argv[0], argv)
-    return 127  # not reached
+    code = _run_child(argv, plan.config["sonic"]["root"])
+    if code != 0:
+        print(f"[grail] SONIC eval exited with {code}", file=sys.stderr)
+        return code if code > 0 else 128 - code
+    try:
+        with open(metrics) as fh:
+            keys = json.load(fh)["eval/all_metrics_dict"]["motion_keys"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"SONIC eval exited 0 but its metrics_eval.json is missing or unreadable ({exc})",
+                        path=metrics, fix="check the eval log; the shard must write metrics_eval.json") from None
+    if sorted(keys) != sorted(shard.motion_keys):
+        raise DataError(f"metrics_eval.json covers {len(keys)} motions, the shard has {len(shard.motion_keys)}",
+                        path=metrics, fix="the evaluator sliced the library differently from the plan; check "
+                                          "the shard overrides in the log")
+    write_marker(plan.run_dir, "eval", index, plan.plan_hash,
+                 {metrics: {"size": os.path.getsize(metrics), "sha256": file_digest(metrics)}})
+    print(f"[grail] eval shard {shard.shard} of checkpoint step {step}: {len(keys)} motions -> {out_dir}")
+    return 0
 
 
 def _require_step(checkpoint: str, step: int | None) -> None:
@@ -115,8 +155,31 @@ def _merge(plan: RunPlan, index: int) -> int:
     return 0
 
 
-STAGES = {"train": _train, "select": _select, "eval": _eval, "export": _export, "merge": _merge}
-LATER = {"render": "render-replay", "web": "web"}
+def _web(plan: RunPlan, index: int) -> int:
+    """The viewer of every selected checkpoint's merged library: <web_dir>/step_<S:06d>/ + an index page."""
+    from .launchers.eval import resolve_checkpoint
+    from .web.generate import generate_run_site
+
+    libraries = []
+    for rank in range(plan.eval["num_checkpoints"]):
+        checkpoint, step = resolve_checkpoint(plan, rank)
+        _require_step(checkpoint, step)
+        merged = os.path.join(plan.paths["export_dir"], f"step_{step:06d}", "merged")
+        if not os.path.isdir(os.path.join(merged, "robot")):
+            raise DataError("merged library not found", path=merged, fix="run (or resubmit) the merge stage first")
+        libraries.append((step, merged))
+    title = (plan.config.get("web") or {}).get("title") or plan.run_id
+    result = generate_run_site(plan.paths["web_dir"], libraries, title=title)
+    manifests = [result["manifest"]] + [os.path.join(result["output"], s["path"], "manifest.json") for s in result["sites"]]
+    write_marker(plan.run_dir, "web", index, plan.plan_hash,
+                 {p: {"size": os.path.getsize(p), "sha256": file_digest(p)} for p in manifests})
+    print(f"[grail] web viewer of {len(libraries)} checkpoint(s) in {result['output']} "
+          f"(view: grail-cluster serve {result['output']})")
+    return 0
+
+
+STAGES = {"train": _train, "select": _select, "eval": _eval, "export": _export, "merge": _merge, "web": _web}
+LATER = {"render": "render-replay"}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -43,7 +43,8 @@ def resolve_checkpoint(plan: RunPlan, rank: int) -> tuple[str, int | None]:
     path = plan.paths["selection"]
     try:
         with open(path) as fh:
-            top = json.load(fh)["top"]
+            selection = json.load(fh)
+        top = selection["top"]
     except FileNotFoundError:
         raise DataError("selection.json not found: the select stage has not finished", path=path,
                         fix="run the select stage first (it is a dependency of eval)") from None
@@ -53,7 +54,9 @@ def resolve_checkpoint(plan: RunPlan, rank: int) -> tuple[str, int | None]:
         raise DataError(f"selection.json lists {len(top)} checkpoints; eval wants rank {rank}", path=path,
                         fix="lower select.k or lower select.min_sr so enough checkpoints qualify")
     entry = top[rank]
-    return entry["checkpoint"], int(entry["eval_step"]) if entry.get("eval_step") is not None else step_of(entry["checkpoint"])
+    # select-top names checkpoints as GRAIL does: file names relative to the experiment dir.
+    checkpoint = os.path.join(selection.get("experiment_dir") or plan.paths["experiment_dir"], entry["checkpoint"])
+    return checkpoint, int(entry["eval_step"]) if entry.get("eval_step") is not None else step_of(checkpoint)
 
 
 def shard_dir(plan: RunPlan, step: int | None, shard: int) -> str:

@@ -35,9 +35,11 @@ def train_argv(plan: RunPlan) -> list[str]:
         iterations = plan.pipeline["finetune_iterations"]
     return commands.train_argv(
         nodes=tr["nodes"], gpus_per_node=tr["gpus_per_node"],
+        launcher=cfg["sonic"].get("launcher") or ["accelerate", "launch"], device=tr.get("device", "gpu"),
         script=commands.resolve_script(cfg["sonic"]["root"], cfg["sonic"]["train_script"], "train_agent_trl.py"),
         exp=plan.pipeline["exp"], num_envs=tr["num_envs"], data_overrides=data_overrides(plan),
         experiment_dir=plan.paths["experiment_dir"], smoke=bool(tr["smoke"]), iterations=iterations,
+        save_frequency=tr.get("save_frequency"),
         seed=tr.get("seed"), extra=cfg["sonic"].get("extra_overrides") or [],
     )
 

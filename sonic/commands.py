@@ -74,13 +74,20 @@ def terrain_data_overrides(root: str, *, flat_usd_path: str | None, flat_motion_
     return out
 
 
-def accelerate_prefix(nodes: int, gpus_per_node: int) -> list[str]:
-    """``accelerate launch`` for one node (the documented 8-GPU form) or several (rank from the job)."""
+def accelerate_prefix(nodes: int, gpus_per_node: int, launcher: Sequence[str] = ("accelerate", "launch"),
+                      device: str = "gpu") -> list[str]:
+    """``accelerate launch`` for one node (the documented 8-GPU form) or several (rank from the job).
+
+    On CPUs (``device="cpu"``, the reference tracker) accelerate starts several processes only
+    with ``--multi_gpu`` plus ``ACCELERATE_USE_CPU=1`` in the environment: it then uses gloo.
+    """
     world = nodes * gpus_per_node
+    launcher = list(launcher)
     if nodes == 1:
-        return ["accelerate", "launch", f"--num_processes={world}"]
-    return [
-        "accelerate", "launch", "--multi_gpu",
+        cpu_ranks = ["--multi_gpu"] if device == "cpu" and world > 1 else []
+        return launcher + cpu_ranks + [f"--num_processes={world}"]
+    return launcher + [
+        "--multi_gpu",
         f"--num_machines={nodes}", f"--num_processes={world}",
         "--machine_rank=$GRAIL_MACHINE_RANK",
         "--main_process_ip=$GRAIL_MASTER_ADDR",
@@ -89,16 +96,19 @@ def accelerate_prefix(nodes: int, gpus_per_node: int) -> list[str]:
 
 
 def train_argv(*, nodes: int, gpus_per_node: int, script: str, exp: str, num_envs: int,
+               launcher: Sequence[str] = ("accelerate", "launch"), device: str = "gpu",
                data_overrides: Sequence[str], experiment_dir: str, smoke: bool = False,
-               iterations: int | None = None, seed: int | None = None,
+               iterations: int | None = None, save_frequency: int | None = None, seed: int | None = None,
                finetune_checkpoint: str | None = None, resume: bool = False,
                extra: Sequence[str] = ()) -> list[str]:
-    argv = accelerate_prefix(nodes, gpus_per_node) + [script, f"+exp={exp}"]
+    argv = accelerate_prefix(nodes, gpus_per_node, launcher, device) + [script, f"+exp={exp}"]
     argv += [f"num_envs={4 if smoke else num_envs}", "headless=True"]
     if smoke:
         argv += list(SMOKE_OVERRIDES)
     elif iterations is not None:
         argv.append(f"++algo.config.num_learning_iterations={iterations}")
+    if save_frequency is not None and not smoke:
+        argv.append(f"++algo.config.save_frequency={save_frequency}")
     if seed is not None:
         argv.append(f"++seed={seed}")
     argv += list(data_overrides)

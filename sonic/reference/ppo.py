@@ -112,8 +112,8 @@ def update(model: nn.Module, optimizer: torch.optim.Optimizer, accelerator, cfg:
             accelerator.backward(loss)
             accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
             optimizer.step()
-            stats["loss/surrogate"] += float(surrogate)
-            stats["loss/value"] += float(value_loss)
-            stats["loss/entropy"] += float(entropy)
+            stats["loss/surrogate"] += float(surrogate.detach())
+            stats["loss/value"] += float(value_loss.detach())
+            stats["loss/entropy"] += float(entropy.detach())
             updates += 1
     return {k: v / max(1, updates) for k, v in stats.items()}

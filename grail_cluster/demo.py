@@ -1,0 +1,107 @@
+"""``grail-cluster demo``: the whole lifecycle on one machine with the embedded reference tracker.
+
+Generates the demo library (``grail-cluster demo-data``), then runs train -> select -> eval (shards)
+-> render -> export -> merge -> web with ``trainer=reference`` on the local executor (progress bars)
+or, unchanged, on SLURM (``cluster=slurm``), and ends with the real success rate computed by the
+simulation, the merged library and the command that serves the viewer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .errors import EXIT_OK, EXIT_PROBLEMS, DataError
+
+LIBRARY = "demo_pickup"
+# Small enough for 2 cores in minutes; several shards and two checkpoints so every DAG edge is used.
+DEFAULTS = ("trainer=reference", "pipeline=pnp_table", "eval.num_shards=3", "select.k=2",
+            "render.resolution=320x240")
+
+
+def demo_overrides(out: Path, extra: list[str]) -> list[str]:
+    lib = out / "data" / f"{LIBRARY}_ha"
+    return [f"data.motion_lib={lib}", f"run.root={out / 'runs'}", f"job.python={sys.executable}",
+            *DEFAULTS, *extra]
+
+
+def ensure_library(out: Path, motions: int, seed: int, console) -> Path:
+    from .cli import main as cli_main
+
+    lib = out / "data" / f"{LIBRARY}_ha"
+    if (lib / "robot").is_dir():
+        console.print(f"demo library: {lib} (exists; delete {out / 'data'} to regenerate)")
+        return lib
+    code = cli_main(["demo-data", "--out", str(out / "data"), "--motions", str(motions), "--seed", str(seed),
+                     "--name", LIBRARY])
+    if code != 0:
+        raise DataError("generating the demo library failed", path=out / "data")
+    return lib
+
+
+def summary(plan) -> dict[str, Any]:
+    """Success rate and paths from what the run wrote (merged manifests), not from the plan."""
+    from .launchers.eval import resolve_checkpoint
+
+    steps = []
+    for rank in range(plan.eval["num_checkpoints"]):
+        _, step = resolve_checkpoint(plan, rank)
+        merged = Path(plan.paths["export_dir"]) / f"step_{step:06d}" / "merged"
+        manifest = json.loads((merged / "export_manifest.json").read_text())
+        steps.append({"step": step, "merged": str(merged), "evaluated": manifest["total_motions_evaluated"],
+                      "exported": manifest["exported_count"], "success_rate": manifest["success_rate"]})
+    return {"run_dir": plan.run_dir, "web": plan.paths["web_dir"], "checkpoints": steps,
+            "serve": f"grail-cluster serve {plan.paths['web_dir']}"}
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .cli import _plan_from_overrides, err, out
+    from .plan import write_plan
+
+    t0 = time.time()
+    root = Path(args.out).resolve()
+    ensure_library(root, args.motions, args.seed, err)
+    plan = _plan_from_overrides(demo_overrides(root, list(args.overrides)))
+    write_plan(plan)
+    from .render import render_files, write_files
+
+    write_files(render_files(plan), Path(plan.paths["specs_dir"]) / plan.backend)
+    err.print(f"run {plan.run_id}: {', '.join(f'{s.name} x{s.size}' for s in plan.stages)} on cluster={plan.backend}")
+    if plan.backend == "local":
+        from .backends.local import run_foreground
+
+        code = run_foreground(plan, console=err)
+    else:
+        from .cli_runs import cmd_watch
+        from .control import submit_run
+
+        submit_run(plan)
+        code = cmd_watch(argparse.Namespace(run=plan.run_dir, interval=2.0))
+    if code != EXIT_OK:
+        err.print(f"[red]the demo run did not finish cleanly[/]: grail-cluster status {plan.run_dir}")
+        return EXIT_PROBLEMS
+    result = summary(plan)
+    result["seconds"] = round(time.time() - t0, 1)
+    if args.json:
+        out.print_json(json.dumps(result))
+        return EXIT_OK
+    for c in result["checkpoints"]:
+        out.print(f"checkpoint step {c['step']}: success rate {c['success_rate']:.3f} "
+                  f"({c['exported']}/{c['evaluated']} motions tracked to the end), merged library {c['merged']}")
+    out.print(f"done in {result['seconds']:.0f} s; view it with:  {result['serve']}")
+    return EXIT_OK
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("demo", help="the whole lifecycle on this machine with the CPU reference tracker",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("overrides", nargs="*", help="extra Hydra overrides, e.g. cluster=slurm train.iterations=50")
+    p.add_argument("--out", default="demo", help="demo folder (library in data/, runs in runs/); default ./demo")
+    p.add_argument("--motions", type=int, default=24)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_demo)
