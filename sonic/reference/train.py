@@ -13,6 +13,7 @@ The experiment dir has SONIC's layout (§2.4): ``config.yaml`` (unresolved), ``m
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sys
@@ -54,16 +55,23 @@ def _resume_source(cfg, exp: Path) -> tuple[Path | None, bool]:
     return None, False
 
 
-def _rank_keys(cfg, rank: int, world: int) -> tuple[list[str], dict[str, Path]]:
-    from grail_cluster.plan import read_plan
+def _planned_keys(run_dir: str, rank: int) -> list[str]:
+    path = Path(run_dir, "plan.json")
+    try:
+        return list(json.loads(path.read_text())["train"]["ranks"][rank]["motion_keys"])
+    except (OSError, ValueError, KeyError, IndexError, TypeError) as exc:
+        raise ConfigError(f"plan.json has no motion keys for rank {rank} ({type(exc).__name__}: {exc})", path=path,
+                          fix="re-plan the run; the number of training processes must match the plan") from None
 
+
+def _rank_keys(cfg, rank: int, world: int) -> tuple[list[str], dict[str, Path]]:
     from .setup import motion_keys, shard_keys
 
     keys, files = motion_keys(cfg)
     mine = shard_keys(keys, rank, world) if cfg.get("motion_shard_by_rank") else keys
     run_dir = os.environ.get("GRAIL_RUN_DIR")
     if run_dir and Path(run_dir, "plan.json").is_file():
-        planned = read_plan(run_dir).train["ranks"][rank]["motion_keys"]
+        planned = _planned_keys(run_dir, rank)
         if list(planned) != list(mine):
             raise ConfigError(f"rank {rank}: plan.json assigns {len(planned)} motions, the trainer's slicing "
                               f"{len(mine)}; the data on the command line is not the data the run was planned on",
