@@ -26,6 +26,7 @@ def _load_run(run: str):
 def _status_data(plan, refresh_first: bool = True) -> dict[str, Any]:
     from .control import get_backend
     from .ledger import Ledger
+    from .provenance import read_provenance
     from .status import refresh, run_finished, summarise
 
     backend = get_backend(plan.backend)
@@ -41,6 +42,7 @@ def _status_data(plan, refresh_first: bool = True) -> dict[str, Any]:
         "stages": [{"name": s.name, "size": s.size, "counts": s.counts, "wall_s": s.wall_s, "failures": s.failures}
                    for s in stages],
         "scheduler_calls": calls,
+        "provenance": read_provenance(plan.run_dir),
     }
 
 
@@ -68,6 +70,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(data)
     else:
+        from .provenance import summary_line
+
+        out.print(escape(summary_line(data["provenance"])), highlight=False)
         out.print(_status_table(data))
         for s in data["stages"]:
             for f in s["failures"][: args.max_failures]:

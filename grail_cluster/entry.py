@@ -8,7 +8,6 @@ the stage's success marker.
 from __future__ import annotations
 
 import argparse
-import glob
 import os
 import sys
 
@@ -20,10 +19,9 @@ from .plan import RunPlan, read_plan
 def _train(plan: RunPlan, index: int) -> int:
     """After SONIC's trainer exits 0: the experiment dir must hold checkpoints, then mark done."""
     exp = plan.paths["experiment_dir"]
-    ckpts = sorted(glob.glob(os.path.join(exp, "model_step_*.pt")))
-    last = os.path.join(exp, "last.pt")
-    if os.path.exists(last):
-        ckpts.append(last)
+    from .sonic.experiment import list_checkpoints
+
+    ckpts = [c.path for c in list_checkpoints(exp)]
     if not ckpts:
         raise DataError("training exited 0 but wrote no model_step_*.pt or last.pt", path=exp,
                         fix="check the trainer log (logs/train/0/) and that ++experiment_dir reached SONIC")
@@ -139,11 +137,12 @@ def _merge(plan: RunPlan, index: int) -> int:
     """Merge every export shard of checkpoint rank ``index`` into exported/step_S/merged."""
     from .data.merge import merge_step
     from .launchers.eval import resolve_checkpoint
+    from .provenance import read_provenance
 
     checkpoint, step = resolve_checkpoint(plan, index)
     _require_step(checkpoint, step)
-    report = merge_step(plan.paths["experiment_dir"], step,
-                        num_shards=plan.eval["num_shards"], source_data=plan.library["root"])
+    report = merge_step(plan.paths["experiment_dir"], step, num_shards=plan.eval["num_shards"],
+                        source_data=plan.library["root"], provenance=read_provenance(plan.run_dir))
     if not report["sound"]:
         raise DataError(f"the merge of step {step} is not sound: {'; '.join(report.get('problems', []))[:300]}",
                         path=report.get("output"), fix="inspect it with `grail-cluster merge --json`, then resubmit the "
@@ -152,6 +151,30 @@ def _merge(plan: RunPlan, index: int) -> int:
     write_marker(plan.run_dir, "merge", index, plan.plan_hash,
                  {manifest: {"size": os.path.getsize(manifest), "sha256": file_digest(manifest)}})
     print(f"[grail] merged step {step}: {report.get('exported_count')} motions in {report['output']}")
+    return 0
+
+
+def _render(plan: RunPlan, index: int) -> int:
+    """Replay videos of eval index ``index``'s successful motions into <shard_dir>/vis/<key>.mp4 (CPU, MuJoCo)."""
+    from .launchers.eval import resolve_checkpoint, shard_dir
+    from .replay.render import render_stage
+
+    c, shard = plan.eval_index(index)
+    checkpoint, step = resolve_checkpoint(plan, c)
+    sdir = shard_dir(plan, step, shard.shard)
+    summary = render_stage(sdir, usd_dir=plan.library.get("usd_dir"), source_data=plan.library["root"],
+                           resolution=str(plan.config["render"]["resolution"]))
+    if summary["failed"]:
+        first = summary["failed"][0]
+        raise DataError(f"{len(summary['failed'])} of {summary['selected']} motion(s) failed to render; first: "
+                        f"{first['key']}: {first['why']}"[:600], path=summary["output_dir"],
+                        fix="fix the named trajectories/USDs, then resubmit the render stage (finished videos are kept)")
+    outputs = {v: {"size": os.path.getsize(v), "sha256": file_digest(v)}
+               for v in sorted(os.path.join(summary["output_dir"], f"{k}.mp4")
+                               for k in [x["key"] for x in summary["videos"]] + summary["skipped_keys"])}
+    write_marker(plan.run_dir, "render", index, plan.plan_hash, outputs)
+    print(f"[grail] rendered {summary['rendered']} motion(s) ({summary['skipped']} kept) of "
+          f"{summary['motions_in_input']} into {summary['output_dir']} in {summary['seconds']:.1f} s")
     return 0
 
 
@@ -178,8 +201,9 @@ def _web(plan: RunPlan, index: int) -> int:
     return 0
 
 
-STAGES = {"train": _train, "select": _select, "eval": _eval, "export": _export, "merge": _merge, "web": _web}
-LATER = {"render": "render-replay"}
+STAGES = {"train": _train, "select": _select, "eval": _eval, "export": _export, "merge": _merge, "web": _web,
+          "render": _render}
+LATER: dict[str, str] = {}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,6 +22,7 @@ from .library import LibraryIndex
 from .sharding import balance, make_shards
 from .sonic import commands as sonic_cmd
 from .sonic import slicing
+from .sonic.root import check_sonic
 
 PLAN_VERSION = 1
 PLAN_FILE = "plan.json"
@@ -93,6 +94,9 @@ class RunPlan:
     eval: dict[str, Any]
     config: dict[str, Any]
     warnings: list[str] = field(default_factory=list)
+    # SONIC commit, BPS hash, image, tool version (provenance.sources); {} when the caller did not
+    # collect them. The full record is written beside plan.json as provenance.json.
+    provenance: dict[str, Any] = field(default_factory=dict)
     plan_hash: str = ""
 
     def stage(self, name: str) -> StagePlan:
@@ -144,7 +148,8 @@ def content_hash(plan_dict: dict[str, Any]) -> str:
 def _resources(c: dict[str, Any], stage: str) -> Resources:
     r = c["resources"][stage]
     if stage == "train":
-        return Resources(c["train"]["nodes"], c["train"]["gpus_per_node"], int(r["cpus"]), float(r["mem"]), int(r["time"]))
+        gpus = 0 if c["train"].get("device") == "cpu" else c["train"]["gpus_per_node"]
+        return Resources(c["train"]["nodes"], gpus, int(r["cpus"]), float(r["mem"]), int(r["time"]))
     return Resources(1, int(r.get("gpus", 0)), int(r["cpus"]), float(r["mem"]), int(r["time"]))
 
 
@@ -290,8 +295,16 @@ def check_library(index: LibraryIndex, c: dict[str, Any]) -> list[Problem]:
     return problems
 
 
-def build_plan(c: dict[str, Any], index: LibraryIndex) -> RunPlan:
-    """Pure: the same config and library give the same plan and the same hash."""
+def build_plan(c: dict[str, Any], index: LibraryIndex, *, provenance: dict[str, Any] | None = None) -> RunPlan:
+    """Pure: the same config, library and provenance sources give the same plan and the same hash.
+
+    ``provenance`` is :func:`grail_cluster.provenance.sources` (SONIC commit, BPS hash, image,
+    version), collected by the caller because it reads git and files. It is part of the hash on
+    purpose: jobs rendered against one SONIC commit (or BPS set) must not run on another, and a
+    re-plan after ``git pull`` in sonic.root is refused by ``submit`` for the old run dir instead
+    of mixing checkpoints of two code versions in one run. It holds no timestamps or host names, so
+    the hash stays stable for unchanged inputs.
+    """
     pipeline = c["pipeline"]
     if (index.layout == "terrain") != (pipeline["kind"] == "terrain"):
         raise ConfigError(
@@ -299,8 +312,10 @@ def build_plan(c: dict[str, Any], index: LibraryIndex) -> RunPlan:
             f"{index.layout} library",
             fix="pick the matching pipeline (terrain_tracking for terrain roots with flat_placeholder.usd)",
         )
+    # The SONIC checkout: trainer, evaluator, fine-tune checkpoint (errors), private exp (warning).
+    sonic_warnings = check_sonic(c)
     problems = check_library(index, c)
-    warnings = [f"library: {p.problem}" for p in problems if p.severity == "warn"]
+    warnings = [f"library: {p.problem}" for p in problems if p.severity == "warn"] + sonic_warnings
 
     explicit = list(c["select"].get("checkpoints") or [])
     train_enabled = bool(c["train"]["enabled"]) and not explicit
@@ -334,6 +349,7 @@ def build_plan(c: dict[str, Any], index: LibraryIndex) -> RunPlan:
         eval={**_eval_plan(c, index, k), "checkpoints": explicit},
         config=c,
         warnings=warnings,
+        provenance=dict(provenance or {}),
     )
     plan.plan_hash = content_hash(plan.to_json())
     return plan
@@ -343,7 +359,10 @@ def build_plan(c: dict[str, Any], index: LibraryIndex) -> RunPlan:
 
 
 def write_plan(plan: RunPlan, run_dir: str | Path | None = None) -> Path:
-    """Atomically write plan.json (temp file + rename) and return its path."""
+    """Atomically write plan.json (temp file + rename), and provenance.json beside it; return the
+    plan's path."""
+    from .provenance import record, write_provenance
+
     run_dir = Path(run_dir or plan.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / PLAN_FILE
@@ -352,6 +371,7 @@ def write_plan(plan: RunPlan, run_dir: str | Path | None = None) -> Path:
         json.dump(plan.to_json(), fh, indent=1, sort_keys=True)
         fh.write("\n")
     os.replace(tmp, path)
+    write_provenance(run_dir, record(plan))
     return path
 
 

@@ -31,7 +31,8 @@ def train_argv(plan: RunPlan) -> list[str]:
     cfg = plan.config
     tr = cfg["train"]
     iterations = tr.get("iterations")
-    if iterations is None and finetune_args(plan) and plan.pipeline.get("finetune_iterations"):
+    # The shorter fine-tune schedule applies to a warm start from a checkpoint, not to a plain resume.
+    if iterations is None and plan.config["train"]["finetune"].get("checkpoint") and plan.pipeline.get("finetune_iterations"):
         iterations = plan.pipeline["finetune_iterations"]
     return commands.train_argv(
         nodes=tr["nodes"], gpus_per_node=tr["gpus_per_node"],

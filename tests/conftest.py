@@ -21,11 +21,22 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
 
 
-def make_sonic_root(path: Path) -> Path:
-    """The SONIC checkout layout the command builders look for (the trainer cannot run here)."""
+def make_sonic_root(path: Path, *, models: bool = True) -> Path:
+    """The SONIC checkout layout the command builders look for (the trainer cannot run here).
+
+    ``models``: also the files the release configs read from ``models/`` (the frozen HOI base and
+    the fine-tune warm starts of contracts §2.3), as small stand-in files."""
     (path / "gear_sonic").mkdir(parents=True, exist_ok=True)
     for name in ("train_agent_trl.py", "eval_agent_trl.py"):
         (path / "gear_sonic" / name).write_text("# stand-in: Isaac Lab's SONIC cannot run on this machine\n")
+    if models:
+        from grail_cluster.sonic.registry import RELEASE_CONFIGS
+
+        files = ["models/sonic_manipulation_base/model_config.yaml", "models/sonic_manipulation_base/last.pt"]
+        files += [r.finetune_checkpoint for r in RELEASE_CONFIGS if r.finetune_checkpoint]
+        for rel in files:
+            (path / rel).parent.mkdir(parents=True, exist_ok=True)
+            (path / rel).write_bytes(b"stand-in checkpoint\n")
     return path
 
 

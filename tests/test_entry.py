@@ -17,10 +17,18 @@ from grail_cluster.render import render_files, write_files
 from tests.conftest import base_overrides
 
 # SONIC's evaluator needs Isaac Lab, which cannot run here; this stand-in records the argv it was
-# started with so the test can check the command the job really executed.
+# started with so the test can check the command the job really executed, and writes the shard's
+# metrics_eval.json for the motions the command names (GRAIL_TEST_DROP drops one, like a mis-slice).
 RECORDER = """import json, os, sys
 with open(os.environ["GRAIL_TEST_ARGV"], "w") as fh:
     json.dump({"argv": sys.argv[1:], "cwd": os.getcwd()}, fh)
+arg = lambda name: next(a.split("=", 1)[1] for a in sys.argv if a.startswith(name))
+keys = json.loads(arg("++manager_env.commands.motion.motion_lib_cfg.filter_motion_keys"))
+keys = keys[: len(keys) - int(os.environ.get("GRAIL_TEST_DROP", "0"))]
+out = arg("++eval_output_dir")
+os.makedirs(out, exist_ok=True)
+with open(os.path.join(out, "metrics_eval.json"), "w") as fh:
+    json.dump({"eval/all_metrics_dict": {"motion_keys": keys, "terminated": [False] * len(keys)}}, fh)
 """
 
 
@@ -62,6 +70,15 @@ def test_rendered_eval_script_runs_the_shard_command(run, tmp_path):
     assert got["cwd"] == plan.config["sonic"]["root"]
     log = Path(plan.run_dir) / "logs" / "eval" / "4" / "0.out"
     assert "[grail] eval index 4 attempt 0" in log.read_text()
+    assert read_marker(plan.run_dir, "eval", 4) is not None  # the shard's metrics cover its motions
+
+
+def test_eval_shard_with_missing_motions_is_not_marked_done(run, tmp_path):
+    plan, spec_dir, _ = run
+    env = {**os.environ, "GRAIL_INDEX": "4", "GRAIL_TEST_ARGV": str(tmp_path / "a.json"), "GRAIL_TEST_DROP": "1"}
+    proc = subprocess.run(["bash", str(spec_dir / "eval.sh")], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and "metrics_eval.json covers" in proc.stderr
+    assert read_marker(plan.run_dir, "eval", 4) is None
 
 
 def test_entry_refuses_a_changed_plan(run, capsys):

@@ -247,8 +247,13 @@ def merge_step(
     output: str | Path | None = None,
     link: bool = True,
     overlap_threshold: float = 0.5,
+    provenance: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Merge the export shards of ``step``; returns the report (``report["sound"]`` is the verdict).
+
+    ``provenance`` (the run's ``provenance.json``: SONIC commit, library and BPS hashes, config) is
+    copied into the merged ``export_manifest.json`` under ``provenance``, so a merged library says
+    what produced it wherever it is copied to.
 
     Raises DataError for unreadable inputs (no step dir, malformed ``export_manifest.json``) and
     ConfigError for bad arguments; in both cases nothing is written.
@@ -414,6 +419,8 @@ def merge_step(
         "sound": sound,
         "problems": problems,
     }
+    if provenance is not None:
+        manifest["provenance"] = provenance
 
     placer = _Placer(link)
     with atomic_dir(out_dir) as tmp:
@@ -443,7 +450,8 @@ def merge_step(
         "terrain": terrain,
         "unique_keys": len(unique_keys),
         "warnings": warnings,
-        **{k: v for k, v in manifest.items() if k not in ("exported_motions", "outputs")},
+        **{k: v for k, v in manifest.items() if k not in ("exported_motions", "outputs", "provenance")},
+        "provenance_recorded": provenance is not None,
     }
 
 
@@ -490,9 +498,29 @@ def _print_report(rep: dict[str, Any]) -> None:
     con.print(f"{verdict} -> {escape(rep['output'])}")
 
 
+def _read_provenance_arg(value: str | None) -> dict[str, Any] | None:
+    """``--provenance``: a run dir (its provenance.json) or a JSON file."""
+    if not value:
+        return None
+    path = Path(value)
+    if path.is_dir():
+        path = path / "provenance.json"
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DataError("provenance file not found", path=path,
+                        fix="pass the run dir (it holds provenance.json once planned) or the JSON file itself") from None
+    except ValueError as exc:
+        raise DataError(f"provenance file is not valid JSON: {exc}", path=path) from None
+    if not isinstance(data, dict):
+        raise DataError("provenance file does not hold a JSON object", path=path)
+    return data
+
+
 def _cmd_merge(args: argparse.Namespace) -> int:
     rep = merge_step(args.exp_dir, args.step, num_shards=args.num_shards, source_data=args.source_data,
-                     output=args.output, link=not args.copy, overlap_threshold=args.overlap_threshold)
+                     output=args.output, link=not args.copy, overlap_threshold=args.overlap_threshold,
+                     provenance=_read_provenance_arg(args.provenance))
     if args.json:
         import sys
 
@@ -521,6 +549,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                    help="hard-link files where the file system allows (default)")
     g.add_argument("--copy", dest="copy", action="store_true", help="always copy (independent files)")
     p.add_argument("--overlap_threshold", "--overlap-threshold", dest="overlap_threshold", type=float, default=0.5)
+    p.add_argument("--provenance", help="run dir or provenance.json to copy into the merged export_manifest.json")
     p.add_argument("--json", action="store_true", help="machine-readable report")
     p.set_defaults(func=_cmd_merge)
     return p

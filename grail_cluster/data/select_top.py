@@ -288,7 +288,9 @@ def find_offline_runs(wandb_dir: str | Path) -> list[Path]:
 
 
 def _tb_rows(exp: Path) -> dict[int, dict[str, Any]]:
-    files = sorted(p for p in exp.rglob("events.out.tfevents.*") if p.is_file())
+    from ..sonic.experiment import tensorboard_event_files
+
+    files = tensorboard_event_files(exp)
     if not files:
         return {}
     try:

@@ -41,7 +41,9 @@ def body_metrics(sim: np.ndarray, ref: np.ndarray) -> dict[str, float]:
     local_sim, local_ref = sim - sim[:, :1], ref - ref[:, :1]
     aligned = _procrustes(sim, ref)
     for suffix, cols in _COLS.items():
-        err = lambda a, b: float(np.linalg.norm(a[:, cols] - b[:, cols], axis=-1).mean() * 1000.0)  # noqa: E731
+        def err(a: np.ndarray, b: np.ndarray, cols=cols) -> float:
+            return float(np.linalg.norm(a[:, cols] - b[:, cols], axis=-1).mean() * 1000.0)
+
         out["mpjpe_g" + suffix] = err(sim, ref)
         out["mpjpe_l" + suffix] = err(local_sim, local_ref)
         out["mpjpe_pa" + suffix] = err(aligned, ref)
