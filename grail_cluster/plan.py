@@ -160,12 +160,13 @@ def _stages(c: dict[str, Any], k: int, n: int, train_enabled: bool) -> list[Stag
         stages.append(StagePlan("select", 1, [Dependency("train", "afterok")], _resources(c, "select")))
     eval_deps = [Dependency("select", "afterok")] if train_enabled else []
     stages.append(StagePlan("eval", k * n, eval_deps, _resources(c, "eval")))
-    merge_deps = [Dependency("export", "afterok")]
+    # Export copies the shard's replay videos into vis/ (as GRAIL's export does), so with rendering on
+    # it must follow the shard's render, or the library would miss the videos still being rendered.
+    export_after = "render" if c["render"]["enabled"] else "eval"
     if c["render"]["enabled"]:
         stages.append(StagePlan("render", k * n, [Dependency("eval", "aftercorr")], _resources(c, "render")))
-        merge_deps.append(Dependency("render", "afterok"))
-    stages.append(StagePlan("export", k * n, [Dependency("eval", "aftercorr")], _resources(c, "export")))
-    stages.append(StagePlan("merge", k, merge_deps, _resources(c, "merge")))
+    stages.append(StagePlan("export", k * n, [Dependency(export_after, "aftercorr")], _resources(c, "export")))
+    stages.append(StagePlan("merge", k, [Dependency("export", "afterok")], _resources(c, "merge")))
     if c["web"]["enabled"]:
         stages.append(StagePlan("web", 1, [Dependency("merge", "afterok")], _resources(c, "web")))
     return stages
