@@ -137,3 +137,31 @@ def test_trainer_refuses_data_that_differs_from_the_plan(lib, tmp_path):
     proc = subprocess.run(argv, cwd=reference_root(), env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
     assert "plan" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_reference_eval_output_goes_through_export_merge_and_summarize(trained, lib, tmp_path):
+    """The data tools cannot tell the reference evaluator's shards from SONIC's."""
+    import joblib
+
+    from grail_cluster.data.export import export_shard
+    from grail_cluster.data.merge import merge_step
+    from grail_cluster.data.summarize import summarize
+
+    exp, _ = trained
+    work = tmp_path / "exp"
+    step_dir = work / "eval" / "step_000004"
+    for shard in range(2):
+        proc = _eval(lib, exp / "model_step_000004.pt", step_dir / f"phase1_shard_{shard}", world=2, rank=shard)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        export_shard(step_dir / f"phase1_shard_{shard}", lib, work / "exported" / "step_000004" / f"shard_{shard}",
+                     checkpoint=str(exp / "model_step_000004.pt"), step=4)
+    report = merge_step(work, 4, num_shards=2, source_data=lib)
+    assert report["sound"], report
+    merged = Path(report["output"])
+    assert sorted(p.stem for p in (merged / "robot").glob("*.pkl")) == ["stand_box_0", "stand_box_1"]
+    robot = joblib.load(merged / "robot" / "stand_box_0.pkl")["stand_box_0"]
+    assert robot["dof"].shape[1] == 29 and robot["hand_dof_pos"].shape[1] == 14 and robot["fps"] == 25.0
+    summary = summarize(work)
+    row = next(s for s in summary["steps"] if s["step"] == 4) if "steps" in summary else summary
+    text = json.dumps(row)
+    assert '"total_motions": 4' in text and '"total_success": 2' in text
