@@ -165,3 +165,21 @@ def test_reference_eval_output_goes_through_export_merge_and_summarize(trained, 
     row = next(s for s in summary["steps"] if s["step"] == 4) if "steps" in summary else summary
     text = json.dumps(row)
     assert '"total_motions": 4' in text and '"total_success": 2' in text
+
+
+def test_offline_wandb_run_is_ranked_by_select_top_group(lib, tmp_path):
+    """With use_wandb, the trainer's offline W&B run (group, eval_step rows) is what select-top reads."""
+    from grail_cluster.data.select_top import select_top
+
+    exp = tmp_path / "exp"
+    env = {**_env(), "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    argv = [sys.executable, "gear_sonic/train_agent_trl.py", "+exp=manager/universal_token/hoi/pnp_table",
+            "num_envs=2", "++algo.config.num_learning_iterations=2", "++algo.config.save_frequency=1",
+            "++algo.config.num_steps_per_env=4", *_data(lib), f"++experiment_dir={exp}", "++use_wandb=true",
+            "++wandb.wandb_group=sweep-a"]
+    proc = subprocess.run(argv, cwd=reference_root(), env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = select_top(group="sweep-a", wandb_dir=exp / "wandb", k=2)
+    tb = {r["eval_step"]: r["eval/success/success_rate"] for r in experiment_rows(exp)}
+    assert [t["eval_step"] for t in result["top"]] and {t["eval_step"] for t in result["top"]} == {1, 2}
+    assert all(t["success_rate"] == pytest.approx(tb[t["eval_step"]]) for t in result["top"])
