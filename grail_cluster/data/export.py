@@ -334,8 +334,9 @@ def _write(tmp: Path, src: Source, items: list[dict]) -> list[str]:
 
 
 def _outputs(root: Path) -> dict[str, str]:
+    # Dotfiles are caches of readers (the library index writes .grail_index.json), not library content.
     return {p.relative_to(root).as_posix(): sha256_file(p)
-            for p in sorted(root.rglob("*")) if p.is_file() and p.name != MANIFEST}
+            for p in sorted(root.rglob("*")) if p.is_file() and p.name != MANIFEST and not p.name.startswith(".")}
 
 
 def _num(v: Any) -> float | None:
