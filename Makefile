@@ -8,20 +8,28 @@ SLURM_UP := tests/infra/slurm/up.sh
 SLURM_DOWN := tests/infra/slurm/down.sh
 DEMO_DIR ?= demo
 
-.PHONY: setup test test-fast lint bench demo slurm-up slurm-down clean
+.PHONY: setup browser render-deps test test-fast lint bench demo slurm-up slurm-down clean
 
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(PY) -m pip install --quiet --disable-pip-version-check torch==2.13.0 -e '.[dev]'  # torch pinned here: a CPU build, no CUDA downloads
 	touch $(STAMP)
 
+# Headless Chromium for the web viewer tests and bench (Debian's package; never `playwright install`).
+browser:
+	bash tests/infra/browser/setup.sh
+
+# Offscreen GL for MuJoCo's CPU renderer (EGL on llvmpipe, OSMesa fallback): apt-installs only what is missing.
+render-deps:
+	bash tests/infra/render/setup.sh
+
 # The full suite: unit, golden and property tests, plus the real local SLURM cluster
-# (started here, stopped afterwards unless KEEP_SLURM=1).
-test: setup
+# (started here, stopped afterwards unless KEEP_SLURM=1) and the viewer in a real Chromium.
+test: setup browser render-deps
 	bash $(SLURM_UP)
-	status=0; GRAIL_REQUIRE_SLURM=1 $(PY) -m pytest -q $(PYTEST_ARGS) || status=$$?; \
+	status=0; GRAIL_REQUIRE_SLURM=1 GRAIL_REQUIRE_BROWSER=1 $(PY) -m pytest -q $(PYTEST_ARGS) || status=$$?; \
 	if [ -z "$$KEEP_SLURM" ]; then bash $(SLURM_DOWN); fi; \
 	exit $$status
 
@@ -33,26 +41,19 @@ lint: setup
 	$(PY) -m ruff check grail_cluster launchers sonic tests bench
 
 # Every benchmark prints ours against the peer measured in the same run (figures: docs/benchmarks.md).
-bench: setup
+bench: setup browser
 	$(PY) bench/bench_plan.py
 	$(PY) bench/bench_merge.py
 	$(PY) bench/bench_data.py
+	$(PY) bench/bench_web.py
 	bash $(SLURM_UP)
 	$(PY) bench/bench_submit.py
 
-# The lifecycle as far as this version goes: a generated library, doctor, plan and the rendered
-# jobs for every backend (nothing is submitted).
-demo: setup
-	$(PY) -m tests.libgen --out $(DEMO_DIR)/data/pickup_table --motions 24 --variant ha_pair
-	mkdir -p $(DEMO_DIR)/SONIC/gear_sonic
-	$(VENV)/bin/grail-cluster doctor $(DEMO_DIR)/data/pickup_table_ha pipeline=pnp_table
-	$(VENV)/bin/grail-cluster plan data.motion_lib=$(DEMO_DIR)/data/pickup_table_ha sonic.root=$(DEMO_DIR)/SONIC \
-		run.root=$(DEMO_DIR)/runs eval.num_shards=4 eval.sharding=balanced
-	for cluster in local slurm "kubernetes cluster.image=registry.example/grail-sonic:demo"; do \
-		$(VENV)/bin/grail-cluster render data.motion_lib=$(DEMO_DIR)/data/pickup_table_ha sonic.root=$(DEMO_DIR)/SONIC \
-			run.root=$(DEMO_DIR)/runs eval.num_shards=4 eval.sharding=balanced cluster=$$cluster --out $(DEMO_DIR)/specs || exit 1; \
-	done
-	@echo "demo: library in $(DEMO_DIR)/data, plan in $(DEMO_DIR)/runs, job files in $(DEMO_DIR)/specs/{local,slurm,kubernetes}"
+# The main job: the whole lifecycle on this machine with the embedded CPU reference tracker
+# (demo library -> train -> select -> eval shards -> render -> export -> merge -> web viewer).
+# DEMO_ARGS takes Hydra overrides, e.g. DEMO_ARGS="cluster=slurm" (after `make slurm-up`).
+demo: setup render-deps
+	$(VENV)/bin/grail-cluster demo --out $(DEMO_DIR) $(DEMO_ARGS)
 
 slurm-up:
 	bash $(SLURM_UP)

@@ -56,9 +56,9 @@ def _print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=1, sort_keys=True, default=str) + "\n")
 
 
-def _pipeline_needs(name: str | None) -> tuple[dict[str, str] | None, str | None]:
+def _pipeline_yaml(name: str | None) -> dict[str, Any]:
     if not name:
-        return None, None
+        return {}
     import yaml
 
     from .config import config_dir
@@ -67,8 +67,15 @@ def _pipeline_needs(name: str | None) -> tuple[dict[str, str] | None, str | None
     if not path.exists():
         choices = sorted(p.stem for p in path.parent.glob("*.yaml"))
         raise ConfigError(f"unknown pipeline {name!r}", fix=f"choose one of: {', '.join(choices)}")
-    data = yaml.safe_load(path.read_text())
+    return yaml.safe_load(path.read_text()) or {}
+
+
+def _pipeline_needs(name: str | None) -> tuple[dict[str, str] | None, str | None]:
+    data = _pipeline_yaml(name)
     return data.get("needs"), data.get("kind")
+
+
+DOCTOR_SONIC_KEYS = ("sonic.root", "sonic.train_script", "sonic.eval_script", "train.finetune.checkpoint")
 
 
 def _parse_kv(items: list[str], allowed: set[str]) -> dict[str, str]:
@@ -115,15 +122,23 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 def cmd_doctor(args: argparse.Namespace) -> int:
     from .doctor import diagnose, has_errors, report
+    from .sonic.root import sonic_problems
 
-    opts = _parse_kv(args.overrides, {"pipeline"})
-    needs, kind = _pipeline_needs(opts.get("pipeline"))
+    opts = _parse_kv(args.overrides, {"pipeline", *DOCTOR_SONIC_KEYS})
+    pipeline = _pipeline_yaml(opts.get("pipeline"))
+    needs, kind = pipeline.get("needs"), pipeline.get("kind")
     layout = args.layout
     if layout == "auto" and kind == "terrain":
         layout = "terrain"
     index = _progress_scan(args.motion_lib, layout=layout, usd_dir=args.usd_dir, bps_dir=args.bps_dir,
                            use_cache=not args.no_cache)
     problems = diagnose(index, needs, opts.get("pipeline"))
+    if "sonic.root" in opts or "train.finetune.checkpoint" in opts:
+        # The SONIC checkout too: trainer, evaluator, fine-tune checkpoint, release config.
+        problems += sonic_problems(opts.get("sonic.root"), pipeline=pipeline,
+                                   finetune=opts.get("train.finetune.checkpoint") or None,
+                                   train_script=opts.get("sonic.train_script", "auto"),
+                                   eval_script=opts.get("sonic.eval_script", "auto"))
     rep = report(index, problems)
     if args.json:
         _print_json(rep)
@@ -163,6 +178,7 @@ def _print_doctor(rep: dict[str, Any]) -> None:
 def _plan_from_overrides(overrides: list[str]):
     from . import config
     from .plan import build_plan
+    from .provenance import sources
 
     c = config.load(overrides)
     # Terrain pipelines force terrain discovery; HOI pipelines auto-detect so that a terrain root
@@ -170,7 +186,7 @@ def _plan_from_overrides(overrides: list[str]):
     layout = "terrain" if c["pipeline"]["kind"] == "terrain" else "auto"
     index = _progress_scan(c["data"]["motion_lib"], layout=layout, usd_dir=c["data"].get("object_usd_dir"),
                            bps_dir=c["data"].get("bps_dir"))
-    return build_plan(c, index)
+    return build_plan(c, index, provenance=sources(c, index.bps_dir))
 
 
 def _plan_summary(plan) -> dict[str, Any]:
@@ -328,7 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
     lib_args(p)
     p.add_argument("overrides", nargs="*", metavar="pipeline=NAME",
                    help="check what this pipeline needs (pnp_table, pnp_ground, advanced_manip_table, "
-                        "advanced_manip_ground, terrain_tracking)")
+                        "advanced_manip_ground, terrain_tracking); with sonic.root=DIR (and "
+                        "train.finetune.checkpoint=FILE|release) also the SONIC checkout")
     p.set_defaults(func=cmd_doctor)
 
     for name, func, helptext in (
@@ -372,6 +389,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--follow", "-f", action="store_true")
     p.add_argument("--failed", action="store_true", help="tails of every failed shard of the stage")
     p.add_argument("--lines", "-n", type=int, default=40, help="lines of each log (0 = all)")
+    p.add_argument("--pod", action="store_true", help="cluster=kubernetes: the shard's pod log through the API "
+                                                      "(`kubectl logs`), also used when no log file exists")
     p.set_defaults(func=cmd_logs)
 
     p = sub.add_parser("cancel", help="cancel a run's jobs (of --stage and every stage after it)")
@@ -394,10 +413,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_resubmit)
 
     # The data lifecycle tools (GRAIL-compatible): each module registers its own subcommand.
-    from .data import bps, export, merge, select_top, summarize
+    from . import demo
+    from .data import bps, demo_library, export, merge, select_top, summarize
+    from .replay import render as render_replay
+    from .web import generate as web_generate
+    from .web import serve as web_serve
 
-    for tool in (select_top, export, summarize, merge, bps):
+    for tool in (select_top, export, summarize, merge, bps, demo_library, render_replay, web_generate, web_serve):
         tool.register(sub)
+    demo.register(sub)
+    from . import drive
+
+    drive.register(sub)
     return parser
 
 

@@ -20,7 +20,8 @@ from .errors import EXIT_OK, EXIT_PROBLEMS, DataError
 LIBRARY = "demo_pickup"
 # Small enough for 2 cores in minutes; several shards and two checkpoints so every DAG edge is used.
 DEFAULTS = ("trainer=reference", "pipeline=pnp_table", "eval.num_shards=3", "select.k=2",
-            "render.resolution=320x240")
+            "render.resolution=320x240", "render.lod_mm=10",
+            "render.camera_offset=[1.5,-1.5,1.0]")
 
 
 def demo_overrides(out: Path, extra: list[str]) -> list[str]:

@@ -162,8 +162,11 @@ def _render(plan: RunPlan, index: int) -> int:
     c, shard = plan.eval_index(index)
     checkpoint, step = resolve_checkpoint(plan, c)
     sdir = shard_dir(plan, step, shard.shard)
+    # One render worker per CPU the job was given, not per CPU of the node it shares with other jobs.
     summary = render_stage(sdir, usd_dir=plan.library.get("usd_dir"), source_data=plan.library["root"],
-                           resolution=str(plan.config["render"]["resolution"]))
+                           resolution=str(plan.config["render"]["resolution"]),
+                           workers=plan.stage("render").resources.cpus, lod_mm=plan.config["render"].get("lod_mm") or 0.0,
+                           camera_offset=tuple(plan.config["render"].get("camera_offset") or (-3.54, 0.0, 1.2)))
     if summary["failed"]:
         first = summary["failed"][0]
         raise DataError(f"{len(summary['failed'])} of {summary['selected']} motion(s) failed to render; first: "
