@@ -43,6 +43,7 @@ def _status_data(plan, refresh_first: bool = True) -> dict[str, Any]:
                    for s in stages],
         "scheduler_calls": calls,
         "provenance": read_provenance(plan.run_dir),
+        "notes": list(getattr(backend, "notes", [])),  # e.g. a Kubernetes driver Job that owns the ledger
     }
 
 
@@ -74,6 +75,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
         out.print(escape(summary_line(data["provenance"])), highlight=False)
         out.print(_status_table(data))
+        for note in data["notes"]:
+            out.print(escape(note), highlight=False)
         for s in data["stages"]:
             for f in s["failures"][: args.max_failures]:
                 out.print(f"[red]{s['name']} {f['index']}[/] {f['state']} (attempt {f['attempt']}, job {f['job_id']}): "
@@ -134,6 +137,14 @@ def cmd_logs(args: argparse.Namespace) -> int:
         job = jobs.get(s.job_id) if s and s.job_id else None
         task = idx - job.index_offset if job and job.array_spec else None
         paths = [p for p in log_paths(plan.run_dir, args.stage, idx, attempt, s.job_id if s else None, task) if p.exists()]
+        if plan.backend == "kubernetes" and (getattr(args, "pod", False) or not paths):
+            from .control import get_backend
+
+            # The pod's own log through the API: also what happened before the script's log files existed.
+            for pod, text in get_backend(plan.backend).pod_logs(plan, args.stage, idx, tail=args.lines or None):
+                out.rule(f"{args.stage} {idx}: pod {pod}")
+                out.print(text.rstrip("\n"), markup=False, highlight=False)
+            continue
         if not paths:
             err.print(f"{args.stage} {idx} attempt {attempt}: no log files yet ({Path(plan.run_dir) / 'logs' / args.stage / str(idx)})")
             continue

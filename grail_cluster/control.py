@@ -28,9 +28,12 @@ def get_backend(name: str) -> Any:
         from .backends.local import LocalBackend
 
         return LocalBackend()
+    if name == "kubernetes":
+        from .backends.kubernetes import KubernetesBackend
+
+        return KubernetesBackend()
     raise GrailError(f"submitting to cluster={name} is not supported by this version",
-                     fix="render the manifests with `grail-cluster render ... cluster=kubernetes` and apply them yourself, "
-                         "or use cluster=slurm / cluster=local")
+                     fix="use cluster=slurm, cluster=kubernetes or cluster=local")
 
 
 @dataclass

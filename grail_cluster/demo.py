@@ -37,8 +37,11 @@ def ensure_library(out: Path, motions: int, seed: int, console) -> Path:
     if (lib / "robot").is_dir():
         console.print(f"demo library: {lib} (exists; delete {out / 'data'} to regenerate)")
         return lib
-    code = cli_main(["demo-data", "--out", str(out / "data"), "--motions", str(motions), "--seed", str(seed),
-                     "--name", LIBRARY])
+    import contextlib
+
+    with contextlib.redirect_stdout(sys.stderr):  # stdout is for the demo's own result (--json)
+        code = cli_main(["demo-data", "--out", str(out / "data"), "--motions", str(motions), "--seed", str(seed),
+                         "--name", LIBRARY])
     if code != 0:
         raise DataError("generating the demo library failed", path=out / "data")
     return lib

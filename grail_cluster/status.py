@@ -35,8 +35,11 @@ def refresh(plan: RunPlan, ledger: Ledger, backend: Any) -> None:
     unsettled = ledger.jobs(unsettled=True)
     if not unsettled:
         return
-    if getattr(backend, "name", "") == "local":
-        backend.reconcile(plan, ledger)
+    if hasattr(backend, "reconcile"):
+        # local: a dead runner's shards; kubernetes: one snapshot of the run's Jobs and pods, and a
+        # driver Job in the cluster that owns the ledger while it runs (then nothing is written here).
+        if backend.reconcile(plan, ledger) == "owned-by-driver":
+            return
         unsettled = ledger.jobs(unsettled=True)
         if not unsettled:
             return

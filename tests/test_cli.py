@@ -43,11 +43,12 @@ def test_run_dry_run_writes_and_prints_the_exact_files(tmp_path, hoi_pair, sonic
     assert (runs[0] / "plan.json").exists()
 
 
-def test_run_on_kubernetes_is_refused_clearly(tmp_path, hoi_pair, sonic_root, capsys):
+def test_run_on_kubernetes_without_a_shared_volume_is_refused_clearly(tmp_path, hoi_pair, sonic_root, capsys):
+    # Submitting to Kubernetes itself is tested against an API emulator in tests/test_kubernetes.py.
     _, ha = hoi_pair
     rc = main(["run", *base_overrides(tmp_path, ha.root, sonic_root, "cluster=kubernetes", "cluster.image=x:1")])
     err = capsys.readouterr().err
-    assert rc == 2 and "cluster=kubernetes" in err and "Traceback" not in err
+    assert rc == 2 and "cluster.pvc is not set" in err and "Traceback" not in err
 
 
 def test_local_run_without_gpus_is_refused_before_anything_runs(tmp_path, hoi_pair, sonic_root, capsys):

@@ -25,8 +25,8 @@ def test_stage_dag_and_sizes(tmp_path, hoi_pair, sonic_root):
     deps = {s.name: [(d.stage, d.kind) for d in s.depends_on] for s in plan.stages}
     assert deps == {
         "train": [], "select": [("train", "afterok")], "eval": [("select", "afterok")],
-        "render": [("eval", "aftercorr")], "export": [("eval", "aftercorr")],
-        "merge": [("export", "afterok"), ("render", "afterok")], "web": [("merge", "afterok")],
+        "render": [("eval", "aftercorr")], "export": [("render", "aftercorr")],  # export copies the videos
+        "merge": [("export", "afterok")], "web": [("merge", "afterok")],
     }
     sizes = {s.name: s.size for s in plan.stages}
     assert sizes == {"train": 1, "select": 1, "eval": 12, "render": 12, "export": 12, "merge": 3, "web": 1}
@@ -34,6 +34,8 @@ def test_stage_dag_and_sizes(tmp_path, hoi_pair, sonic_root):
     assert plan.eval_index(7)[0] == 1 and plan.eval_index(7)[1].shard == 3
     with pytest.raises(IndexError):
         plan.eval_index(12)
+    no_render = make_plan(tmp_path, ha.root, sonic_root, "render.enabled=false")
+    assert [(d.stage, d.kind) for d in no_render.stage("export").depends_on] == [("eval", "aftercorr")]
 
 
 def test_explicit_checkpoints_skip_train_and_select(tmp_path, hoi_pair, sonic_root):

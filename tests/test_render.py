@@ -97,12 +97,18 @@ def test_rendered_files_are_valid(world, case, pipeline, backend, extra, tmp_pat
 def check_manifests(path: Path, plan) -> None:
     import kubernetes_validate
 
+    from grail_cluster.backends.kubernetes import lint_manifest
+
     stage = path.stem
     docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
     for doc in docs:
         kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
         name = doc["metadata"]["name"]
         assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", name) and len(name) <= 63, name
+        # The project's own checks (enum values, index table and ranges; tests/test_kubernetes_render.py).
+        assert lint_manifest(doc, stage_size=None if stage == "driver" else plan.stage(stage).size) == []
+    if stage == "driver":
+        return
     job = next(d for d in docs if d["kind"] == "Job")
     spec = job["spec"]
     # What the schema does not check: enum values and index ranges.
@@ -116,7 +122,8 @@ def check_manifests(path: Path, plan) -> None:
     for rule in spec["podFailurePolicy"]["rules"]:
         assert rule["action"] in {"Ignore", "FailIndex", "FailJob", "Count"}
     env = {e["name"]: e for e in spec["template"]["spec"]["containers"][0]["env"]}
-    assert "job-completion-index" in env["GRAIL_INDEX"]["valueFrom"]["fieldRef"]["fieldPath"]
+    assert "job-completion-index" in env["JOB_COMPLETION_INDEX"]["valueFrom"]["fieldRef"]["fieldPath"]
+    assert env["GRAIL_INDEX_TABLE"]["value"] == ("0" if st.resources.nodes > 1 else f"0-{st.size - 1}" if st.size > 1 else "0")
 
 
 def test_scripts_carry_sonic_commands(world):
