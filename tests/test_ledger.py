@@ -74,8 +74,11 @@ def test_chunks_offsets_and_aftercorr_partners(plan):
     assert sum(g.parallelism for g in evals) <= 6
     renders = [g for g in groups if g.stage == "render"]
     assert [d.chunk for g in renders for d in g.depends] == [0, 1, 2]
+    exports = [g for g in groups if g.stage == "export"]
+    assert [(d.kind, d.stage, d.chunk) for g in exports for d in g.depends] == [
+        ("aftercorr", "render", 0), ("aftercorr", "render", 1), ("aftercorr", "render", 2)]
     merge = next(g for g in groups if g.stage == "merge")
-    assert {(d.kind, d.stage) for d in merge.depends} == {("afterok", "export"), ("afterok", "render")}
+    assert {(d.kind, d.stage) for d in merge.depends} == {("afterok", "export")}
 
 
 def test_resubmit_groups_split_by_what_upstream_reruns(plan):

@@ -13,9 +13,9 @@ JOB_eval_0=$(sbatch --parsable --job-name=golden:eval:0 --comment=golden:eval:0 
 echo "eval 0: $JOB_eval_0"
 JOB_render_0=$(sbatch --parsable --job-name=golden:render:0 --comment=golden:render:0 --array=0-5%6 "--dependency=aftercorr:$JOB_eval_0" --export=ALL,GRAIL_INDEX_OFFSET=0,GRAIL_ATTEMPT=0 render.sh)
 echo "render 0: $JOB_render_0"
-JOB_export_0=$(sbatch --parsable --job-name=golden:export:0 --comment=golden:export:0 --array=0-5%6 "--dependency=aftercorr:$JOB_eval_0" --export=ALL,GRAIL_INDEX_OFFSET=0,GRAIL_ATTEMPT=0 export.sh)
+JOB_export_0=$(sbatch --parsable --job-name=golden:export:0 --comment=golden:export:0 --array=0-5%6 "--dependency=aftercorr:$JOB_render_0" --export=ALL,GRAIL_INDEX_OFFSET=0,GRAIL_ATTEMPT=0 export.sh)
 echo "export 0: $JOB_export_0"
-JOB_merge_0=$(sbatch --parsable --job-name=golden:merge:0 --comment=golden:merge:0 --array=0-1%2 "--dependency=afterok:$JOB_export_0,afterok:$JOB_render_0" --export=ALL,GRAIL_INDEX_OFFSET=0,GRAIL_ATTEMPT=0 merge.sh)
+JOB_merge_0=$(sbatch --parsable --job-name=golden:merge:0 --comment=golden:merge:0 --array=0-1%2 "--dependency=afterok:$JOB_export_0" --export=ALL,GRAIL_INDEX_OFFSET=0,GRAIL_ATTEMPT=0 merge.sh)
 echo "merge 0: $JOB_merge_0"
 JOB_web_0=$(sbatch --parsable --job-name=golden:web:0 --comment=golden:web:0 "--dependency=afterok:$JOB_merge_0" --export=ALL,GRAIL_INDEX_OFFSET=0,GRAIL_ATTEMPT=0 web.sh)
 echo "web 0: $JOB_web_0"
