@@ -26,7 +26,7 @@ REQUIRED_EXAMPLES = {
 
 
 def _reference_root() -> str:
-    from .sonic.reference.setup import reference_root
+    from .sonic.reference import reference_root
 
     return reference_root()
 

@@ -141,11 +141,24 @@ def container_image(c: dict[str, Any]) -> str | None:
     return str(image) if image and image != "???" else None
 
 
+def _is_reference_root(root: str | Path) -> bool:
+    from .sonic.reference import reference_root
+
+    try:
+        return Path(root).expanduser().resolve() == Path(reference_root()).resolve()
+    except OSError:
+        return False
+
+
 def sources(c: dict[str, Any], bps_dir: str | None) -> dict[str, Any]:
     """What the configuration and library index do not already say: SONIC commit, BPS contents,
     image, tool version. Reads git and the BPS files; deterministic for the same inputs."""
+    root = (c.get("sonic") or {}).get("root")
+    sonic = sonic_git(root)
+    # The embedded reference tracker is versioned with grail-cluster, not by a SONIC checkout.
+    sonic["trainer"] = "reference" if root and _is_reference_root(root) else "sonic"
     return {
-        "sonic": sonic_git((c.get("sonic") or {}).get("root")),
+        "sonic": sonic,
         "bps": bps_hash(bps_dir),
         "image": container_image(c),
         "grail_cluster_version": grail_cluster_version(),
@@ -216,5 +229,6 @@ def summary_line(prov: dict[str, Any] | None) -> str:
         commit_text += " (dirty)"
     lib = (prov.get("library") or {}).get("index_hash") or "-"
     bps = (prov.get("bps") or {}).get("sha256") or "-"
-    return (f"provenance: SONIC {commit_text}, library {lib[:12]}, BPS {bps[:12]}, "
+    trainer = "reference tracker, code" if sonic.get("trainer") == "reference" else "SONIC"
+    return (f"provenance: {trainer} {commit_text}, library {lib[:12]}, BPS {bps[:12]}, "
             f"image {prov.get('image') or 'none'}, grail-cluster {prov.get('grail_cluster_version') or '?'}")

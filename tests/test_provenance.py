@@ -240,3 +240,15 @@ def test_bps_hash_memo_is_keyed_by_name_size_and_mtime(tmp_path):
     assert fresh != first["sha256"]
     os.utime(d / "k1.npy", ns=(st.st_atime_ns, st.st_mtime_ns + 1))
     assert prov.bps_hash(d)["sha256"] == fresh
+
+
+def test_reference_trainer_is_named_as_such(tmp_path):
+    from grail_cluster.provenance import sources, summary_line
+    from grail_cluster.sonic.reference import reference_root
+
+    c = {"sonic": {"root": reference_root()}, "cluster": {"backend": "local"}}
+    src = sources(c, None)
+    assert src["sonic"]["trainer"] == "reference"
+    assert summary_line({"sonic": src["sonic"]}).startswith("provenance: reference tracker, code ")
+    other = sources({"sonic": {"root": str(tmp_path)}, "cluster": {"backend": "local"}}, None)
+    assert other["sonic"]["trainer"] == "sonic"

@@ -17,13 +17,9 @@ from grail_cluster.sonic.slicing import block_bounds, select_keys
 
 from .motion import ReferenceMotion, load_motion
 
-ROOT = Path(__file__).resolve().parent / "root"
+from . import ROOT, reference_root  # noqa: F401 - re-exported for the trainer/evaluator
+
 CONFIG_DIR = ROOT / "gear_sonic" / "config"
-
-
-def reference_root() -> str:
-    """The directory that plays ``sonic.root`` for the reference backend."""
-    return str(ROOT)
 
 
 def compose(config_name: str, overrides: list[str]) -> DictConfig:
