@@ -133,8 +133,8 @@ class TrackingEnv:
 
     def _palm_near_object(self) -> bool:
         d, idx = self.data, self.idx
-        dist = np.linalg.norm(d.xpos[idx.hand_body] - d.xpos[idx.object_body])
-        return bool(dist < self.m.object_radius + GRASP_REACH + 0.08)  # the palm sits ~8 cm past the wrist link
+        palm = d.xpos[idx.hand_body] + d.xmat[idx.hand_body].reshape(3, 3) @ S.PALM_OFFSET
+        return bool(np.linalg.norm(palm - d.xpos[idx.object_body]) < self.m.object_radius + GRASP_REACH)
 
     # -- observation -----------------------------------------------------------------------------
     def observe(self) -> np.ndarray:

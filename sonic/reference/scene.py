@@ -22,6 +22,7 @@ DECIMATION = 4
 POLICY_DT = SIM_DT * DECIMATION
 
 HAND_BODY = "right_wrist_yaw_link"  # the weld of the grasp help attaches the object here
+PALM_OFFSET = np.array([0.084, 0.018, 0.0])  # palm centre in HAND_BODY's frame (from g1_with_hands.xml's palm mesh)
 OBJECT_BODY = "object"
 OBJECT_JOINT = "object_root"
 TABLE_BODY = "table"
