@@ -28,13 +28,31 @@ NAME = "demo_pickup"
 # ----------------------------------------------------------------------------- fixtures and helpers
 
 
+UNTRACKABLE: dict[str, str] = {}  # key -> defect, filled by the libs fixture from the generator's summary
+
+
 @pytest.fixture(scope="module")
 def libs(tmp_path_factory) -> dict[str, Path]:
-    """A table library (4 motions) and a floor library (2 motions), each as <out>/demo_pickup[_ha]."""
+    """A table library (4 motions), a floor library (2 motions) and a table library of 8 motions with
+    --untrackable 0.25, each as <out>/demo_pickup[_ha]."""
     out = tmp_path_factory.mktemp("demo")
     generate_library(out / "table", motions=4, seed=0, scene="table")
     generate_library(out / "ground", motions=2, seed=3, scene="ground")
-    return {"table": out / "table", "ground": out / "ground"}
+    summary = generate_library(out / "defects", motions=8, seed=0, scene="table", untrackable=0.25)
+    UNTRACKABLE.clear()
+    UNTRACKABLE.update(summary["defects"])
+    assert sorted(summary["untrackable_keys"]) == sorted(UNTRACKABLE) and len(UNTRACKABLE) == 2
+    return {"table": out / "table", "ground": out / "ground", "defects": out / "defects"}
+
+
+def _sensible(libs) -> list[dict]:
+    """The motions without a retargeting defect (all of them but the defects library's chosen ones)."""
+    return [m for m in _all(libs) if not _defect(m)]
+
+
+def _defect(m: dict) -> str | None:
+    """The generator's defect of a motion (keys repeat across seeds, so only in the defects library)."""
+    return UNTRACKABLE.get(m["key"]) if m["lib"] == "defects" else None
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +79,7 @@ def _motions(root: Path) -> list[dict]:
         verts, tris = read_usd_mesh(plain / "object_usd" / f"{key}.usd")
         out.append({
             "key": key,
+            "lib": root.name,
             "robot": _inner(robot),
             "robot_ha": _inner(ha / "robot" / f"{key}.pkl"),
             "objects": _inner(plain / "objects" / f"{key}.pkl"),
@@ -74,7 +93,7 @@ def _motions(root: Path) -> list[dict]:
 
 
 def _all(libs) -> list[dict]:
-    return _motions(libs["table"]) + _motions(libs["ground"])
+    return _motions(libs["table"]) + _motions(libs["ground"]) + _motions(libs["defects"])
 
 
 def _quat_to_mat(q: np.ndarray) -> np.ndarray:
@@ -169,14 +188,14 @@ def test_layout_and_formats(libs):
             assert meta["table_size"].dtype == np.float32 and meta["table_size"].shape == (3,)
             assert 0.65 <= _support_top(m) <= 0.85
     assert all("table_pos" not in m["meta"] for m in _motions(libs["ground"]))
-    assert all("table_pos" in m["meta"] for m in _motions(libs["table"]))
+    assert all("table_pos" in m["meta"] for m in _motions(libs["table"]) + _motions(libs["defects"]))
 
 
 # ----------------------------------------------------------------------------- physics
 
 
 def test_feet_flat_and_planted(libs, g1):
-    for m in _all(libs):
+    for m in _sensible(libs):
         soles = []
         for model, data in _replay(g1, m["robot"]):
             geoms = _soles(model)
@@ -204,7 +223,7 @@ def test_joint_limits_speeds_and_smoothness(libs, g1):
 
 
 def test_centre_of_mass_over_the_feet(libs, g1):
-    for m in _all(libs):
+    for m in _sensible(libs):
         for f, (model, data) in enumerate(_replay(g1, m["robot"])):
             soles = data.geom_xpos[_soles(model)]
             com = data.subtree_com[model.body("pelvis").id]
@@ -213,7 +232,7 @@ def test_centre_of_mass_over_the_feet(libs, g1):
 
 
 def test_robot_stays_out_of_the_table(libs, g1):
-    for m in _motions(libs["table"]):
+    for m in _motions(libs["table"]) + _motions(libs["defects"]):
         meta = m["meta"]
         center, half = np.asarray(meta["table_pos"], np.float64), 0.5 * meta["table_size"].astype(np.float64)
         for f, (model, data) in enumerate(_replay(g1, m["robot"])):
@@ -256,6 +275,43 @@ def test_object_rests_then_moves_with_the_palm(libs, g1):
                 grasp = m["surface"][np.argmin(np.linalg.norm(surface - palm, axis=1))]
             gap = np.linalg.norm(grasp @ rot.T + pos - palm)
             assert gap < 0.03, f"{m['key']} frame {f}: palm {gap:.3f} m from the grasp point"
+
+
+def test_foot_lift_defect_is_only_the_left_foot_up(libs, g1):
+    """foot_lift: the right sole stays flat and planted, the left foot ends well off the floor, and
+    the centre of mass is then far outside the right sole (single stance no robot can hold)."""
+    defective = [m for m in _all(libs) if _defect(m)]
+    assert len(defective) == 2 and {_defect(m) for m in defective} == {"foot_lift"}
+    for m in defective:
+        model, _ = g1
+        right = [g for g in _soles(model) if model.body(int(model.geom_bodyid[g])).name.startswith("right")]
+        soles, outside = [], []
+        for model, data in _replay(g1, m["robot"]):
+            soles.append(data.geom_xpos[_soles(model)][:, 2] - model.geom_size[right[0], 0])
+            com = data.subtree_com[model.body("pelvis").id]
+            outside.append(float(com[1] - data.geom_xpos[right, 1].max()))
+        soles = np.array(soles)
+        left = np.array([g not in right for g in _soles(model)])
+        assert np.abs(soles[:, ~left]).max() < 0.015, f"{m['key']}: the right sole leaves the floor"
+        assert soles[-FPS:, left].min() > 0.08, f"{m['key']}: the left foot is not up at the end"
+        assert min(outside[-FPS:]) > 0.05, f"{m['key']}: COM only {min(outside[-FPS:]):.3f} m past the sole"
+
+
+def test_physics_tracks_the_sensible_motions_and_drops_the_defective_ones(libs):
+    """Rolled out with the reference tracker's PD controller and zero residual, every defective motion
+    terminates (the robot falls) and every sensible one is tracked to the end."""
+    pytest.importorskip("torch")
+    from grail_cluster.sonic.reference.env import Terminations, prepare
+    from grail_cluster.sonic.reference.evaluate import rollout
+    from grail_cluster.sonic.reference.motion import load_motion
+
+    plain, ha = libs["defects"] / NAME, libs["defects"] / f"{NAME}_ha"
+    keys = sorted(p.stem for p in (ha / "robot").glob("*.pkl"))
+    motions = [load_motion(k, ha / "robot" / f"{k}.pkl", ha / "objects" / f"{k}.pkl", ha / "meta" / f"{k}.pkl",
+                           plain / "object_usd" / f"{k}.usd") for k in keys]
+    rows = rollout([prepare(m) for m in motions], lambda obs: np.zeros((len(obs), 29)), Terminations(), 0.1)
+    outcome = {r["motion_keys"]: r["terminated"] for r in rows}
+    assert outcome == {k: k in UNTRACKABLE for k in keys}, outcome
 
 
 def test_palm_offset_is_the_palm_face_centre():
@@ -308,6 +364,17 @@ def test_same_seed_same_bytes(tmp_path, libs):
     first, second = _files(libs["ground"]), _files(other)
     robots = [k for k in first if "/robot/" in k]
     assert robots and all(first[k] != second.get(k) for k in robots)
+    # --untrackable 0 is the library as before; with 0.25 only the chosen motions' robot pickles differ
+    plain = tmp_path / "plain"
+    generate_library(plain, motions=8, seed=0, scene="table", untrackable=0.0)
+    zero, defects = _files(plain), _files(libs["defects"])
+    table = _files(libs["table"])
+    assert all(zero[k] == v for k, v in table.items() if "/bps/" not in k), "the first 4 motions are the 4-motion library's"
+    assert zero.keys() == defects.keys()
+    differ = {k for k in zero if zero[k] != defects[k]}
+    robots = {f"{lib}/robot/{key}.pkl" for key in UNTRACKABLE for lib in (NAME, f"{NAME}_ha")}
+    # a defective motion may be held a little longer at the end, so its objects pickles may differ too
+    assert robots <= differ <= robots | {f"{lib}/objects/{key}.pkl" for key in UNTRACKABLE for lib in (NAME, f"{NAME}_ha")}
 
 
 def test_cli_json_refuses_non_empty_out(tmp_path, capsys):
@@ -316,6 +383,7 @@ def test_cli_json_refuses_non_empty_out(tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out)
     assert summary["motions"] == 1 and len(summary["keys"]) == 1 and summary["seconds"] > 0
     assert summary["library_ha"] == str(out / f"{NAME}_ha") and sum(summary["objects"].values()) == 1
+    assert summary["untrackable"] == 0.25 and summary["untrackable_keys"] == [] == list(summary["defects"])
     before = _files(out)
 
     rc = main(["demo-data", "--out", str(out), "--motions", "1", "--seed", "8"])
@@ -327,6 +395,12 @@ def test_cli_json_refuses_non_empty_out(tmp_path, capsys):
     assert main(["demo-data", "--out", str(out), "--motions", "1", "--seed", "8", "--force"]) == 0
     assert (out / "notes.txt").read_text() == "keep me", "--force replaces only the demo libraries"
     assert _files(out) != before
+
+    capsys.readouterr()
+    assert main(["demo-data", "--out", str(tmp_path / "four"), "--motions", "4", "--seed", "1", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert len(summary["untrackable_keys"]) == 1 and set(summary["defects"].values()) == {"foot_lift"}
+    assert set(summary["untrackable_keys"]) < set(summary["keys"])
 
     assert main(["demo-data", "--out", str(tmp_path / "x"), "--motions", "0"]) == 2
     assert "--motions" in capsys.readouterr().err

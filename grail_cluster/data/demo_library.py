@@ -21,6 +21,11 @@ well-formed:
   deterministically, when a check fails. Replayed open-loop through the position actuators of
   ``scene_with_hands.xml`` (kp=500) the motions keep the robot standing and the hand off the table.
 
+``--untrackable F`` gives about F of the motions (chosen from the seed) one retargeting defect of
+the kind real pipelines produce, :data:`DEFECTS`: ``foot_lift``, the left foot lifted and held up
+with the centre of mass still between the feet (the human leaned on the table), which a robot
+cannot hold; everything else about those motions is as above. Which ones is in the summary only.
+
 Everything depends only on ``--seed`` and the motion index (``numpy.random.default_rng``), so the
 same arguments give byte-identical pickles and USDs whatever the number of worker processes.
 Output: ``<out>/<name>/`` (retarget variant: robot objects meta object_usd bps) and
@@ -88,6 +93,15 @@ COM_X_RANGE = (-0.02, 0.09)
 COM_Y_LIMIT = 0.06
 JOINT_MARGIN = 0.02  # rad kept inside every joint range
 MAX_ATTEMPTS = 60
+
+# --untrackable: retargeting defects (ground truth of the generator, never written into the library)
+DEFECTS = ("foot_lift",)
+# foot_lift: once the legs are still (after the reach) the left foot comes off the floor and stays up while the centre of mass
+# stays between the feet, far outside the right sole: what a human does leaning a hip or hand on the
+# table, and what a robot without that support cannot hold (it tips over sideways).
+FOOT_LIFT = {"hip": -0.3, "knee": 1.1}  # rad added to the left hip pitch and knee; the ankle keeps the sole level
+FOOT_LIFT_SPEED = 1.6  # rad/s peak while the foot rises
+FOOT_LIFT_HOLD_S = 1.2  # s the foot stays up at the end of the motion
 
 # Fixed upper-body poses (MuJoCo order within the 7 arm joints).
 # Elbow 0 points the forearm forward, ~1.5 straight down; shoulder roll keeps the hands off the hips.
@@ -1056,7 +1070,55 @@ def joint_speed(dof: np.ndarray) -> float:
     return float(np.abs(np.diff(dof, axis=0)).max() * FPS) if len(dof) > 1 else 0.0
 
 
-def make_motion(name: str, seed: int, index: int, scene_kind: str) -> Motion:
+def untrackable_indices(seed: int, motions: int, fraction: float) -> list[int]:
+    """The motions that get a retargeting defect: about ``fraction`` of them (at least one when
+    fraction > 0 and motions >= 4), drawn from the seed by a generator of their own."""
+    if not 0.0 <= fraction <= 1.0:
+        raise ConfigError(f"--untrackable must be in [0, 1] (got {fraction})")
+    if fraction == 0.0:
+        return []
+    count = int(round(fraction * motions))
+    if motions >= 4:
+        count = max(1, count)
+    rng = np.random.default_rng([seed, 5, motions])
+    return sorted(int(i) for i in rng.choice(motions, size=min(count, motions), replace=False))
+
+
+def add_foot_lift(motion: Motion) -> None:
+    """Lift the left foot once the legs are still (after the reach) and keep it up to the end
+    (defect ``foot_lift``).
+
+    Only the left leg's joints change: the pelvis, the right foot, the arms and the object are as
+    before, so the centre of mass stays between the feet, ~10 cm to the left of the right sole: a single
+    stance that no controller can hold. Joint speeds stay under PLANNED_JOINT_SPEED; frames (still
+    holding the object) are added at the end where the hold phase is too short.
+    """
+    kin = kinematics()
+    hip, knee, ankle = _IDX["left_hip_pitch_joint"], _IDX["left_knee_joint"], _IDX["left_ankle_pitch_joint"]
+    delta = np.zeros(NUM_BODY_DOF)
+    delta[hip], delta[knee] = FOOT_LIFT["hip"], FOOT_LIFT["knee"]
+    delta[ankle] = -(FOOT_LIFT["hip"] + FOOT_LIFT["knee"])
+    ramp_n = _frames(1.875 * float(np.abs(delta).max()) / FOOT_LIFT_SPEED)
+    hold_n = _frames(FOOT_LIFT_HOLD_S)
+    t = len(motion.dof)
+    legs_still = t - 1  # the legs are still from here on (the arm approaches and lifts after the reach)
+    while legs_still > 0 and np.array_equal(motion.dof[legs_still - 1, LEG], motion.dof[t - 1, LEG]):
+        legs_still -= 1
+    start = max(legs_still, t - ramp_n - hold_n)
+    extra = start + ramp_n + hold_n - t
+    if extra > 0:
+        for name in ("root_pos", "root_quat", "dof", "obj_pos", "obj_quat"):
+            arr = getattr(motion, name)
+            setattr(motion, name, np.vstack([arr, np.repeat(arr[-1:], extra, axis=0)]))
+        last = motion.contacts[t - 1]
+        for f in range(t, t + extra):
+            motion.contacts[f] = last.copy()
+    profile = np.r_[np.zeros(start), min_jerk(ramp_n), np.ones(len(motion.dof) - start - ramp_n)]
+    dof = motion.dof + profile[:, None] * delta[None]
+    motion.dof = np.clip(dof, np.minimum(kin.lo, motion.dof), np.maximum(kin.hi, motion.dof))
+
+
+def make_motion(name: str, seed: int, index: int, scene_kind: str, defect: str = "") -> Motion:
     """Motion ``index`` of the library: the same (seed, index, scene) always gives the same motion.
 
     Classes take turns (GROUND_CLASSES on the floor); each class has INSTANCES_PER_CLASS table objects
@@ -1082,6 +1144,10 @@ def make_motion(name: str, seed: int, index: int, scene_kind: str) -> Motion:
             reasons.append(str(exc))
             continue
         motion.attempts = attempt
+        if defect == "foot_lift":
+            add_foot_lift(motion)
+        elif defect:
+            raise ConfigError(f"unknown defect {defect!r}")
         return motion
     raise GrailError(f"could not build motion {key} in {MAX_ATTEMPTS} draws (last: {'; '.join(reasons[-3:])})",
                      fix="this is a bug in demo-data; try another --seed meanwhile")
@@ -1177,14 +1243,14 @@ def write_motion(motion: Motion, plain: Path, ha: Path) -> None:
     _dump(ha / "meta" / f"{key}.pkl", meta_dict(motion))
 
 
-def _generate_one(job: tuple[str, int, int, str, str, str]) -> dict[str, Any]:
-    name, seed, index, scene, plain, ha = job
-    motion = make_motion(name, seed, index, scene)
+def _generate_one(job: tuple[str, int, int, str, str, str, str]) -> dict[str, Any]:
+    name, seed, index, scene, plain, ha, defect = job
+    motion = make_motion(name, seed, index, scene, defect)
     write_motion(motion, Path(plain), Path(ha))
     return {"key": motion.key, "object": motion.shape.name, "class": motion.shape.cls,
             "frames": len(motion.dof), "ground": motion.scene.ground, "attempts": motion.attempts,
             "lift_frame": motion.lift_frame, "grasp_error_m": round(motion.grasp_error, 5),
-            "max_joint_speed": round(joint_speed(motion.dof), 3)}
+            "max_joint_speed": round(joint_speed(motion.dof), 3), "defect": defect}
 
 
 def _run_jobs(jobs: list[tuple], workers: int) -> list[dict[str, Any]]:
@@ -1219,8 +1285,14 @@ def _publish(tmp: Path, out: Path, names: list[str]) -> None:
 
 
 def generate_library(out: str | Path, motions: int = 24, seed: int = 0, name: str = "demo_pickup",
-                     scene: str = "table", force: bool = False, workers: int | None = None) -> dict[str, Any]:
-    """Write ``<out>/<name>/`` and ``<out>/<name>_ha/``; returns a JSON-able summary."""
+                     scene: str = "table", force: bool = False, workers: int | None = None,
+                     untrackable: float = 0.0) -> dict[str, Any]:
+    """Write ``<out>/<name>/`` and ``<out>/<name>_ha/``; returns a JSON-able summary.
+
+    ``untrackable``: the share of motions given a retargeting defect (:func:`untrackable_indices`,
+    :data:`DEFECTS`); 0 writes the same bytes as before the option existed. Which motions got one is
+    in the summary only (``untrackable_keys``, ``defects``), never in the library.
+    """
     from .bps import compute_bps
 
     t0 = time.perf_counter()
@@ -1231,6 +1303,7 @@ def generate_library(out: str | Path, motions: int = 24, seed: int = 0, name: st
         raise ConfigError(f"unknown --scene {scene!r}", fix=f"choose one of: {', '.join(SCENES)}")
     if not name or "/" in name or name.startswith(".") or name.endswith("_ha"):
         raise ConfigError(f"bad --name {name!r}", fix="a plain directory name not ending in _ha, e.g. demo_pickup")
+    bad = set(untrackable_indices(seed, motions, float(untrackable)))
     _check_out(out, force)
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / f"{TMP_PREFIX}{os.getpid()}"
@@ -1240,7 +1313,7 @@ def generate_library(out: str | Path, motions: int = 24, seed: int = 0, name: st
         for lib, subs in ((plain, ("robot", "objects", "meta", "object_usd")), (ha, ("robot", "objects", "meta"))):
             for sub in subs:
                 (lib / sub).mkdir(parents=True)
-        jobs = [(name, seed, i, scene, str(plain), str(ha)) for i in range(motions)]
+        jobs = [(name, seed, i, scene, str(plain), str(ha), DEFECTS[0] if i in bad else "") for i in range(motions)]
         workers = workers if workers is not None else min(len(jobs), os.cpu_count() or 1, 8)
         rows = _run_jobs(jobs, workers)
         compute_bps(plain / "object_usd", plain / "bps")
@@ -1259,6 +1332,9 @@ def generate_library(out: str | Path, motions: int = 24, seed: int = 0, name: st
         "fps": FPS, "redraws": sum(r["attempts"] - 1 for r in rows),
         "max_joint_speed": max(r["max_joint_speed"] for r in rows),
         "max_grasp_error_m": max(r["grasp_error_m"] for r in rows),
+        "untrackable": float(untrackable),
+        "untrackable_keys": [r["key"] for r in rows if r["defect"]],
+        "defects": {r["key"]: r["defect"] for r in rows if r["defect"]},
         "seconds": round(time.perf_counter() - t0, 3),
     }
 
@@ -1268,7 +1344,7 @@ def generate_library(out: str | Path, motions: int = 24, seed: int = 0, name: st
 
 def cmd_demo_data(args: argparse.Namespace) -> int:
     summary = generate_library(args.out, motions=args.motions, seed=args.seed, name=args.name, scene=args.scene,
-                               force=args.force)
+                               force=args.force, untrackable=args.untrackable)
     if args.json:
         sys.stdout.write(json.dumps(summary, indent=1) + "\n")
         return EXIT_OK
@@ -1306,6 +1382,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--name", default="demo_pickup", help="library name (default demo_pickup)")
     p.add_argument("--scene", choices=SCENES, default="table",
                    help="table: objects on tables; ground: on the floor (deep squat); mixed: both")
+    p.add_argument("--untrackable", type=float, default=0.25, metavar="F",
+                   help="share of motions given a retargeting defect a robot cannot track, as real retargeted data "
+                        "has (default 0.25; 0: every motion trackable); the --json summary names them")
     p.add_argument("--force", action="store_true", help="write into a non-empty --out, replacing <name>/ and <name>_ha/")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
     p.set_defaults(func=cmd_demo_data)
