@@ -15,9 +15,8 @@ from omegaconf import DictConfig, OmegaConf
 from grail_cluster.errors import ConfigError, DataError
 from grail_cluster.sonic.slicing import block_bounds, select_keys
 
-from .motion import ReferenceMotion, load_motion
-
 from . import ROOT, reference_root  # noqa: F401 - re-exported for the trainer/evaluator
+from .motion import ReferenceMotion, load_motion
 
 CONFIG_DIR = ROOT / "gear_sonic" / "config"
 
