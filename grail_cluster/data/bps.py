@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import EXIT_OK, ConfigError, DataError, GrailError
+from ..errors import EXIT_OK, ConfigError, DataError
 
 USD_SUFFIXES = (".usd", ".usda", ".usdc")
 
@@ -200,14 +200,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m grail_cluster.data.bps``: the same command, standalone."""
-    parser = argparse.ArgumentParser(prog="grail-cluster")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["bps", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return int(args.func(args))
-    except GrailError as exc:
-        sys.stderr.write(f"error: {exc.render()}\n")
-        return exc.exit_code
+    from ..standalone import run_tool
+
+    return run_tool(register, "bps", argv)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1393,14 +1393,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m grail_cluster.data.demo_library``: the same command, standalone."""
-    parser = argparse.ArgumentParser(prog="grail-cluster")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["demo-data", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return int(args.func(args))
-    except GrailError as exc:
-        sys.stderr.write(f"error: {exc.render()}\n")
-        return exc.exit_code
+    from ..standalone import run_tool
+
+    return run_tool(register, "demo-data", argv)
 
 
 if __name__ == "__main__":  # pragma: no cover

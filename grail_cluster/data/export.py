@@ -462,15 +462,10 @@ def cmd_export(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m grail_cluster.data.export")
-    sub = parser.add_subparsers(dest="command", required=True)
-    register(sub)
-    args = parser.parse_args(["export", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return args.func(args)
-    except GrailError as exc:
-        print("error: " + exc.render(), file=sys.stderr)
-        return exc.exit_code
+    """``python -m grail_cluster.data.export``: the same command, standalone."""
+    from ..standalone import run_tool
+
+    return run_tool(register, "export", argv)
 
 
 if __name__ == "__main__":

@@ -564,14 +564,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m grail_cluster.data.select_top``: the same command, standalone."""
-    parser = argparse.ArgumentParser(prog="grail-cluster")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["select-top", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return int(args.func(args))
-    except GrailError as exc:
-        sys.stderr.write(f"error: {exc.render()}\n")
-        return exc.exit_code
+    from ..standalone import run_tool
+
+    return run_tool(register, "select-top", argv)
 
 
 if __name__ == "__main__":  # pragma: no cover

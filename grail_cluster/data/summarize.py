@@ -14,7 +14,7 @@ import re
 import sys
 from pathlib import Path
 
-from ..errors import EXIT_OK, EXIT_PROBLEMS, DataError, GrailError
+from ..errors import EXIT_OK, EXIT_PROBLEMS, DataError
 from .io import dumps_json, write_json
 
 _STEP_RE = re.compile(r"^step_(\d+)$")
@@ -218,15 +218,10 @@ def cmd_summarize(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m grail_cluster.data.summarize")
-    sub = parser.add_subparsers(dest="command", required=True)
-    register(sub)
-    args = parser.parse_args(["summarize", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return args.func(args)
-    except GrailError as exc:
-        print("error: " + exc.render(), file=sys.stderr)
-        return exc.exit_code
+    """``python -m grail_cluster.data.summarize``: the same command, standalone."""
+    from ..standalone import run_tool
+
+    return run_tool(register, "summarize", argv)
 
 
 if __name__ == "__main__":

@@ -1213,14 +1213,9 @@ def _print_summary(s: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m grail_cluster.replay.render``: the same command, standalone."""
-    parser = argparse.ArgumentParser(prog="grail-cluster")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["render-replay", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return int(args.func(args))
-    except GrailError as exc:
-        sys.stderr.write(f"error: {exc.render()}\n")
-        return exc.exit_code
+    from ..standalone import run_tool
+
+    return run_tool(register, "render-replay", argv)
 
 
 if __name__ == "__main__":  # pragma: no cover
