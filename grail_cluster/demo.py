@@ -64,18 +64,25 @@ def summary(plan) -> dict[str, Any]:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from .cli import _plan_from_overrides, err, out
-    from .plan import write_plan
+    from .plan import submitted_plan_hash, write_plan
 
     t0 = time.time()
     root = Path(args.out).resolve()
     ensure_library(root, args.motions, args.seed, err)
-    plan = _plan_from_overrides(demo_overrides(root, list(args.overrides)))
+    overrides = demo_overrides(root, list(args.overrides))
+    plan = _plan_from_overrides(overrides)
+    recorded = submitted_plan_hash(plan.run_dir)
+    if recorded and recorded != plan.plan_hash:  # an earlier demo with other settings: keep it, start anew
+        plan = _plan_from_overrides([*overrides, f"run.id={plan.run_id}-{plan.plan_hash[:6]}"])
     write_plan(plan)
     from .render import render_files, write_files
 
     write_files(render_files(plan), Path(plan.paths["specs_dir"]) / plan.backend)
     err.print(f"run {plan.run_id}: {', '.join(f'{s.name} x{s.size}' for s in plan.stages)} on cluster={plan.backend}")
-    if plan.backend == "local":
+    if recorded == plan.plan_hash:  # this very demo ran before: report it (resubmit repairs a failed one)
+        err.print(f"run {plan.run_id} ran before with these settings; its status: grail-cluster status {plan.run_dir}")
+        code = EXIT_OK
+    elif plan.backend == "local":
         from .backends.local import run_foreground
 
         code = run_foreground(plan, console=err)

@@ -17,7 +17,7 @@ from typing import Any
 
 from . import __version__
 from .doctor import Problem, diagnose, has_errors
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, GrailError
 from .library import LibraryIndex
 from .sharding import balance, make_shards
 from .sonic import commands as sonic_cmd
@@ -359,6 +359,17 @@ def build_plan(c: dict[str, Any], index: LibraryIndex, *, provenance: dict[str, 
 # ----------------------------------------------------------------------------- reading and writing
 
 
+def submitted_plan_hash(run_dir: str | Path) -> str | None:
+    """The plan hash the run's ledger recorded at submission, else None (never submitted)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "ledger.sqlite").exists():
+        return None
+    from .ledger import Ledger
+
+    with Ledger(run_dir) as ledger:
+        return ledger.meta("plan_hash")
+
+
 def write_plan(plan: RunPlan, run_dir: str | Path | None = None) -> Path:
     """Atomically write plan.json (temp file + rename), and provenance.json beside it; return the
     plan's path."""
@@ -367,6 +378,11 @@ def write_plan(plan: RunPlan, run_dir: str | Path | None = None) -> Path:
     run_dir = Path(run_dir or plan.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / PLAN_FILE
+    recorded = submitted_plan_hash(run_dir)
+    if recorded and recorded != plan.plan_hash:
+        # A submitted run's jobs read this file; replacing it would orphan them and lose its plan.
+        raise GrailError(f"run {plan.run_id} was submitted with another plan ({recorded[:12]})", path=run_dir,
+                         fix="start a fresh run with run.id=<new id>; a run dir holds one plan")
     fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=".plan.", suffix=".tmp")
     with os.fdopen(fd, "w") as fh:
         json.dump(plan.to_json(), fh, indent=1, sort_keys=True)

@@ -161,3 +161,22 @@ def test_cli_plan_json(tmp_path, hoi_pair, sonic_root, capsys):
     assert rc == 0
     assert data["eval"]["num_shards"] == 3 and data["motions"] == 12
     assert json.loads(open(data["plan_file"]).read())["plan_hash"] == data["plan_hash"]
+
+
+def test_a_submitted_runs_plan_is_never_replaced_by_another(tmp_path, hoi_pair, sonic_root):
+    from grail_cluster.errors import GrailError
+    from grail_cluster.ledger import Ledger
+    from grail_cluster.plan import submitted_plan_hash, write_plan
+
+    _, ha = hoi_pair
+    plan = make_plan(tmp_path, ha.root, sonic_root, "run.id=fixed", "eval.num_shards=2")
+    path = write_plan(plan)
+    with Ledger(plan.run_dir) as ledger:
+        ledger.set_meta("plan_hash", plan.plan_hash)  # as submit_run records it
+    before = path.read_bytes()
+    other = make_plan(tmp_path, ha.root, sonic_root, "run.id=fixed", "eval.num_shards=3")
+    assert other.run_dir == plan.run_dir and other.plan_hash != plan.plan_hash
+    with pytest.raises(GrailError, match="submitted with another plan"):
+        write_plan(other)
+    assert path.read_bytes() == before and submitted_plan_hash(plan.run_dir) == plan.plan_hash
+    write_plan(plan)  # the same plan again is fine
