@@ -66,10 +66,12 @@ def motion_keys(cfg: DictConfig) -> tuple[list[str], dict[str, Path]]:
 
 
 def _list(value) -> list[str] | None:
+    """A key list from the config: None, one string, or a list (OmegaConf ListConfig)."""
     if value is None:
         return None
-    return [str(v) for v in (OmegaConf.to_container(value) if not isinstance(value, list | str) else value)] \
-        if not isinstance(value, str) else [value]
+    if isinstance(value, str):
+        return [value]
+    return [str(v) for v in OmegaConf.to_container(value)]
 
 
 def shard_keys(keys: list[str], rank: int, world: int) -> list[str]:

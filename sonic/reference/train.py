@@ -100,6 +100,7 @@ class Trainer:
         self.terms = Terminations.from_config(cfg.manager_env.terminations)
         self.rng = np.random.default_rng(int(cfg.seed) + self.rank)  # SONIC: seed + rank per process
         torch.manual_seed(int(cfg.seed))  # same initial weights on every rank
+        self._gen = torch.Generator().manual_seed(int(cfg.seed) * 1000 + self.rank)  # exploration noise per rank
         self.num_envs = int(cfg.num_envs)
         # use_paired_motions: env k tracks motion k mod N (contracts §3.1).
         self.envs = [TrackingEnv(self.preps[k % len(self.preps)], self.terms, float(algo.action_scale), self.rng)
@@ -253,7 +254,6 @@ def _write_yaml(path: Path, data) -> None:
 
 
 def train(cfg) -> int:
-    import torch
     from accelerate import Accelerator
     from omegaconf import OmegaConf
 
@@ -275,7 +275,6 @@ def train(cfg) -> int:
     accelerator.wait_for_everyone()
 
     trainer = Trainer(cfg, accelerator, exp)
-    trainer._gen = torch.Generator().manual_seed(int(cfg.seed) * 1000 + trainer.rank)
     source, continues = _resume_source(cfg, exp)
     if source is not None:
         trainer.load(source, continues)
