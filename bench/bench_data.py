@@ -43,7 +43,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # `tests.libgen` lives in the repo, not the package
 
-from bench.machine import machine  # noqa: E402
+from bench.machine import machine, mark_dataset, reuse_dataset  # noqa: E402
 from grail_cluster.data import g1  # noqa: E402
 from grail_cluster.data.export import export_shard  # noqa: E402
 from grail_cluster.data.summarize import summarize  # noqa: E402
@@ -53,7 +53,6 @@ from tests.libgen import make_ha_pair  # noqa: E402
 NUM_SHARDS = 8
 STEP = 1000
 TERMINATED_FRACTION = 0.10
-MARKER = ".bench_complete.json"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -74,16 +73,9 @@ def ensure_data(bench_dir: Path, n: int) -> tuple[Path, Path, dict[str, Any]]:
     per = n // NUM_SHARDS
     want = {"rollouts": per * NUM_SHARDS, "num_shards": NUM_SHARDS, "fast": True,
             "terminated_fraction": TERMINATED_FRACTION, "generator": "tests.libgen.make_ha_pair + tests.evalgen"}
-    marker = base / MARKER
-    if marker.is_file():
-        try:
-            have = json.loads(marker.read_text())
-        except ValueError:
-            have = {}
-        if {k: have.get(k) for k in want} == want:
-            return exp, lib / "pickup_ha", {**have, "reused": True}
-    if base.exists():
-        shutil.rmtree(base)
+    have = reuse_dataset(base, want)
+    if have is not None:
+        return exp, lib / "pickup_ha", have
     print(f"generating a _ha pair of {n} motions and {NUM_SHARDS} eval shards under {base} (once) ...", flush=True)
     t0 = time.perf_counter()
     _, ha = make_ha_pair(lib, "pickup", n, fast=True)
@@ -100,7 +92,7 @@ def ensure_data(bench_dir: Path, n: int) -> tuple[Path, Path, dict[str, Any]]:
         evalgen.make_eval_shard(shard_dir(exp, i), ha, chunk, terminated=term & set(chunk))
     info = {**want, "generate_library_s": round(lib_s, 1), "generate_shards_s": round(time.perf_counter() - t1, 1),
             "terminated": len(term), "successful": len(keys) - len(term)}
-    marker.write_text(json.dumps(info, indent=1))
+    mark_dataset(base, info)
     return exp, Path(ha.root), {**info, "reused": False}
 
 

@@ -36,13 +36,12 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # `tests.libgen` lives in the repo, not the package
 
-from bench.machine import machine  # noqa: E402
+from bench.machine import machine, mark_dataset, reuse_dataset  # noqa: E402
 from grail_cluster.data.merge import SUBDIRS, merge_step  # noqa: E402
 from tests.libgen import heavy_tailed_lengths, make_library  # noqa: E402
 
 NUM_SHARDS = 5
 STEP = 1000
-MARKER = ".bench_complete.json"
 TARGET_S = 10.0
 
 
@@ -55,16 +54,9 @@ def ensure_shards(bench_dir: Path, n: int) -> tuple[Path, dict[str, Any]]:
     per = n // NUM_SHARDS
     want = {"motions": per * NUM_SHARDS, "num_shards": NUM_SHARDS, "variant": "export", "fast": True,
             "lengths": "heavy_tailed_lengths(n/5, seed=r)", "with_bps": False, "generator": "tests.libgen.make_library"}
-    marker = exp / MARKER
-    if marker.is_file():
-        try:
-            have = json.loads(marker.read_text())
-        except ValueError:
-            have = {}
-        if {k: have.get(k) for k in want} == want:
-            return exp, {**have, "reused": True}
-    if exp.exists():
-        shutil.rmtree(exp)
+    have = reuse_dataset(exp, want)
+    if have is not None:
+        return exp, have
     print(f"generating {NUM_SHARDS} shards x {per} motions under {exp} (once) ...", flush=True)
     t0 = time.perf_counter()
     step = exp / "exported" / f"step_{STEP:06d}"
@@ -74,7 +66,7 @@ def ensure_shards(bench_dir: Path, n: int) -> tuple[Path, dict[str, Any]]:
     files = [p for r in range(NUM_SHARDS) for p in files_under(step / f"shard_{r}")]
     info = {**want, "generate_s": round(time.perf_counter() - t0, 1), "files": len(files),
             "bytes": sum(p.stat().st_size for p in files)}
-    marker.write_text(json.dumps(info, indent=1))
+    mark_dataset(exp, info)
     return exp, {**info, "reused": False}
 
 

@@ -41,7 +41,7 @@ if str(REPO) not in sys.path:
 _t_import = time.perf_counter()
 import joblib  # noqa: E402
 
-from bench.machine import machine  # noqa: E402
+from bench.machine import machine, mark_dataset, reuse_dataset  # noqa: E402
 from grail_cluster import config  # noqa: E402
 from grail_cluster.library import _cache_candidates, scan_library  # noqa: E402
 from grail_cluster.plan import build_plan, write_plan  # noqa: E402
@@ -54,7 +54,6 @@ IMPORT_S = time.perf_counter() - _t_import
 SEED = 0
 SHARD_COUNTS = (8, 32, 128)
 PLAN_OVERRIDES = ("pipeline=advanced_manip_table", "eval.sharding=balanced", "train.num_envs=4096")
-MARKER = ".bench_complete.json"
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -69,21 +68,14 @@ def ensure_library(bench_dir: Path, n: int) -> tuple[Path, dict[str, Any]]:
     root = bench_dir / lib_name(n)
     want = {"motions": n, "lengths": f"heavy_tailed_lengths({n}, seed={SEED})", "fast": True,
             "variant": "retarget", "generator": "tests.libgen.make_library"}
-    marker = root / MARKER
-    if marker.is_file():
-        try:
-            have = json.loads(marker.read_text())
-        except ValueError:
-            have = {}
-        if {k: have.get(k) for k in want} == want:
-            return root, {**have, "reused": True}
-    if root.exists():
-        shutil.rmtree(root)
+    have = reuse_dataset(root, want)
+    if have is not None:
+        return root, have
     print(f"generating {n} motions under {root} (once; reused on the next run) ...", flush=True)
     t0 = time.perf_counter()
     make_library(root, n, fast=True, lengths=heavy_tailed_lengths(n, seed=SEED), seed=SEED)
     info = {**want, "generate_s": round(time.perf_counter() - t0, 2), "bytes": du(root)}
-    marker.write_text(json.dumps(info, indent=1))
+    mark_dataset(root, info)
     return root, {**info, "reused": False}
 
 

@@ -60,10 +60,9 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # `tests.libgen` and `tests.conftest` live in the repo, not the package
 
-from bench.machine import machine  # noqa: E402
+from bench.machine import machine, mark_dataset, reuse_dataset  # noqa: E402
 
 WRAPPED = ("sbatch", "squeue", "sacct", "scontrol", "scancel")
-MARKER = ".bench_complete.json"
 POLL_S = 0.05
 WAIT_FOR_ROOM_S = 330.0  # MinJobAge (300 s here) frees the records of cancelled tasks
 # The default per-stage resources (train 64 CPUs / 480 GiB, eval 1 GPU / 16 CPUs / 64 GiB) do not fit
@@ -365,20 +364,13 @@ def ensure_library(bench_dir: Path, n: int) -> tuple[Path, dict[str, Any]]:
 
     root = bench_dir / f"submit-lib{n}"
     want = {"motions": n, "fast": True, "generator": "tests.libgen.make_library", "variant": "retarget"}
-    marker = root / MARKER
-    if marker.is_file():
-        try:
-            have = json.loads(marker.read_text())
-        except ValueError:
-            have = {}
-        if {k: have.get(k) for k in want} == want:
-            return root, {**have, "reused": True}
-    if root.exists():
-        shutil.rmtree(root)
+    have = reuse_dataset(root, want)
+    if have is not None:
+        return root, have
     t0 = time.perf_counter()
     make_library(root, n, fast=True)
     info = {**want, "generate_s": round(time.perf_counter() - t0, 2)}
-    marker.write_text(json.dumps(info, indent=1))
+    mark_dataset(root, info)
     return root, {**info, "reused": False}
 
 

@@ -56,12 +56,11 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # `tests.libgen` lives in the repo, not the package
 
-from bench.machine import machine  # noqa: E402
+from bench.machine import machine, mark_dataset, reuse_dataset  # noqa: E402
 from grail_cluster.web import generate as gen  # noqa: E402
 from grail_cluster.web.serve import make_server  # noqa: E402
 from tests.libgen import make_library  # noqa: E402
 
-MARKER = ".bench_complete.json"
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
         "--no-first-run", "--disable-sync", "--disable-quic", "--disable-dev-shm-usage"]
@@ -161,16 +160,9 @@ def ensure_library(bench_dir: Path, n: int) -> tuple[Path, dict[str, Any]]:
     lib = base / "lib"
     want = {"motions": n, "variant": "export", "fast": True, "with_bps": False, "videos": n,
             "generator": "tests.libgen.make_library"}
-    marker = base / MARKER
-    if marker.is_file():
-        try:
-            have = json.loads(marker.read_text())
-        except ValueError:
-            have = {}
-        if {k: have.get(k) for k in want} == want:
-            return lib, {**have, "reused": True}
-    if base.exists():
-        shutil.rmtree(base)
+    have = reuse_dataset(base, want)
+    if have is not None:
+        return lib, have
     print(f"generating {n} motions + videos under {lib} (once) ...", flush=True)
     t0 = time.perf_counter()
     info = make_library(lib, n, variant="export", fast=True, with_bps=False)
@@ -181,7 +173,7 @@ def ensure_library(bench_dir: Path, n: int) -> tuple[Path, dict[str, Any]]:
     for k in info.keys:
         os.link(clip, vis / f"{k}.mp4")
     info_d = {**want, "generate_s": round(time.perf_counter() - t0, 1), "clip_bytes": clip.stat().st_size}
-    marker.write_text(json.dumps(info_d, indent=1))
+    mark_dataset(base, info_d)
     return lib, {**info_d, "reused": False}
 
 

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+import shutil
+from pathlib import Path
 from typing import Any
+
+MARKER = ".bench_complete.json"  # written last into a generated dataset: its recipe and sizes
 
 
 def machine() -> dict[str, Any]:
@@ -24,3 +29,24 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
     }
+
+
+def reuse_dataset(base: Path, want: dict[str, Any]) -> dict[str, Any] | None:
+    """The marker of a dataset generated earlier with the same recipe (``want``), or None after
+    removing whatever stands at ``base`` (a half-generated or differently generated dataset)."""
+    marker = base / MARKER
+    if marker.is_file():
+        try:
+            have = json.loads(marker.read_text())
+        except ValueError:
+            have = {}
+        if {k: have.get(k) for k in want} == want:
+            return {**have, "reused": True}
+    if base.exists():
+        shutil.rmtree(base)
+    return None
+
+
+def mark_dataset(base: Path, info: dict[str, Any]) -> None:
+    """Record a finished dataset (last, so an interrupted generation is never reused)."""
+    (base / MARKER).write_text(json.dumps(info, indent=1))
