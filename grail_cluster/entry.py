@@ -32,6 +32,11 @@ def _train(plan: RunPlan, index: int) -> int:
     return 0
 
 
+def _digests(paths) -> dict[str, dict]:
+    """A marker's outputs: size and sha256 of each file the stage produced."""
+    return {p: {"size": os.path.getsize(p), "sha256": file_digest(p)} for p in paths}
+
+
 def _run_child(argv: list[str], cwd: str) -> int:
     """Run a tool as a child (not exec): its outputs are checked and marked after it exits.
 
@@ -80,7 +85,7 @@ def _eval(plan: RunPlan, index: int) -> int:
                         path=metrics, fix="the evaluator sliced the library differently from the plan; check "
                                           "the shard overrides in the log")
     write_marker(plan.run_dir, "eval", index, plan.plan_hash,
-                 {metrics: {"size": os.path.getsize(metrics), "sha256": file_digest(metrics)}})
+                 _digests([metrics]))
     print(f"[grail] eval shard {shard.shard} of checkpoint step {step}: {len(keys)} motions -> {out_dir}")
     return 0
 
@@ -107,7 +112,7 @@ def _select(plan: RunPlan, index: int) -> int:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     write_json(path, result)
     write_marker(plan.run_dir, "select", index, plan.plan_hash,
-                 {path: {"size": os.path.getsize(path), "sha256": file_digest(path)}})
+                 _digests([path]))
     print(f"[grail] selected {k} checkpoint(s): {[t['eval_step'] for t in result['top']]}")
     return 0
 
@@ -128,7 +133,7 @@ def _export(plan: RunPlan, index: int) -> int:
                             checkpoint=checkpoint, step=step)
     path = os.path.join(out, "export_manifest.json")
     write_marker(plan.run_dir, "export", index, plan.plan_hash,
-                 {path: {"size": os.path.getsize(path), "sha256": file_digest(path)}})
+                 _digests([path]))
     print(f"[grail] exported {manifest['exported_count']}/{manifest['total_motions_evaluated']} to {out}")
     return 0
 
@@ -149,7 +154,7 @@ def _merge(plan: RunPlan, index: int) -> int:
                                                          "export shards it names")
     manifest = os.path.join(report["output"], "export_manifest.json")
     write_marker(plan.run_dir, "merge", index, plan.plan_hash,
-                 {manifest: {"size": os.path.getsize(manifest), "sha256": file_digest(manifest)}})
+                 _digests([manifest]))
     print(f"[grail] merged step {step}: {report.get('exported_count')} motions in {report['output']}")
     return 0
 
@@ -157,7 +162,7 @@ def _merge(plan: RunPlan, index: int) -> int:
 def _render(plan: RunPlan, index: int) -> int:
     """Replay videos of eval index ``index``'s successful motions into <shard_dir>/vis/<key>.mp4 (CPU, MuJoCo)."""
     from .launchers.eval import resolve_checkpoint, shard_dir
-    from .replay.render import render_stage
+    from .replay.render import DEFAULT_CAMERA_OFFSET, render_stage
 
     c, shard = plan.eval_index(index)
     checkpoint, step = resolve_checkpoint(plan, c)
@@ -166,15 +171,14 @@ def _render(plan: RunPlan, index: int) -> int:
     summary = render_stage(sdir, usd_dir=plan.library.get("usd_dir"), source_data=plan.library["root"],
                            resolution=str(plan.config["render"]["resolution"]),
                            workers=plan.stage("render").resources.cpus, lod_mm=plan.config["render"].get("lod_mm") or 0.0,
-                           camera_offset=tuple(plan.config["render"].get("camera_offset") or (-3.54, 0.0, 1.2)))
+                           camera_offset=tuple(plan.config["render"].get("camera_offset") or DEFAULT_CAMERA_OFFSET))
     if summary["failed"]:
         first = summary["failed"][0]
         raise DataError(f"{len(summary['failed'])} of {summary['selected']} motion(s) failed to render; first: "
                         f"{first['key']}: {first['why']}"[:600], path=summary["output_dir"],
                         fix="fix the named trajectories/USDs, then resubmit the render stage (finished videos are kept)")
-    outputs = {v: {"size": os.path.getsize(v), "sha256": file_digest(v)}
-               for v in sorted(os.path.join(summary["output_dir"], f"{k}.mp4")
-                               for k in [x["key"] for x in summary["videos"]] + summary["skipped_keys"])}
+    outputs = _digests(sorted(os.path.join(summary["output_dir"], f"{k}.mp4")
+                              for k in [x["key"] for x in summary["videos"]] + summary["skipped_keys"]))
     write_marker(plan.run_dir, "render", index, plan.plan_hash, outputs)
     print(f"[grail] rendered {summary['rendered']} motion(s) ({summary['skipped']} kept) of "
           f"{summary['motions_in_input']} into {summary['output_dir']} in {summary['seconds']:.1f} s")
@@ -198,7 +202,7 @@ def _web(plan: RunPlan, index: int) -> int:
     result = generate_run_site(plan.paths["web_dir"], libraries, title=title)
     manifests = [result["manifest"]] + [os.path.join(result["output"], s["path"], "manifest.json") for s in result["sites"]]
     write_marker(plan.run_dir, "web", index, plan.plan_hash,
-                 {p: {"size": os.path.getsize(p), "sha256": file_digest(p)} for p in manifests})
+                 _digests(manifests))
     print(f"[grail] web viewer of {len(libraries)} checkpoint(s) in {result['output']} "
           f"(view: grail-cluster serve {result['output']})")
     return 0

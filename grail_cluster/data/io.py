@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import pickle
 import shutil
@@ -111,3 +112,15 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def finite_or_none(value: Any) -> float | None:
+    """A finite float, or None for missing, boolean, non-numeric, NaN or infinite values (JSON has
+    no NaN/Infinity, and metrics files write them for empty means)."""
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import EXIT_OK, ConfigError, DataError, GrailError
+from .io import finite_or_none as _num
 
 SR = "eval/success/success_rate"
 MPJPE_L = "eval/all/mpjpe_l"
@@ -47,15 +48,6 @@ DEFAULT_PROJECT = "TRL_G1_Track"
 # ----------------------------------------------------------------------------- ranking
 
 
-def _num(value: Any) -> float | None:
-    """A finite float, or None for missing/NaN/inf/non-numeric values."""
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        f = float(value)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
 
 
 def checkpoint_name(step: int, step_pad: int = 6) -> str:

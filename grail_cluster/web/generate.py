@@ -52,6 +52,7 @@ from typing import Any
 
 from .. import __version__, safe_pickle
 from ..data.io import atomic_dir
+from ..data.io import finite_or_none as _num
 from ..errors import EXIT_OK, ConfigError, DataError, GrailError
 
 ASSETS = ("index.html", "main.js", "style.css")
@@ -73,15 +74,6 @@ def assets_dir() -> Path:
 # ----------------------------------------------------------------------------- small helpers
 
 
-def _num(value: Any) -> float | None:
-    """A finite float or None (JSON has no NaN/Infinity, and browsers refuse them)."""
-    if value is None or isinstance(value, bool | str):
-        return None
-    try:
-        f = float(value)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
 
 
 def _int(value: Any) -> int | None:
