@@ -83,7 +83,7 @@ def load_motions(cfg: DictConfig, keys: list[str], files: dict[str, Path]) -> li
     lib = mlc(cfg)
     obj_dir = Path(str(lib.object_motion_file)) if lib.object_motion_file else None
     usd_dir = Path(str(cfg.manager_env.config.object_usd_path)) if cfg.manager_env.config.object_usd_path else None
-    meta_dir = (obj_dir.parent / "meta") if obj_dir is not None else files[keys[0]].parent.parent / "meta" if keys else None
+    meta_dir = Path(str(lib.motion_file)).parent / "meta"  # meta/ is robot/'s sibling (contracts §1.1)
     out = []
     for key in keys:
         usd = None
@@ -93,7 +93,7 @@ def load_motions(cfg: DictConfig, keys: list[str], files: dict[str, Path]) -> li
                 raise DataError(f"no USD for motion {key}", path=usd_dir,
                                 fix="object_usd/<motion_key>.usd must exist for every motion (contracts §1.5)")
         out.append(load_motion(key, files[key], obj_dir / f"{key}.pkl" if obj_dir else None,
-                               meta_dir / f"{key}.pkl" if meta_dir else None, usd))
+                               meta_dir / f"{key}.pkl", usd))
     return out
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 import time
 import uuid
@@ -36,23 +35,18 @@ def _experiment_dir(cfg) -> Path:
     return Path(str(cfg.base_dir)) / str(cfg.project_name) / f"{cfg.experiment_name}-{stamp}"
 
 
-def _resume_source(cfg, exp: Path) -> tuple[Path | None, bool]:
-    """(checkpoint to load, whether it continues this run) by SONIC's resume rules (contracts §2.2)."""
-    if cfg.get("checkpoint"):
-        ckpt = Path(str(cfg.checkpoint))
-        if not ckpt.is_file():
-            raise DataError("checkpoint to start from not found", path=ckpt, fix="check ++checkpoint=")
-        return ckpt, ckpt.parent.resolve() == exp.resolve()
-    if cfg.get("resume"):
-        last = exp / "last.pt"
-        if last.is_file():
-            return last, True
-        base = re.sub(r"-\d{8}_\d{6}$", "", exp.name)
-        runs = sorted(exp.parent.glob(f"{base}-*/last.pt"), key=lambda p: p.stat().st_mtime)
-        if runs:
-            return runs[-1], False
-        raise DataError("resume=True but no last.pt to resume from", path=exp, fix="drop ++resume=True for a fresh run")
-    return None, False
+def _resume_source(cfg, exp: Path) -> tuple[Path | None, bool, Path]:
+    """(checkpoint to load, whether it continues that run, output dir) by SONIC's rules (§2.2)."""
+    from grail_cluster.sonic.experiment import resolve_resume
+
+    r = resolve_resume(exp, cfg.get("checkpoint"), bool(cfg.get("resume")),
+                       experiment_dir_given=bool(cfg.get("experiment_dir")))
+    if r.mode == "fresh" and cfg.get("resume"):
+        raise DataError(f"resume=True but nothing to resume ({r.rule})", path=exp,
+                        fix="drop ++resume=True for a fresh run")
+    if r.load is not None and not r.load_exists:
+        raise DataError("checkpoint to start from not found", path=r.load, fix="check ++checkpoint= / ++experiment_dir=")
+    return (Path(r.load) if r.load else None), r.mode == "resume", Path(r.output_dir)
 
 
 def _planned_keys(run_dir: str, rank: int) -> list[str]:
@@ -258,7 +252,7 @@ def train(cfg) -> int:
     from omegaconf import OmegaConf
 
     accelerator = Accelerator(cpu=True)
-    exp = _experiment_dir(cfg)
+    source, continues, exp = _resume_source(cfg, _experiment_dir(cfg))
     main = accelerator.is_main_process
     algo = cfg.algo.config
     if main:
@@ -275,7 +269,6 @@ def train(cfg) -> int:
     accelerator.wait_for_everyone()
 
     trainer = Trainer(cfg, accelerator, exp)
-    source, continues = _resume_source(cfg, exp)
     if source is not None:
         trainer.load(source, continues)
     trainer.model, trainer.optimizer = accelerator.prepare(trainer.model, trainer.optimizer)
