@@ -175,18 +175,44 @@ def _print_doctor(rep: dict[str, Any]) -> None:
     out.print(f"[red]{n_err} error(s)[/]" if n_err else "[green]no errors[/]")
 
 
-def _plan_from_overrides(overrides: list[str]):
+def _sweep_configs(overrides: list[str], sweep_file: str | None) -> tuple[list[dict[str, Any]], Any]:
+    """Each point's resolved config (Hydra composes every point, as with SONIC's own -m)."""
+    from . import config
+    from .sweep import check_points, expand
+
+    sweep = expand(overrides, sweep_file)
+    points = sweep.points
+    if sys.stderr.isatty() and len(points) > 20:
+        from rich.progress import track
+
+        points = track(points, description="composing sweep points", console=err, transient=True)
+    configs = [config.load(p) for p in points]
+    check_points(configs, sweep)
+    return configs, sweep
+
+
+def _plan_from_overrides(overrides: list[str], *, multirun: bool = False, sweep_file: str | None = None):
     from . import config
     from .plan import build_plan
     from .provenance import sources
 
-    c = config.load(overrides)
+    sweep = None
+    if multirun or sweep_file:
+        configs, swept = _sweep_configs(overrides, sweep_file)
+        c = configs[0]
+        sweep = {"configs": configs, "swept": swept.swept}
+    else:
+        c = config.load(overrides)
     # Terrain pipelines force terrain discovery; HOI pipelines auto-detect so that a terrain root
     # handed to an HOI pipeline is caught as a mismatch instead of half-indexed.
     layout = "terrain" if c["pipeline"]["kind"] == "terrain" else "auto"
     index = _progress_scan(c["data"]["motion_lib"], layout=layout, usd_dir=c["data"].get("object_usd_dir"),
                            bps_dir=c["data"].get("bps_dir"))
-    return build_plan(c, index, provenance=sources(c, index.bps_dir))
+    return build_plan(c, index, provenance=sources(c, index.bps_dir), sweep=sweep)
+
+
+def _plan_args(args: argparse.Namespace):
+    return _plan_from_overrides(args.overrides, multirun=args.multirun, sweep_file=args.sweep_file)
 
 
 def _plan_summary(plan) -> dict[str, Any]:
@@ -199,7 +225,9 @@ def _plan_summary(plan) -> dict[str, Any]:
         "motions": plan.library["num_motions"],
         "stages": [{"name": s.name, "size": s.size, "depends_on": [f"{d.kind}:{d.stage}" for d in s.depends_on]}
                    for s in plan.stages],
-        "train": {k: v for k, v in plan.train.items() if k != "ranks"},
+        "train": {k: v for k, v in plan.train.items() if k not in ("ranks", "points")},
+        "points": [{k: p[k] for k in ("point", "name", "overrides", "experiment_dir", "world_size")}
+                   for p in plan.train.get("points", [])],
         "eval": {k: v for k, v in plan.eval.items() if k != "shards"},
         "warnings": plan.warnings,
     }
@@ -217,6 +245,15 @@ def _print_plan(plan, plan_path: Path | None) -> None:
     ev = plan.eval
     out.print(f"eval: {ev['num_checkpoints']} checkpoint(s) x {ev['num_shards']} shard(s), {ev['strategy']}, "
               f"balance {ev['balance']:.3f} (max shard {ev['max_shard_frames']} frames, ideal {ev['ideal_frames']:.0f})")
+    if plan.is_sweep:
+        points = Table(title=f"sweep: {len(plan.train['points'])} training points in one array, W&B group {plan.run_id}")
+        for col in ("point", "overrides", "experiment dir"):
+            points.add_column(col, overflow="fold")
+        for p in plan.train["points"]:
+            points.add_row(p["name"], escape(" ".join(p["overrides"])), p["experiment_dir"])
+        out.print(points)
+        out.print(f"select ranks the checkpoints of every point; the top {plan.eval['num_checkpoints']} are "
+                  "evaluated, rendered, exported and merged once for the sweep")
     if plan.train.get("ranks"):
         ranks = plan.train["ranks"]
         sizes = [len(r["motion_keys"]) for r in ranks]
@@ -230,7 +267,7 @@ def _print_plan(plan, plan_path: Path | None) -> None:
 def cmd_plan(args: argparse.Namespace) -> int:
     from .plan import write_plan
 
-    plan = _plan_from_overrides(args.overrides)
+    plan = _plan_args(args)
     path = write_plan(plan)
     if args.json:
         _print_json({**_plan_summary(plan), "plan_file": str(path)})
@@ -243,7 +280,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     from .plan import write_plan
     from .render import render_files, write_files
 
-    plan = _plan_from_overrides(args.overrides)
+    plan = _plan_args(args)
     out_dir = Path(args.out)
     files = render_files(plan)
     written = write_files(files, out_dir / plan.backend)
@@ -260,7 +297,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .plan import write_plan
     from .render import render_files, write_files
 
-    plan = _plan_from_overrides(args.overrides)
+    plan = _plan_args(args)
     plan_path = write_plan(plan)
     files = render_files(plan)
     spec_dir = Path(plan.paths["specs_dir"]) / plan.backend
@@ -356,6 +393,12 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=helptext, description=helptext + ". " + OVERRIDES_HELP)
         p.add_argument("overrides", nargs="*", metavar="OVERRIDE", help="Hydra overrides (key=value, +key=value, ++key=value)")
         p.add_argument("--json", action="store_true", help="machine-readable summary")
+        p.add_argument("-m", "--multirun", action="store_true",
+                       help="a sweep: expand comma lists / range() / choice() in the overrides (Hydra's -m) into "
+                            "training points, one array, one W&B group; select ranks across every point")
+        p.add_argument("--sweep-file", "--sweep_file", dest="sweep_file",
+                       help="YAML with params: {key: 'a,b'} (as hydra.sweeper.params) and optional overrides: [...]; "
+                            "implies -m")
         if name == "render":
             p.add_argument("--out", required=True, help="directory for the rendered files (<out>/<cluster>/...)")
         if name == "run":
@@ -374,6 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
     run_arg(p)
     p.add_argument("--json", action="store_true")
     p.add_argument("--max-failures", type=int, default=20, help="failures listed per stage")
+    p.add_argument("--point", help="a sweep: show only these training points (e.g. 2 or 1,3)")
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("watch", help="live progress bars until the run ends")
@@ -396,6 +440,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("cancel", help="cancel a run's jobs (of --stage and every stage after it)")
     run_arg(p)
     p.add_argument("--stage")
+    p.add_argument("--point", help="a sweep: cancel only these training points (e.g. 2 or 1,3), and the stages "
+                                   "after training, which wait on them; `resubmit` resumes them alone")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_cancel)
 
@@ -406,6 +452,8 @@ def build_parser() -> argparse.ArgumentParser:
     run_arg(p)
     p.add_argument("--stage", help="only these stages (comma list), plus what depends on them")
     p.add_argument("--indices", help="only these indices, e.g. 3,7")
+    p.add_argument("--point", help="a sweep: only these training points (e.g. 2 or 1,3), resumed from their own "
+                                   "last.pt, plus what depends on them")
     p.add_argument("--states", help="comma list, default failed,cancelled,timeout,node-fail,out-of-memory,missing-output,missing")
     p.add_argument("--dry-run", action="store_true", help="show what would be submitted")
     p.add_argument("--wait", action="store_true", help="if another submitter holds this run, wait for it")

@@ -34,6 +34,7 @@ def _status_data(plan, refresh_first: bool = True) -> dict[str, Any]:
         if refresh_first:
             refresh(plan, ledger, backend)
         stages = summarise(plan, ledger)
+        points = _sweep_points(plan, ledger) if plan.is_sweep else []
     calls = dict(getattr(backend, "calls", {}))
     return {
         "run_id": plan.run_id, "run_dir": plan.run_dir, "backend": plan.backend, "plan_hash": plan.plan_hash,
@@ -44,7 +45,49 @@ def _status_data(plan, refresh_first: bool = True) -> dict[str, Any]:
         "scheduler_calls": calls,
         "provenance": read_provenance(plan.run_dir),
         "notes": list(getattr(backend, "notes", [])),  # e.g. a Kubernetes driver Job that owns the ledger
+        "points": points,
     }
+
+
+def _sweep_points(plan, ledger) -> list[dict[str, Any]]:
+    """Per training point: its state, attempts, checkpoints so far and which of them were selected."""
+    import json
+    import os
+
+    from .sonic.experiment import list_checkpoints
+
+    shards = {s.idx: s for s in ledger.shards("train")}
+    try:
+        with open(plan.paths["selection"]) as fh:
+            top = json.load(fh).get("top") or []
+    except (OSError, ValueError):
+        top = []
+    rows = []
+    for p in plan.train["points"]:
+        s = shards.get(p["point"])
+        steps = [c.step for c in list_checkpoints(p["experiment_dir"]) if c.step is not None]
+        exp = os.path.abspath(p["experiment_dir"])
+        rows.append({"point": p["point"], "name": p["name"], "overrides": p["overrides"],
+                     "experiment_dir": p["experiment_dir"], "state": s.state if s else "unsubmitted",
+                     "attempt": s.attempt if s else 0, "job_id": s.job_id if s else None,
+                     "checkpoints": len(steps), "latest_step": max(steps) if steps else None,
+                     "selected": [{"rank": t.get("rank"), "eval_step": t.get("eval_step")} for t in top
+                                  if t.get("experiment_dir") and os.path.abspath(t["experiment_dir"]) == exp]})
+    return rows
+
+
+def _points_table(data: dict[str, Any], only: list[int] | None) -> Table:
+    table = Table(title=f"sweep {data['run_id']}: {len(data['points'])} points (W&B group {data['run_id']})")
+    for col in ("point", "overrides", "train", "attempt", "checkpoints", "latest step", "selected"):
+        table.add_column(col, overflow="fold")
+    for p in data["points"]:
+        if only is not None and p["point"] not in only:
+            continue
+        colour = STATE_COLOURS.get(p["state"], "white")
+        selected = ", ".join(f"#{t['rank']} step {t['eval_step']}" for t in p["selected"]) or "-"
+        table.add_row(p["name"], escape(" ".join(p["overrides"])), f"[{colour}]{p['state']}[/]", str(p["attempt"]),
+                      str(p["checkpoints"]), "-" if p["latest_step"] is None else str(p["latest_step"]), selected)
+    return table
 
 
 STATE_COLOURS = {"done": "green", "running": "cyan", "pending": "white", "unsubmitted": "dim",
@@ -67,7 +110,10 @@ def _status_table(data: dict[str, Any]) -> Table:
 
 def cmd_status(args: argparse.Namespace) -> int:
     plan = _load_run(args.run)
+    only = _points(plan, args.point)
     data = _status_data(plan)
+    if only is not None:
+        data["points"] = [p for p in data["points"] if p["point"] in only]
     if args.json:
         _print_json(data)
     else:
@@ -75,6 +121,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
         out.print(escape(summary_line(data["provenance"])), highlight=False)
         out.print(_status_table(data))
+        if data["points"]:
+            out.print(_points_table(data, only))
         for note in data["notes"]:
             out.print(escape(note), highlight=False)
         for s in data["stages"]:
@@ -169,11 +217,31 @@ def cmd_logs(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _points(plan, spec: str | None) -> list[int] | None:
+    """``--point 1,3`` (or p001) -> [1, 3]; only for a sweep's run."""
+    if spec is None:
+        return None
+    if not plan.is_sweep:
+        raise ConfigError(f"run {plan.run_id} is not a sweep", fix="--point applies to runs started with `run -m`")
+    try:
+        points = [int(x.strip().lstrip("p")) for x in spec.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"--point takes point numbers like 1,3 or p001, got {spec!r}") from None
+    size = len(plan.train["points"])
+    bad = [p for p in points if not 0 <= p < size]
+    if bad or not points:
+        raise ConfigError(f"sweep {plan.run_id} has points 0..{size - 1}, not {spec!r}")
+    return points
+
+
 def cmd_cancel(args: argparse.Namespace) -> int:
     from .control import cancel
 
     plan = _load_run(args.run)
-    ids = cancel(plan, stage=args.stage)
+    points = _points(plan, args.point)
+    if points is not None and args.stage not in (None, "train"):
+        raise ConfigError("--point cancels training points; it does not combine with --stage")
+    ids = cancel(plan, stage="train" if points is not None else args.stage, indices=points)
     if args.json:
         _print_json({"cancelled_jobs": ids})
     else:
@@ -188,6 +256,11 @@ def cmd_resubmit(args: argparse.Namespace) -> int:
     indices = [int(x) for x in args.indices.split(",")] if args.indices else None
     states = args.states.split(",") if args.states else None
     stages = args.stage.split(",") if args.stage else None
+    points = _points(plan, args.point)
+    if points is not None:
+        if stages or indices:
+            raise ConfigError("--point picks training points; it does not combine with --stage/--indices")
+        stages, indices = ["train"], points
     for st in stages or []:
         if st not in plan.stage_names:
             raise ConfigError(f"no stage {st!r} in run {plan.run_id}", fix=f"choose from {', '.join(plan.stage_names)}")

@@ -176,16 +176,33 @@ def resubmit(plan: RunPlan, *, stages: list[str] | None = None, indices: list[in
         return _submit_groups(plan, ledger, backend, groups, round_)
 
 
-def cancel(plan: RunPlan, *, stage: str | None = None) -> list[str]:
-    """Cancel the run's queued/running jobs (of ``stage`` and every stage after it)."""
+def cancel(plan: RunPlan, *, stage: str | None = None, indices: list[int] | None = None) -> list[str]:
+    """Cancel the run's queued/running jobs (of ``stage`` and every stage after it).
+
+    With ``indices`` only those tasks of ``stage`` (a sweep's points: ``stage="train"``) are cancelled,
+    plus every job of the later stages, which wait on them and could never start.
+    """
     backend = get_backend(plan.backend)
     names = plan.stage_names
-    wanted = set(names[names.index(stage):]) if stage else set(names)
     if stage and stage not in names:
         raise GrailError(f"no stage {stage!r} in this run", fix=f"choose one of {', '.join(names)}")
+    if indices is not None and not stage:
+        raise GrailError("cancelling single indices needs the stage they belong to")
+    wanted = set(names[names.index(stage):]) if stage else set(names)
     with Ledger(plan.run_dir) as ledger:
         refresh(plan, ledger, backend)
-        ids = [j.job_id for j in ledger.jobs(unsettled=True) if j.stage in wanted]
+        jobs = [j for j in ledger.jobs(unsettled=True) if j.stage in wanted]
+        if indices is None:
+            ids = [j.job_id for j in jobs]
+        else:
+            bad = [i for i in indices if not 0 <= i < plan.stage(stage).size]
+            if bad:
+                raise GrailError(f"{stage} has no index {bad[0]} (0..{plan.stage(stage).size - 1})")
+            if not hasattr(backend, "task_id"):
+                raise GrailError(f"cluster={plan.backend} cancels whole jobs only",
+                                 fix=f"cancel the whole stage (--stage {stage}), or use cluster=slurm")
+            ids = [backend.task_id(j, i) for j in jobs if j.stage == stage for i in indices if i in j.indices]
+            ids += [j.job_id for j in jobs if j.stage != stage]
         backend.cancel(ids, ledger=ledger)
-        ledger.event("cancel", stage, job_ids=ids)
+        ledger.event("cancel", stage, job_ids=ids, indices=indices)
         return ids

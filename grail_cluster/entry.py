@@ -18,7 +18,7 @@ from .plan import RunPlan, read_plan
 
 def _train(plan: RunPlan, index: int) -> int:
     """After SONIC's trainer exits 0: the experiment dir must hold checkpoints, then mark done."""
-    exp = plan.paths["experiment_dir"]
+    exp = plan.experiment_dir(index)
     from .sonic.experiment import list_checkpoints
 
     ckpts = [c.path for c in list_checkpoints(exp)]
@@ -65,7 +65,7 @@ def _eval(plan: RunPlan, index: int) -> int:
     c, shard = plan.eval_index(index)
     checkpoint, step = eval_launcher.resolve_checkpoint(plan, c)
     argv = eval_launcher.sonic_argv(plan, index, checkpoint, step)
-    out_dir = eval_launcher.shard_dir(plan, step, shard.shard)
+    out_dir = eval_launcher.shard_dir(plan, step, shard.shard, checkpoint)
     metrics = os.path.join(out_dir, "metrics_eval.json")
     if os.path.exists(metrics):  # a stale shard from an earlier attempt must not pass for this one
         os.remove(metrics)
@@ -97,37 +97,47 @@ def _require_step(checkpoint: str, step: int | None) -> None:
 
 
 def _select(plan: RunPlan, index: int) -> int:
-    """Rank the run's own checkpoints (TensorBoard events / eval metrics of its experiment dir)."""
+    """Rank the run's own checkpoints (TensorBoard events / eval metrics of its experiment dir); in a
+    sweep, every point's together."""
     from .data.io import write_json
-    from .data.select_top import select_top
+    from .data.select_top import select_across, select_top
 
     k = plan.eval["num_checkpoints"]
-    result = select_top(experiment_dir=plan.paths["experiment_dir"], k=k,
-                        hoi=plan.pipeline.get("tiebreak") == "obj_pos_error",
-                        min_sr=float(plan.config["select"].get("min_sr") or 0.0))
+    opts = {"k": k, "hoi": plan.pipeline.get("tiebreak") == "obj_pos_error",
+            "min_sr": float(plan.config["select"].get("min_sr") or 0.0)}
+    if plan.is_sweep:
+        dirs = [p["experiment_dir"] for p in plan.train["points"]]
+        result = select_across(experiment_dirs=dirs, group=plan.run_id, **opts)
+        point_of = {os.path.abspath(d): n for n, d in enumerate(dirs)}
+        for entry in result["top"]:
+            entry["point"] = point_of.get(entry["experiment_dir"])
+        where = plan.paths["experiment_dir"]
+    else:
+        result = select_top(experiment_dir=plan.paths["experiment_dir"], **opts)
+        where = plan.paths["experiment_dir"]
     if len(result["top"]) < k:
         raise DataError(f"only {len(result['top'])} checkpoint(s) qualify; the plan evaluates {k}",
-                        path=plan.paths["experiment_dir"], fix="lower select.k or select.min_sr, and re-plan")
+                        path=where, fix="lower select.k or select.min_sr, and re-plan")
     path = plan.paths["selection"]
     os.makedirs(os.path.dirname(path), exist_ok=True)
     write_json(path, result)
     write_marker(plan.run_dir, "select", index, plan.plan_hash,
                  _digests([path]))
-    print(f"[grail] selected {k} checkpoint(s): {[t['eval_step'] for t in result['top']]}")
+    print(f"[grail] selected {k} checkpoint(s): {[(t.get('point', ''), t['eval_step']) for t in result['top']]}")
     return 0
 
 
 def _export(plan: RunPlan, index: int) -> int:
     """Export the successful rollouts of eval index ``index`` (GRAIL layout exported/step_S/shard_i)."""
     from .data.export import export_shard
-    from .launchers.eval import resolve_checkpoint, shard_dir
+    from .launchers.eval import export_dir, resolve_checkpoint, shard_dir
 
     c, shard = plan.eval_index(index)
     checkpoint, step = resolve_checkpoint(plan, c)
     _require_step(checkpoint, step)
-    out = os.path.join(plan.paths["export_dir"], f"step_{step:06d}", f"shard_{shard.shard}")
+    out = os.path.join(export_dir(plan, checkpoint), f"step_{step:06d}", f"shard_{shard.shard}")
     ex = plan.config["export"]
-    manifest = export_shard(shard_dir(plan, step, shard.shard), plan.library["root"], out,
+    manifest = export_shard(shard_dir(plan, step, shard.shard, checkpoint), plan.library["root"], out,
                             obj_pos_threshold=ex.get("obj_pos_threshold"), min_progress=float(ex["min_progress"]),
                             hand_actions=(plan.pipeline.get("needs") or {}).get("hand_actions", "no") != "no",
                             checkpoint=checkpoint, step=step)
@@ -141,12 +151,12 @@ def _export(plan: RunPlan, index: int) -> int:
 def _merge(plan: RunPlan, index: int) -> int:
     """Merge every export shard of checkpoint rank ``index`` into exported/step_S/merged."""
     from .data.merge import merge_step
-    from .launchers.eval import resolve_checkpoint
+    from .launchers.eval import resolve_checkpoint, results_dir
     from .provenance import read_provenance
 
     checkpoint, step = resolve_checkpoint(plan, index)
     _require_step(checkpoint, step)
-    report = merge_step(plan.paths["experiment_dir"], step, num_shards=plan.eval["num_shards"],
+    report = merge_step(results_dir(plan, checkpoint), step, num_shards=plan.eval["num_shards"],
                         source_data=plan.library["root"], provenance=read_provenance(plan.run_dir))
     if not report["sound"]:
         raise DataError(f"the merge of step {step} is not sound: {'; '.join(report.get('problems', []))[:300]}",
@@ -166,7 +176,7 @@ def _render(plan: RunPlan, index: int) -> int:
 
     c, shard = plan.eval_index(index)
     checkpoint, step = resolve_checkpoint(plan, c)
-    sdir = shard_dir(plan, step, shard.shard)
+    sdir = shard_dir(plan, step, shard.shard, checkpoint)
     # One render worker per CPU the job was given, not per CPU of the node it shares with other jobs.
     summary = render_stage(sdir, usd_dir=plan.library.get("usd_dir"), source_data=plan.library["root"],
                            resolution=str(plan.config["render"]["resolution"]),
@@ -187,17 +197,19 @@ def _render(plan: RunPlan, index: int) -> int:
 
 def _web(plan: RunPlan, index: int) -> int:
     """The viewer of every selected checkpoint's merged library: <web_dir>/step_<S:06d>/ + an index page."""
-    from .launchers.eval import resolve_checkpoint
+    from .launchers.eval import export_dir, resolve_checkpoint
     from .web.generate import generate_run_site
 
     libraries = []
     for rank in range(plan.eval["num_checkpoints"]):
         checkpoint, step = resolve_checkpoint(plan, rank)
         _require_step(checkpoint, step)
-        merged = os.path.join(plan.paths["export_dir"], f"step_{step:06d}", "merged")
+        merged = os.path.join(export_dir(plan, checkpoint), f"step_{step:06d}", "merged")
         if not os.path.isdir(os.path.join(merged, "robot")):
             raise DataError("merged library not found", path=merged, fix="run (or resubmit) the merge stage first")
-        libraries.append((step, merged))
+        # A sweep's winners may share a step; their sites are named by point too.
+        name = f"{os.path.basename(os.path.dirname(checkpoint))}_step_{step:06d}" if plan.is_sweep else None
+        libraries.append((step, merged, name) if name else (step, merged))
     title = (plan.config.get("web") or {}).get("title") or plan.run_id
     result = generate_run_site(plan.paths["web_dir"], libraries, title=title)
     manifests = [result["manifest"]] + [os.path.join(result["output"], s["path"], "manifest.json") for s in result["sites"]]

@@ -54,7 +54,8 @@ class StagePlan:
 
     @property
     def is_array(self) -> bool:
-        return self.name in ("eval", "render", "export", "merge")
+        # A sweep's train stage is an array too: one index per point, so homogeneous points share it.
+        return self.name in ("eval", "render", "export", "merge") or (self.name == "train" and self.size > 1)
 
 
 @dataclass
@@ -129,6 +130,33 @@ class RunPlan:
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
+    @property
+    def is_sweep(self) -> bool:
+        return "points" in self.train
+
+    def experiment_dir(self, point: int = 0) -> str:
+        """The experiment dir training point ``point`` writes (a single run has one, point 0)."""
+        if self.is_sweep:
+            return self.train["points"][point]["experiment_dir"]
+        return self.paths["experiment_dir"]
+
+    def point_config(self, point: int = 0) -> dict[str, Any]:
+        """The resolved config of training point ``point``: the run's, with the point's own train settings."""
+        if not self.is_sweep:
+            return self.config
+        return _merged(self.config, self.train["points"][point]["config"])
+
+    def point_train(self, point: int = 0) -> dict[str, Any]:
+        """World size and rank slices of point ``point``'s training."""
+        return self.train["points"][point] if self.is_sweep else self.train
+
+
+def _merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merged(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) and v else v
+    return out
+
 
 # ----------------------------------------------------------------------------- hashing
 
@@ -153,10 +181,10 @@ def _resources(c: dict[str, Any], stage: str) -> Resources:
     return Resources(1, int(r.get("gpus", 0)), int(r["cpus"]), float(r["mem"]), int(r["time"]))
 
 
-def _stages(c: dict[str, Any], k: int, n: int, train_enabled: bool) -> list[StagePlan]:
+def _stages(c: dict[str, Any], k: int, n: int, train_enabled: bool, points: int = 1) -> list[StagePlan]:
     stages: list[StagePlan] = []
     if train_enabled:
-        stages.append(StagePlan("train", 1, [], _resources(c, "train"), requeue=True))
+        stages.append(StagePlan("train", points, [], _resources(c, "train"), requeue=True))
         stages.append(StagePlan("select", 1, [Dependency("train", "afterok")], _resources(c, "select")))
     eval_deps = [Dependency("select", "afterok")] if train_enabled else []
     stages.append(StagePlan("eval", k * n, eval_deps, _resources(c, "eval")))
@@ -275,12 +303,37 @@ def _eval_plan(c: dict[str, Any], index: LibraryIndex, k: int) -> dict[str, Any]
     }
 
 
-def _run_id(c: dict[str, Any], index: LibraryIndex) -> str:
+def _run_id(c: dict[str, Any], index: LibraryIndex, points: list[dict[str, Any]] | None = None) -> str:
     if c["run"].get("id"):
         return str(c["run"]["id"])
     inputs = {k: v for k, v in c.items() if k != "run"}
-    digest = hashlib.sha256(canonical_json([inputs, index.fingerprint()]).encode()).hexdigest()
-    return f"{c['pipeline']['name']}-{digest[:8]}"
+    if points is None:
+        digest = hashlib.sha256(canonical_json([inputs, index.fingerprint()]).encode()).hexdigest()
+        return f"{c['pipeline']['name']}-{digest[:8]}"
+    digest = hashlib.sha256(canonical_json([inputs, points, index.fingerprint()]).encode()).hexdigest()
+    return f"{c['pipeline']['name']}-sweep-{digest[:8]}"
+
+
+def _sweep_train(c: dict[str, Any], index: LibraryIndex, usd_of: dict[str, str], warnings: list[str],
+                 sweep: dict[str, Any], exp_root: str) -> dict[str, Any]:
+    """Per point: its swept overrides, its own experiment dir, its train settings and its rank slices."""
+    from .sweep import point_name
+
+    points = []
+    for n, (cfg, swept) in enumerate(zip(sweep["configs"], sweep["swept"], strict=True)):
+        own: list[str] = []
+        ranks = _train_ranks(cfg, index, usd_of, own)
+        warnings += [f"sweep point {n}: {w}" for w in own]
+        points.append({
+            "point": n, "name": point_name(n), "overrides": list(swept),
+            "experiment_dir": os.path.join(exp_root, point_name(n)),
+            # What this point's training reads differently from the run's config (sweep.check_points
+            # guarantees nothing else differs).
+            "config": {"train": cfg["train"], "resources": {"train": cfg["resources"]["train"]},
+                       "sonic": {"extra_overrides": cfg["sonic"].get("extra_overrides") or []}},
+            **ranks,
+        })
+    return {"points": points, "world_size": points[0]["world_size"], "group": None}
 
 
 def check_library(index: LibraryIndex, c: dict[str, Any]) -> list[Problem]:
@@ -296,7 +349,8 @@ def check_library(index: LibraryIndex, c: dict[str, Any]) -> list[Problem]:
     return problems
 
 
-def build_plan(c: dict[str, Any], index: LibraryIndex, *, provenance: dict[str, Any] | None = None) -> RunPlan:
+def build_plan(c: dict[str, Any], index: LibraryIndex, *, provenance: dict[str, Any] | None = None,
+               sweep: dict[str, Any] | None = None) -> RunPlan:
     """Pure: the same config, library and provenance sources give the same plan and the same hash.
 
     ``provenance`` is :func:`grail_cluster.provenance.sources` (SONIC commit, BPS hash, image,
@@ -305,6 +359,9 @@ def build_plan(c: dict[str, Any], index: LibraryIndex, *, provenance: dict[str, 
     re-plan after ``git pull`` in sonic.root is refused by ``submit`` for the old run dir instead
     of mixing checkpoints of two code versions in one run. It holds no timestamps or host names, so
     the hash stays stable for unchanged inputs.
+
+    ``sweep`` (``{"configs": [...], "swept": [[...], ...]}``, from :mod:`grail_cluster.sweep`) makes the
+    train stage one index per point; ``c`` is then the first point's config.
     """
     pipeline = c["pipeline"]
     if (index.layout == "terrain") != (pipeline["kind"] == "terrain"):
@@ -321,12 +378,25 @@ def build_plan(c: dict[str, Any], index: LibraryIndex, *, provenance: dict[str, 
     explicit = list(c["select"].get("checkpoints") or [])
     train_enabled = bool(c["train"]["enabled"]) and not explicit
     k = len(explicit) if explicit else c["select"]["k"]
-    run_id = _run_id(c, index)
+    if sweep and not train_enabled:
+        raise ConfigError("a sweep trains one run per point, but training is off (train.enabled=false or "
+                          "select.checkpoints set)", fix="drop -m, or enable training")
+    point_inputs = [{"train": x["train"], "resources": x["resources"]["train"],
+                     "sonic": x["sonic"].get("extra_overrides")} for x in sweep["configs"]] if sweep else None
+    run_id = _run_id(c, index, point_inputs)
     run_dir = str(Path(c["run"]["root"]).expanduser().resolve() / run_id)
-    exp_dir = c["train"].get("experiment_dir") or os.path.join(run_dir, "experiment")
+    if sweep and c["train"].get("experiment_dir"):
+        raise ConfigError("train.experiment_dir cannot be set for a sweep: each point gets its own",
+                          fix="drop train.experiment_dir; points write <run dir>/experiments/p000, p001, ...")
+    exp_dir = c["train"].get("experiment_dir") or os.path.join(run_dir, "experiments" if sweep else "experiment")
     usd_of = {m.key: m.usd or index.shared_usd or "" for m in index.motions}
 
-    train = _train_ranks(c, index, usd_of, warnings) if train_enabled else {"world_size": 0, "ranks": []}
+    if not train_enabled:
+        train = {"world_size": 0, "ranks": []}
+    elif sweep:
+        train = {**_sweep_train(c, index, usd_of, warnings, sweep, exp_dir), "group": run_id}
+    else:
+        train = _train_ranks(c, index, usd_of, warnings)
     plan = RunPlan(
         version=PLAN_VERSION,
         run_id=run_id,
@@ -345,13 +415,16 @@ def build_plan(c: dict[str, Any], index: LibraryIndex, *, provenance: dict[str, 
             "specs_dir": os.path.join(run_dir, "specs"),
             "logs_dir": os.path.join(run_dir, "logs"),
         },
-        stages=_stages(c, k, c["eval"]["num_shards"], train_enabled),
+        stages=_stages(c, k, c["eval"]["num_shards"], train_enabled, len(sweep["configs"]) if sweep else 1),
         train=train,
         eval={**_eval_plan(c, index, k), "checkpoints": explicit},
         config=c,
         warnings=warnings,
         provenance=dict(provenance or {}),
     )
+    if sweep:
+        # Each winner's results go under its own point's experiment dir (launchers.eval.results_dir).
+        del plan.paths["eval_dir"], plan.paths["export_dir"]
     plan.plan_hash = content_hash(plan.to_json())
     return plan
 

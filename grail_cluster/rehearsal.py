@@ -73,11 +73,18 @@ def _combine(*parts: Any) -> str:
 
 def _work(plan: RunPlan, stage: str, index: int) -> dict[str, Any]:
     if stage == "train":
-        keys = sorted(k for r in plan.train["ranks"] for k in r["motion_keys"]) or []
+        keys = sorted(k for r in plan.point_train(index)["ranks"] for k in r["motion_keys"]) or []
         motions = _motion_digest(plan, sorted(set(keys)))
-        return {"motions": len(motions), "digest": _combine(motions)}
+        return {"motions": len(motions), "digest": _combine(index, motions) if plan.is_sweep else _combine(motions)}
     if stage == "select":
-        train = _read_upstream(plan, "train", 0) if "train" in plan.stage_names else {"digest": "explicit"}
+        # Across a sweep: every point's training feeds the selection.
+        points = plan.stage("train").size if "train" in plan.stage_names else 0
+        if not points:
+            train = {"digest": "explicit"}
+        elif not plan.is_sweep:
+            train = _read_upstream(plan, "train", 0)
+        else:
+            train = {"digest": _combine([_read_upstream(plan, "train", p)["digest"] for p in range(points)])}
         k = plan.eval["num_checkpoints"]
         return {"top": [{"rank": r, "digest": _combine(train["digest"], r)} for r in range(k)]}
     if stage == "eval":

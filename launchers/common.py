@@ -19,7 +19,10 @@ def entry_command(plan: RunPlan, stage: str) -> str:
 def base_spec(plan: RunPlan, stage: str, *, workdir: str | None = None, sonic: bool = False) -> JobSpec:
     st = plan.stage(stage)
     cfg = plan.config
-    env = {k: str(v) for k, v in (cfg["job"].get("env") or {}).items()}
+    # Stable tracking identities: every W&B run a job starts (each sweep point's training, evals)
+    # lands in the run's group with its stage as job type; the user's job.env may still override.
+    env = {"WANDB_RUN_GROUP": plan.run_id, "WANDB_JOB_TYPE": stage}
+    env.update({k: str(v) for k, v in (cfg["job"].get("env") or {}).items()})
     setup = list(cfg["job"].get("setup") or [])
     if sonic:
         env.update({k: str(v) for k, v in (cfg["sonic"].get("env") or {}).items()})

@@ -55,13 +55,31 @@ def resolve_checkpoint(plan: RunPlan, rank: int) -> tuple[str, int | None]:
                         fix="lower select.k or lower select.min_sr so enough checkpoints qualify")
     entry = top[rank]
     # select-top names checkpoints as GRAIL does: file names relative to the experiment dir.
-    checkpoint = os.path.join(selection.get("experiment_dir") or plan.paths["experiment_dir"], entry["checkpoint"])
+    # In a sweep's selection each entry names its own point's experiment dir.
+    exp = entry.get("experiment_dir") or selection.get("experiment_dir") or plan.paths["experiment_dir"]
+    checkpoint = os.path.join(exp, entry["checkpoint"])
     return checkpoint, int(entry["eval_step"]) if entry.get("eval_step") is not None else step_of(checkpoint)
 
 
-def shard_dir(plan: RunPlan, step: int | None, shard: int) -> str:
+def results_dir(plan: RunPlan, checkpoint: str) -> str:
+    """The experiment dir whose eval/ and exported/ hold a selected checkpoint's results: in a sweep,
+    the winner's own point (two points may both win at the same step), else the run's."""
+    if not plan.is_sweep:
+        return plan.paths["experiment_dir"]
+    if not checkpoint:
+        raise ValueError("a sweep's results dir depends on the checkpoint's point")
+    if checkpoint.startswith("<"):  # a preview: the winner is not known yet
+        return os.path.join(plan.paths["experiment_dir"], "<point>")
+    return os.path.dirname(os.path.abspath(checkpoint))
+
+
+def shard_dir(plan: RunPlan, step: int | None, shard: int, checkpoint: str = "") -> str:
     step_name = f"step_{step:06d}" if step is not None else "step_last"
-    return os.path.join(plan.paths["eval_dir"], step_name, f"phase1_shard_{shard}")
+    return os.path.join(results_dir(plan, checkpoint), "eval", step_name, f"phase1_shard_{shard}")
+
+
+def export_dir(plan: RunPlan, checkpoint: str) -> str:
+    return os.path.join(results_dir(plan, checkpoint), "exported")
 
 
 def sonic_argv(plan: RunPlan, index: int, checkpoint: str, step: int | None) -> list[str]:
@@ -70,7 +88,7 @@ def sonic_argv(plan: RunPlan, index: int, checkpoint: str, step: int | None) -> 
     return commands.eval_argv(
         python=cfg["sonic"]["python"],
         script=commands.resolve_script(cfg["sonic"]["root"], cfg["sonic"]["eval_script"], "eval_agent_trl.py"),
-        checkpoint=checkpoint, num_envs=shard.num_envs, output_dir=shard_dir(plan, step, shard.shard),
+        checkpoint=checkpoint, num_envs=shard.num_envs, output_dir=shard_dir(plan, step, shard.shard, checkpoint),
         data_overrides=data_overrides(plan, for_eval=True), shard_overrides=shard.sonic_overrides,
         record_trajectories=bool(cfg["eval"]["record_trajectories"]),
         extra=cfg["sonic"].get("eval_overrides") or [],

@@ -261,6 +261,11 @@ class SlurmBackend:
 
     # ------------------------------------------------------------------ cancel
 
+    @staticmethod
+    def task_id(job, index: int) -> str:
+        """scancel's id of one shard of a ledger job: ``<array job>_<task>`` (task = index - offset)."""
+        return f"{job.job_id}_{index - job.index_offset}" if job.array_spec else job.job_id
+
     def cancel(self, job_ids: list[str], ledger=None) -> None:
         if job_ids:
             self._run(["scancel", *job_ids], check=False)

@@ -41,6 +41,7 @@ MPJPE_G = "eval/all/mpjpe_g"
 OBJ_POS = "eval/all/obj_pos_error"
 EVAL_STEP = "eval_step"
 HISTORY_KEYS = [SR, MPJPE_L, MPJPE_G, OBJ_POS, EVAL_STEP]
+SOURCE = "_source"  # which run of a sweep a row came from (select_across); not in the output
 DEFAULT_ENTITY = "nv-gear"
 DEFAULT_PROJECT = "TRL_G1_Track"
 
@@ -70,13 +71,14 @@ def rank_rows(rows: Iterable[dict[str, Any]], *, k: int = 5, hoi: bool = False, 
         return (-_num(r[SR]), math.inf if tb is None else tb)
 
     kept.sort(key=key)  # stable: equal rows keep history order
-    seen: set[int] = set()
+    seen: set[tuple[Any, int]] = set()
     top: list[dict[str, Any]] = []
     for r in kept:
         step = int(round(_num(r[EVAL_STEP])))
-        if step in seen:
+        # First row per eval step of each run: across a sweep two points may log the same step.
+        if (r.get(SOURCE), step) in seen:
             continue
-        seen.add(step)
+        seen.add((r.get(SOURCE), step))
         top.append({
             "rank": len(top) + 1,
             "eval_step": step,
@@ -85,6 +87,7 @@ def rank_rows(rows: Iterable[dict[str, Any]], *, k: int = 5, hoi: bool = False, 
             "mpjpe_l": _num(r.get(MPJPE_L)),
             "mpjpe_g": _num(r.get(MPJPE_G)),
             "obj_pos_error": _num(r.get(OBJ_POS)),
+            **({SOURCE: r[SOURCE]} if SOURCE in r else {}),
         })
         if len(top) >= k:
             break
@@ -270,6 +273,9 @@ def find_offline_runs(wandb_dir: str | Path) -> list[Path]:
     found: list[Path] = []
     for base in (root, root / "wandb"):
         found += [p for p in sorted(base.glob("*run-*")) if p.is_dir() and list(p.glob("run-*.wandb"))]
+    if not found:
+        # A sweep's run dir: each point's experiment dir holds its own wandb/ (experiments/p000/wandb/...).
+        found = sorted({p.parent for p in root.glob("*/*/wandb/*run-*/run-*.wandb")})
     if not found:
         raise DataError("no W&B run dirs (offline-run-*/run-<id>.wandb) here", path=root,
                         fix="pass the dir given to wandb.init(dir=...) (SONIC: /tmp), or its wandb/ subdir")
@@ -478,6 +484,101 @@ def select_top(source: str | Path | None = None, k: int = 5, hoi: bool = False, 
     }
 
 
+# ----------------------------------------------------------------------------- across a sweep
+
+
+def _config_dir(config: dict[str, Any]) -> str | None:
+    value = config.get("experiment_dir") or config.get("experiment_save_dir")
+    if isinstance(value, dict):  # W&B config values may be {"value": ...}
+        value = value.get("value")
+    return str(value) if value else None
+
+
+def group_sources(group: str, *, wandb_dirs: list[str | Path] | None = None, api: Any = None,
+                  entity: str = DEFAULT_ENTITY, project: str = DEFAULT_PROJECT, samples: int = 5000,
+                  reader: str = "protobuf") -> list[dict[str, Any]]:
+    """Every W&B run of ``group`` (offline run dirs under ``wandb_dirs``, else the online API) as a
+    source for :func:`select_across`."""
+    if wandb_dirs:
+        runs = [read_offline_run(p, reader) for d in wandb_dirs for p in find_offline_runs(d)]
+        pool = [r for r in runs if r.group == group]
+        if not pool:
+            raise DataError(f"no offline W&B run in group {group!r}", path=", ".join(str(d) for d in wandb_dirs),
+                            fix=f"groups here: {', '.join(sorted({r.group or '(none)' for r in runs}))}")
+        return [{"run": "/".join(x for x in (r.entity, r.project, r.id) if x), "run_name": r.name or None,
+                 "experiment_dir": _config_dir(r.config), "rows": r.history} for r in pool]
+    if api is None:
+        try:
+            import wandb
+
+            api = wandb.Api()
+        except Exception as exc:  # noqa: BLE001 - no package, no key, no network
+            raise DataError(f"cannot use the W&B API: {exc}",
+                            fix="wandb login, or read offline runs (--wandb_dir) or a sweep's run dir (--group RUN_DIR)") from exc
+    try:
+        runs = list(api.runs(f"{entity}/{project}", filters={"group": group}))
+        sources = [{"run": _run_path(r), "run_name": getattr(r, "name", None),
+                    "experiment_dir": _config_dir(dict(getattr(r, "config", None) or {})),
+                    "rows": _online_history(r, samples)} for r in runs]
+    except Exception as exc:  # noqa: BLE001 - wandb.errors.CommError and friends
+        raise DataError(f"W&B API request failed: {exc}", fix="check --group, --entity, --project and the network") from exc
+    if not sources:
+        raise DataError(f"no W&B runs in group {group!r} of {entity}/{project}", fix="check --group, --entity and --project")
+    return sources
+
+
+def select_across(*, experiment_dirs: list[str | Path] | None = None, sources: list[dict[str, Any]] | None = None,
+                  group: str | None = None, k: int = 5, hoi: bool = False, min_sr: float = 0.0, step_pad: int = 6,
+                  check_files: bool = True) -> dict[str, Any]:
+    """The top k checkpoints over several training runs (a sweep's points), ranked together by §5.1.
+
+    Each ``top`` entry also names its run and its own ``experiment_dir``; the output is otherwise
+    the single-run JSON, with ``experiment_dir`` set only when every entry shares one, and ``runs``
+    listing what was read. Rows are first-per-step within each experiment dir (or W&B run).
+    """
+    if k < 1:
+        raise ConfigError(f"--k must be >= 1 (got {k})")
+    sources = list(sources or []) + [{"run": None, "run_name": Path(d).name, "experiment_dir": str(d),
+                                      "rows": experiment_rows(d)} for d in experiment_dirs or []]
+    if not sources:
+        raise ConfigError("nothing to rank", fix="pass experiment dirs or W&B runs of the group")
+    tagged = [{**row, SOURCE: i} for i, src in enumerate(sources) for row in src["rows"]]
+    # A W&B run restarted under a new id writes the same experiment dir: count its steps once.
+    same_dir: dict[str, int] = {}
+    for i, src in enumerate(sources):
+        if src.get("experiment_dir"):
+            same_dir.setdefault(os.path.abspath(src["experiment_dir"]), i)
+    for row in tagged:
+        src = sources[row[SOURCE]]
+        if src.get("experiment_dir"):
+            row[SOURCE] = same_dir[os.path.abspath(src["experiment_dir"])]
+    top = rank_rows(tagged, k=k, hoi=hoi, min_sr=min_sr, step_pad=step_pad)
+    if not top:
+        raise DataError(f"no eval rows to rank in {len(sources)} run(s) (min_sr={min_sr})",
+                        path=", ".join(str(s.get("experiment_dir") or s.get("run")) for s in sources)[:500],
+                        fix="wait for the evals to log results, or lower --min_sr")
+    for entry in top:
+        src = sources[entry.pop(SOURCE)]
+        exp = os.path.abspath(src["experiment_dir"]) if src.get("experiment_dir") else None
+        entry.update(run=src.get("run"), run_name=src.get("run_name"), experiment_dir=exp,
+                     checkpoint_path=os.path.join(exp, entry["checkpoint"]) if exp else None)
+    if check_files:
+        missing = [e["checkpoint_path"] for e in top if e["checkpoint_path"] and not Path(e["checkpoint_path"]).is_file()]
+        if missing:
+            raise DataError(f"{len(missing)} selected checkpoint(s) missing: {', '.join(missing)}",
+                            fix="check --step_pad and that each run's experiment dir is reachable from here")
+    dirs = {e["experiment_dir"] for e in top}
+    return {
+        "run": None, "run_name": None, "group": group,
+        "experiment_dir": dirs.pop() if len(dirs) == 1 else None,
+        "k": k, "min_sr": min_sr, "step_pad": step_pad, "hoi": hoi,
+        "tiebreak_key": OBJ_POS if hoi else MPJPE_L,
+        "runs": [{"run": s.get("run"), "run_name": s.get("run_name"), "experiment_dir": s.get("experiment_dir"),
+                  "eval_rows": len(eval_rows(s["rows"]))} for s in sources],
+        "top": top,
+    }
+
+
 def write_json_atomic(path: str | Path, data: Any) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -505,11 +606,15 @@ def _print_table(result: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"top {len(result['top'])} checkpoints ({result['run'] or result['experiment_dir']})")
-    for col in ("rank", "eval_step", "checkpoint", "SR", "mpjpe_l", "mpjpe_g", "obj_pos_error"):
+    across = "runs" in result
+    where = f"group {result['group']}, {len(result['runs'])} runs" if across else result["run"] or result["experiment_dir"]
+    table = Table(title=f"top {len(result['top'])} checkpoints ({where})")
+    for col in ("rank", *(("run",) if across else ()), "eval_step", "checkpoint", "SR", "mpjpe_l", "mpjpe_g",
+                "obj_pos_error"):
         table.add_column(col)
     for e in result["top"]:
-        table.add_row(str(e["rank"]), str(e["eval_step"]), e["checkpoint"], _fmt(e["success_rate"], ".4f"),
+        run = (e.get("run_name") or e.get("run") or "-",) if across else ()
+        table.add_row(str(e["rank"]), *run, str(e["eval_step"]), e["checkpoint"], _fmt(e["success_rate"], ".4f"),
                       _fmt(e["mpjpe_l"], ".2f"), _fmt(e["mpjpe_g"], ".2f"), _fmt(e["obj_pos_error"], ".4f"))
     console = Console(stderr=True, emoji=False)
     if not console.is_terminal:
@@ -517,10 +622,39 @@ def _print_table(result: dict[str, Any]) -> None:
     console.print(table)
 
 
+def _run_dir_of(group: str) -> Path | None:
+    """A grail-cluster run dir (or run id under ./runs) named by --group, else None."""
+    for cand in (Path(group), Path("runs") / group):
+        if (cand / "plan.json").is_file():
+            return cand
+    return None
+
+
+def _across_group(args: argparse.Namespace) -> dict[str, Any]:
+    opts = {"k": args.k, "hoi": args.hoi, "min_sr": args.min_sr, "step_pad": args.step_pad,
+            "check_files": not args.no_check_files}
+    run_dir = None if args.wandb_dir else _run_dir_of(args.group)
+    if run_dir is not None:
+        from ..plan import read_plan
+
+        plan = read_plan(run_dir)
+        dirs = [p["experiment_dir"] for p in plan.train["points"]] if plan.is_sweep else [plan.paths["experiment_dir"]]
+        return select_across(experiment_dirs=dirs, group=plan.run_id, **opts)
+    sources = group_sources(args.group, wandb_dirs=args.wandb_dir, entity=args.entity, project=args.project,
+                            samples=args.samples)
+    return select_across(sources=sources, group=args.group, **opts)
+
+
 def cmd_select_top(args: argparse.Namespace) -> int:
-    result = select_top(run=args.run, group=args.group, experiment_dir=args.experiment_dir, wandb_dir=args.wandb_dir,
-                        entity=args.entity, project=args.project, k=args.k, hoi=args.hoi, min_sr=args.min_sr,
-                        step_pad=args.step_pad, samples=args.samples, check_files=not args.no_check_files)
+    if args.group and not args.best_run:
+        result = _across_group(args)
+    else:
+        if args.wandb_dir and len(args.wandb_dir) > 1:
+            raise ConfigError("several --wandb_dir are read together only with --group (ranking across its runs)")
+        result = select_top(run=args.run, group=args.group, experiment_dir=args.experiment_dir,
+                            wandb_dir=args.wandb_dir[0] if args.wandb_dir else None,
+                            entity=args.entity, project=args.project, k=args.k, hoi=args.hoi, min_sr=args.min_sr,
+                            step_pad=args.step_pad, samples=args.samples, check_files=not args.no_check_files)
     if args.out:
         write_json_atomic(args.out, result)
     sys.stdout.write(json.dumps(result, indent=1) + "\n")
@@ -536,7 +670,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser("select-top", help="the k best checkpoints of a training run", description=desc)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--run", help="W&B run: entity/project/id or id")
-    src.add_argument("--group", help="W&B group: the run with the most eval rows (ties: finished first)")
+    src.add_argument("--group", help="a sweep: rank checkpoints across every run of this W&B group (online, or "
+                                     "offline with --wandb_dir), or across every point of a grail-cluster sweep "
+                                     "run dir / run id (its experiment dirs' own logs)")
     src.add_argument("--experiment_dir", help="SONIC experiment dir (TensorBoard events + watcher metrics)")
     p.add_argument("--entity", default=DEFAULT_ENTITY)
     p.add_argument("--project", default=DEFAULT_PROJECT)
@@ -546,7 +682,11 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--step_pad", type=int, default=6, help="model_step_{step:0<pad>d}.pt; 0 = unpadded")
     p.add_argument("--out", help="also write the JSON here (atomically)")
     p.add_argument("--samples", type=int, default=5000, help="W&B history samples")
-    p.add_argument("--wandb_dir", help="read offline W&B run dirs here (wandb.init dir=..., SONIC: /tmp)")
+    p.add_argument("--wandb_dir", action="append",
+                   help="read offline W&B run dirs here (wandb.init dir=..., SONIC: /tmp; a sweep's run dir finds "
+                        "each point's); repeatable with --group")
+    p.add_argument("--best_run", action="store_true",
+                   help="with --group: GRAIL's behaviour, rank only the group's run with the most eval rows")
     p.add_argument("--no_check_files", action="store_true",
                    help="do not require the selected checkpoints to exist (experiment dir on another machine)")
     p.add_argument("--json", action="store_true", help="JSON only (no table on stderr)")

@@ -664,21 +664,22 @@ def generate(motion_lib: str | Path, output: str | Path, *, copy_videos: bool = 
     }
 
 
-_STEP_DIR = re.compile(r"^step_\d{6,}$")
+_STEP_DIR = re.compile(r"^(p\d{3,}_)?step_\d{6,}$")
 
 
-def generate_run_site(web_dir: str | Path, libraries: Sequence[tuple[int, str | Path]], *,
+def generate_run_site(web_dir: str | Path, libraries: Sequence[tuple], *,
                       title: str | None = None, copy_videos: bool = False) -> dict[str, Any]:
-    """One viewer per checkpoint step, ``web_dir/step_<S:06d>/``, plus a small index page
+    """One viewer per checkpoint step, ``web_dir/step_<S:06d>/`` (``(step, library)``; a third item
+    names the dir instead, e.g. ``p001_step_<S>`` for a sweep's winners), plus a small index page
     (``index.html`` linking them, ``manifest.json`` listing them). Each viewer is published as
     :func:`publish_site` does, then the index files are replaced, then viewers of steps no longer
     listed are removed."""
     web = _output_path(web_dir)
-    for _, lib in libraries:
+    for _, lib, *_ in libraries:
         _check_output(web, Path(lib).resolve())
     built = []
-    for step, lib in libraries:
-        name = f"step_{int(step):06d}"
+    for step, lib, *named in libraries:
+        name = named[0] if named else f"step_{int(step):06d}"
         manifest, videos, stats = build_manifest(lib, title=f"{title or 'GRAIL'} · step {int(step)}")
         if manifest["step"] is None:
             manifest["step"] = int(step)

@@ -52,7 +52,10 @@ def _resume_source(cfg, exp: Path) -> tuple[Path | None, bool, Path]:
 def _planned_keys(run_dir: str, rank: int) -> list[str]:
     path = Path(run_dir, "plan.json")
     try:
-        return list(json.loads(path.read_text())["train"]["ranks"][rank]["motion_keys"])
+        train = json.loads(path.read_text())["train"]
+        if "points" in train:  # a sweep: this job trains point GRAIL_INDEX
+            train = train["points"][int(os.environ.get("GRAIL_INDEX", "0"))]
+        return list(train["ranks"][rank]["motion_keys"])
     except (OSError, ValueError, KeyError, IndexError, TypeError) as exc:
         raise ConfigError(f"plan.json has no motion keys for rank {rank} ({type(exc).__name__}: {exc})", path=path,
                           fix="re-plan the run; the number of training processes must match the plan") from None

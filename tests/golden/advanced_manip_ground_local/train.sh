@@ -22,7 +22,9 @@ echo "[grail] $GRAIL_STAGE index $GRAIL_INDEX attempt $GRAIL_ATTEMPT on $(hostna
 export HYDRA_FULL_ERROR=1
 export OMNI_KIT_ACCEPT_EULA=Yes
 export PYTHONUNBUFFERED=1
+export WANDB_JOB_TYPE=train
 export WANDB_MODE=offline
+export WANDB_RUN_GROUP=golden
 cd <TMP>/SONIC
 
 # A requeued job continues its own run; a first start warm-starts when fine-tuning.

@@ -31,7 +31,9 @@ echo "[grail] $GRAIL_STAGE index $GRAIL_INDEX attempt $GRAIL_ATTEMPT on $(hostna
 export HYDRA_FULL_ERROR=1
 export OMNI_KIT_ACCEPT_EULA=Yes
 export PYTHONUNBUFFERED=1
+export WANDB_JOB_TYPE=eval
 export WANDB_MODE=offline
+export WANDB_RUN_GROUP=golden
 cd <TMP>/SONIC
 
 python -m grail_cluster.entry eval --run-dir <TMP>/runs/golden --index "$GRAIL_INDEX" --plan-hash <PLAN_HASH>
