@@ -57,6 +57,9 @@ def compose(overrides: list[str]) -> DictConfig:
             listing = text.split("Available options in", 1)[1].split("Config search path", 1)[0]
             options = [ln.strip() for ln in listing.splitlines()[1:] if ln.strip()]
             fix = f"choose one of: {', '.join(options)}"
+        elif "Ambiguous value for argument" in text:
+            fix = ("to sweep it, add -m (`grail-cluster run -m ...`: one training point per value); for a list "
+                   "write key=[a,b]; for a string with a comma quote it: key='a,b'")
         elif "Could not override" in text:
             fix = "that key is not in the config; to add a new key use `+key=value`, to force one `++key=value`"
         raise ConfigError(f"cannot apply the overrides: {_first_line(exc)}", fix=fix) from None

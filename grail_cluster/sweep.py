@@ -82,12 +82,13 @@ def expand(overrides: list[str], sweep_file: str | None = None) -> Sweep:
         raise ConfigError(f"cannot expand the sweep: {str(exc).splitlines()[0]}",
                           fix="sweep values as Hydra takes them: key=a,b,c or key=range(1,4) or key=choice(a,b)") from None
     points = batches[0] if batches else [[]]
-    swept_keys = {o.key_or_group for o in parsed if o.is_sweep_override()}
+    # Hydra keeps one value per key (the last override of a key wins), so match by key, not position.
+    swept_keys = {o.get_key_element() for o in parsed if o.is_sweep_override()}
     if not swept_keys:
         raise ConfigError("-m was given but no override sweeps (nothing like key=a,b)",
                           fix="add a comma list or range(), e.g. train.seed=1,2,3; or drop -m for a single run")
-    base = [o.input_line for o in parsed if not o.is_sweep_override()]
-    swept = [[ov for ov, o in zip(point, parsed, strict=True) if o.is_sweep_override()] for point in points]
+    base = [ov for ov in points[0] if ov.split("=", 1)[0] not in swept_keys]
+    swept = [[ov for ov in point if ov.split("=", 1)[0] in swept_keys] for point in points]
     return Sweep(base, swept)
 
 
