@@ -85,7 +85,9 @@ def _points_table(data: dict[str, Any], only: list[int] | None) -> Table:
             continue
         colour = STATE_COLOURS.get(p["state"], "white")
         selected = ", ".join(f"#{t['rank']} step {t['eval_step']}" for t in p["selected"]) or "-"
-        table.add_row(p["name"], escape(" ".join(p["overrides"])), f"[{colour}]{p['state']}[/]", str(p["attempt"]),
+        # Short labels: the SONIC keys without their ++train.overrides. carrier.
+        label = " ".join(o.lstrip("+").removeprefix("train.overrides.") for o in p["overrides"])
+        table.add_row(p["name"], escape(label), f"[{colour}]{p['state']}[/]", str(p["attempt"]),
                       str(p["checkpoints"]), "-" if p["latest_step"] is None else str(p["latest_step"]), selected)
     return table
 
