@@ -262,6 +262,23 @@ def test_offline_select(offline, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["top"][0]["eval_step"] == 2000
 
 
+def test_offline_group_ranks_across_its_runs(offline, capsys):
+    wdir, exp = offline
+    # --group ranks across every run of the group; "short" and "long" log into one experiment dir
+    # (a restart under a new W&B id), so each of its steps counts once.
+    assert main(["--group", "g", "--wandb_dir", str(wdir), "--k", "5", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["run"] is None and res["group"] == "g" and len(res["runs"]) == 2
+    steps = [t["eval_step"] for t in res["top"]]
+    assert steps[:3] == [2000, 1500, 2500] and len(steps) == len(set(steps))
+    assert {t["experiment_dir"] for t in res["top"]} == {str(exp.resolve())}
+    # --best_run: GRAIL's --group, only the run with the most eval rows.
+    assert main(["--group", "g", "--wandb_dir", str(wdir), "--best_run", "--k", "1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["run"] == "GRAB_Tracking/long"
+    assert main(["--run", "long", "--wandb_dir", str(wdir), "--wandb_dir", str(wdir), "--json"]) == 2
+    assert "only with --group" in capsys.readouterr().err
+
+
 def test_offline_bad_log(tmp_path):
     run_dir = tmp_path / "wandb" / "offline-run-20260101_000000-bad"
     run_dir.mkdir(parents=True)
