@@ -381,6 +381,10 @@ def build_plan(c: dict[str, Any], index: LibraryIndex, *, provenance: dict[str, 
     if sweep and not train_enabled:
         raise ConfigError("a sweep trains one run per point, but training is off (train.enabled=false or "
                           "select.checkpoints set)", fix="drop -m, or enable training")
+    if sweep and c["cluster"]["backend"] == "kubernetes" and c["train"]["nodes"] > 1:
+        # Multi-node training already uses the Indexed Job's index as the machine rank.
+        raise ConfigError("a sweep of multi-node points cannot share one Indexed Job on Kubernetes",
+                          fix="train.nodes=1 for the sweep, or cluster=slurm (one array of multi-node tasks)")
     point_inputs = [{"train": x["train"], "resources": x["resources"]["train"],
                      "sonic": x["sonic"].get("extra_overrides")} for x in sweep["configs"]] if sweep else None
     run_id = _run_id(c, index, point_inputs)
