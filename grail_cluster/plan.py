@@ -315,8 +315,9 @@ def _run_id(c: dict[str, Any], index: LibraryIndex, points: list[dict[str, Any]]
 
 
 def _sweep_train(c: dict[str, Any], index: LibraryIndex, usd_of: dict[str, str], warnings: list[str],
-                 sweep: dict[str, Any], exp_root: str) -> dict[str, Any]:
-    """Per point: its swept overrides, its own experiment dir, its train settings and its rank slices."""
+                 sweep: dict[str, Any], exp_root: str, group: str) -> dict[str, Any]:
+    """Per point: its swept overrides, its own experiment dir, its train settings and its rank slices;
+    ``group`` is the W&B group every point logs into."""
     from .sweep import point_name
 
     points = []
@@ -333,7 +334,7 @@ def _sweep_train(c: dict[str, Any], index: LibraryIndex, usd_of: dict[str, str],
                        "sonic": {"extra_overrides": cfg["sonic"].get("extra_overrides") or []}},
             **ranks,
         })
-    return {"points": points, "world_size": points[0]["world_size"], "group": None}
+    return {"points": points, "world_size": points[0]["world_size"], "group": group}
 
 
 def check_library(index: LibraryIndex, c: dict[str, Any]) -> list[Problem]:
@@ -398,7 +399,7 @@ def build_plan(c: dict[str, Any], index: LibraryIndex, *, provenance: dict[str, 
     if not train_enabled:
         train = {"world_size": 0, "ranks": []}
     elif sweep:
-        train = {**_sweep_train(c, index, usd_of, warnings, sweep, exp_dir), "group": run_id}
+        train = _sweep_train(c, index, usd_of, warnings, sweep, exp_dir, run_id)
     else:
         train = _train_ranks(c, index, usd_of, warnings)
     plan = RunPlan(

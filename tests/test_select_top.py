@@ -26,9 +26,11 @@ from grail_cluster.data.select_top import (
     MPJPE_L,
     OBJ_POS,
     SR,
+    group_sources,
     main,
     rank_rows,
     read_offline_run,
+    select_across,
     select_top,
 )
 from grail_cluster.errors import ConfigError, DataError
@@ -365,3 +367,19 @@ def test_online_errors():
         select_top(run="nope", api=api)
     with pytest.raises(DataError, match="no W&B runs in group"):
         select_top(group="g", api=api)
+
+
+def test_online_group_across_its_runs():
+    # Two points of a sweep in group "sw", each with its own experiment dir: the best of each ranks together.
+    p0 = FakeRun("p0", [{EVAL_STEP: 10, SR: 0.5, MPJPE_L: 3.0}, {EVAL_STEP: 20, SR: 0.8, MPJPE_L: 2.0}],
+                 config={"experiment_dir": {"value": "/sweep/experiments/p000"}}, group="sw")
+    p1 = FakeRun("p1", [{EVAL_STEP: 10, SR: 0.9, MPJPE_L: 9.0}, {EVAL_STEP: 20, SR: 0.8, MPJPE_L: 1.0}],
+                 config={"experiment_dir": "/sweep/experiments/p001"}, group="sw")
+    api = FakeApi([p0, p1, FakeRun("other", [{EVAL_STEP: 10, SR: 1.0}], group="x")])
+    sources = group_sources("sw", api=api)
+    assert api.asked == [("runs", "nv-gear/TRL_G1_Track", {"group": "sw"})]
+    res = select_across(sources=sources, group="sw", k=3, check_files=False)
+    assert [(e["run_name"], e["eval_step"]) for e in res["top"]] == [("exp/p1", 10), ("exp/p1", 20), ("exp/p0", 20)]
+    assert res["top"][0]["checkpoint_path"] == "/sweep/experiments/p001/model_step_000010.pt"
+    with pytest.raises(DataError, match="no W&B runs in group"):
+        group_sources("none", api=api)
