@@ -42,6 +42,20 @@ SLURM_FIT = ["hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=0.25", "hy
 slurm = [pytest.mark.slurm, pytest.mark.usefixtures("slurm_cluster")]
 
 
+@pytest.fixture(autouse=True)
+def _fresh_hydra_version_base():
+    """Hydra's launcher suites expect a fresh process's version base (unspecified: hydra.job.chdir is
+    on, so each job's log sits in its working dir). Other tests of the session compose with
+    ``version_base=None``, which sets the process-wide VersionBase singleton; reset it around each test."""
+    from hydra.version import _UNSPECIFIED_, VersionBase
+
+    base = VersionBase.instance()
+    saved = base.version_base
+    base.version_base = _UNSPECIFIED_
+    yield
+    base.version_base = saved
+
+
 # ----------------------------------------------------------------------------- discovery
 
 
