@@ -76,13 +76,11 @@ def _sweep_points(plan, ledger) -> list[dict[str, Any]]:
     return rows
 
 
-def _points_table(data: dict[str, Any], only: list[int] | None) -> Table:
+def _points_table(data: dict[str, Any]) -> Table:
     table = Table(title=f"sweep {data['run_id']}: {len(data['points'])} points (W&B group {data['run_id']})")
     for col in ("point", "overrides", "train", "attempt", "checkpoints", "latest step", "selected"):
         table.add_column(col, overflow="fold")
     for p in data["points"]:
-        if only is not None and p["point"] not in only:
-            continue
         colour = STATE_COLOURS.get(p["state"], "white")
         selected = ", ".join(f"#{t['rank']} step {t['eval_step']}" for t in p["selected"]) or "-"
         # Short labels: the SONIC keys without their ++train.overrides. carrier.
@@ -124,7 +122,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         out.print(escape(summary_line(data["provenance"])), highlight=False)
         out.print(_status_table(data))
         if data["points"]:
-            out.print(_points_table(data, only))
+            out.print(_points_table(data))
         for note in data["notes"]:
             out.print(escape(note), highlight=False)
         for s in data["stages"]:

@@ -111,13 +111,11 @@ def _select(plan: RunPlan, index: int) -> int:
         point_of = {os.path.abspath(d): n for n, d in enumerate(dirs)}
         for entry in result["top"]:
             entry["point"] = point_of.get(entry["experiment_dir"])
-        where = plan.paths["experiment_dir"]
     else:
         result = select_top(experiment_dir=plan.paths["experiment_dir"], **opts)
-        where = plan.paths["experiment_dir"]
     if len(result["top"]) < k:
         raise DataError(f"only {len(result['top'])} checkpoint(s) qualify; the plan evaluates {k}",
-                        path=where, fix="lower select.k or select.min_sr, and re-plan")
+                        path=plan.paths["experiment_dir"], fix="lower select.k or select.min_sr, and re-plan")
     path = plan.paths["selection"]
     os.makedirs(os.path.dirname(path), exist_ok=True)
     write_json(path, result)

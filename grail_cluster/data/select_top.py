@@ -359,18 +359,32 @@ def _online_history(run: Any, samples: int) -> list[dict[str, Any]]:
     return [dict(r) for r in run.history(samples=samples, pandas=False, keys=list(HISTORY_KEYS))]
 
 
+def _wandb_api(api: Any) -> Any:
+    """The given API object (tests inject a stand-in), else ``wandb.Api()``."""
+    if api is not None:
+        return api
+    try:
+        import wandb
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ConfigError("the W&B API needs the wandb package", fix="pip install wandb") from exc
+    try:
+        return wandb.Api()
+    except Exception as exc:  # noqa: BLE001 - wandb raises many kinds (no key, no network)
+        raise DataError(f"cannot use the W&B API: {exc}",
+                        fix="wandb login, or read offline runs (--wandb_dir), the experiment dir (--experiment_dir) "
+                            "or a sweep's run dir (--group RUN_DIR)") from exc
+
+
+def _require_checkpoints(top: list[dict[str, Any]], *, path: Any, fix: str) -> None:
+    """Every selected checkpoint whose path is known must exist."""
+    missing = [e["checkpoint_path"] for e in top if e["checkpoint_path"] and not Path(e["checkpoint_path"]).is_file()]
+    if missing:
+        raise DataError(f"{len(missing)} selected checkpoint(s) missing: {', '.join(missing)}", path=path, fix=fix)
+
+
 def _online_source(api: Any, run: str | None, group: str | None, entity: str, project: str,
                    samples: int) -> tuple[Any, list[dict[str, Any]]]:
-    if api is None:
-        try:
-            import wandb
-        except ImportError as exc:  # pragma: no cover - depends on the environment
-            raise ConfigError("the W&B API needs the wandb package", fix="pip install wandb") from exc
-        try:
-            api = wandb.Api()
-        except Exception as exc:  # noqa: BLE001 - wandb raises many kinds (no key, no network)
-            raise DataError(f"cannot use the W&B API: {exc}",
-                            fix="wandb login, or read offline runs (--wandb_dir) or the experiment dir (--experiment_dir)") from exc
+    api = _wandb_api(api)
     try:
         if run is not None:
             path = run if "/" in run else f"{entity}/{project}/{run}"
@@ -469,12 +483,9 @@ def select_top(source: str | Path | None = None, k: int = 5, hoi: bool = False, 
     for entry in top:
         entry["checkpoint_path"] = str(exp_abs / entry["checkpoint"]) if exp_abs else None
     if exp_abs is not None and check_files:
-        missing = [e["checkpoint_path"] for e in top if not Path(e["checkpoint_path"]).is_file()]
-        if missing:
-            raise DataError(f"{len(missing)} selected checkpoint(s) missing: {', '.join(missing)}",
-                            path=exp_abs,
-                            fix="check --step_pad (0 = unpadded names) and that the experiment dir is the run's; "
-                                "or pass explicit select.checkpoints=[...]")
+        _require_checkpoints(top, path=exp_abs,
+                             fix="check --step_pad (0 = unpadded names) and that the experiment dir is the run's; "
+                                 "or pass explicit select.checkpoints=[...]")
     return {
         "run": run_id, "run_name": run_name, "group": grp,
         "experiment_dir": str(exp_abs) if exp_abs else None,
@@ -507,14 +518,7 @@ def group_sources(group: str, *, wandb_dirs: list[str | Path] | None = None, api
                             fix=f"groups here: {', '.join(sorted({r.group or '(none)' for r in runs}))}")
         return [{"run": "/".join(x for x in (r.entity, r.project, r.id) if x), "run_name": r.name or None,
                  "experiment_dir": _config_dir(r.config), "rows": r.history} for r in pool]
-    if api is None:
-        try:
-            import wandb
-
-            api = wandb.Api()
-        except Exception as exc:  # noqa: BLE001 - no package, no key, no network
-            raise DataError(f"cannot use the W&B API: {exc}",
-                            fix="wandb login, or read offline runs (--wandb_dir) or a sweep's run dir (--group RUN_DIR)") from exc
+    api = _wandb_api(api)
     try:
         runs = list(api.runs(f"{entity}/{project}", filters={"group": group}))
         sources = [{"run": _run_path(r), "run_name": getattr(r, "name", None),
@@ -563,10 +567,8 @@ def select_across(*, experiment_dirs: list[str | Path] | None = None, sources: l
         entry.update(run=src.get("run"), run_name=src.get("run_name"), experiment_dir=exp,
                      checkpoint_path=os.path.join(exp, entry["checkpoint"]) if exp else None)
     if check_files:
-        missing = [e["checkpoint_path"] for e in top if e["checkpoint_path"] and not Path(e["checkpoint_path"]).is_file()]
-        if missing:
-            raise DataError(f"{len(missing)} selected checkpoint(s) missing: {', '.join(missing)}",
-                            fix="check --step_pad and that each run's experiment dir is reachable from here")
+        _require_checkpoints(top, path=None,
+                             fix="check --step_pad and that each run's experiment dir is reachable from here")
     dirs = {e["experiment_dir"] for e in top}
     return {
         "run": None, "run_name": None, "group": group,

@@ -255,20 +255,21 @@ def load_meta(root: Path, keys: Sequence[str], *, use_cache: bool = True,
 # ----------------------------------------------------------------------------- review metrics
 
 
-def _step_from_path(path: Path) -> int | None:
+def _number_in_path(path: Path, pattern: re.Pattern) -> int | None:
+    """The number of the innermost path part matching ``pattern`` (step_000500, shard_3, ...)."""
     for part in reversed(path.parts):
-        m = _STEP_RE.match(part)
+        m = pattern.match(part)
         if m:
             return int(m.group(1))
     return None
+
+
+def _step_from_path(path: Path) -> int | None:
+    return _number_in_path(path, _STEP_RE)
 
 
 def _shard_from_path(path: Path) -> int | None:
-    for part in reversed(path.parts):
-        m = _SHARD_RE.match(part)
-        if m:
-            return int(m.group(1))
-    return None
+    return _number_in_path(path, _SHARD_RE)
 
 
 def eval_rows(path: Path) -> dict[str, dict[str, Any]]:
