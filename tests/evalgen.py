@@ -170,3 +170,43 @@ def make_eval_shard(
     }
     (shard_dir / "metrics_eval.json").write_text(json.dumps(metrics, indent=1))
     return info
+
+
+def checkpoint_files(exp: Path, steps: Iterable[int]) -> list[str]:
+    """Stand-in ``model_step_NNNNNN.pt`` files in ``exp`` (for runs given explicit checkpoints)."""
+    exp.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for step in steps:
+        p = exp / f"model_step_{step:06d}.pt"
+        p.write_bytes(b"w")
+        paths.append(str(p))
+    return paths
+
+
+def evaluated_run(tmp_path: Path, ha, sonic_root: Path, *overrides: str, video: Path | None = None):
+    """A planned run over ``ha`` with two explicit checkpoints (steps 1000 and 2000) and 3 eval shards
+    whose SONIC output is already written: checkpoint 0 fails one motion, checkpoint 1 none. With
+    ``video``, every shard also holds a replay video per motion. Returns (plan, failed keys)."""
+    import shutil
+    import sys
+
+    from grail_cluster import config
+    from grail_cluster.launchers.eval import shard_dir
+    from grail_cluster.library import scan_library
+    from grail_cluster.plan import build_plan, write_plan
+    from tests.conftest import base_overrides
+
+    ckpts = checkpoint_files(tmp_path / "exp", (1000, 2000))
+    c = config.load(base_overrides(tmp_path, ha.root, sonic_root, f"select.checkpoints=[{','.join(ckpts)}]",
+                                   "eval.num_shards=3", "render.enabled=false", f"job.python={sys.executable}",
+                                   *overrides))
+    plan = build_plan(c, scan_library(ha.root))
+    write_plan(plan)
+    failed = {plan.eval_shards[1].motion_keys[0]}
+    for index in range(plan.stage("eval").size):
+        ck, shard = plan.eval_index(index)
+        d = Path(shard_dir(plan, (1000, 2000)[ck], shard.shard))
+        make_eval_shard(d, ha.root, shard.motion_keys, terminated=failed if ck == 0 else set())
+        for k in shard.motion_keys if video else ():  # rendered videos, carried by the exporter to merged/vis
+            shutil.copyfile(video, d / f"{k}.mp4")
+    return plan, failed

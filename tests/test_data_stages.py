@@ -2,39 +2,17 @@
 (generated, since SONIC cannot run here) -> export per shard -> merge per checkpoint."""
 
 import json
-import sys
 from pathlib import Path
 
-from grail_cluster import config
 from grail_cluster.entry import main as entry
 from grail_cluster.library import scan_library
 from grail_cluster.markers import validate_marker
-from grail_cluster.plan import build_plan, write_plan
-from tests.conftest import base_overrides
-from tests.evalgen import make_eval_shard
+from tests.evalgen import evaluated_run
 
 
 def test_export_and_merge_stages_build_the_merged_library(tmp_path, hoi_pair, sonic_root):
     _, ha = hoi_pair
-    ckpts = []
-    for step in (1000, 2000):
-        p = tmp_path / "exp" / f"model_step_{step:06d}.pt"
-        p.parent.mkdir(exist_ok=True)
-        p.write_bytes(b"w")
-        ckpts.append(str(p))
-    c = config.load(base_overrides(tmp_path, ha.root, sonic_root, f"select.checkpoints=[{','.join(ckpts)}]",
-                                   "eval.num_shards=3", "render.enabled=false", "web.enabled=false",
-                                   f"job.python={sys.executable}"))
-    plan = build_plan(c, scan_library(ha.root))
-    write_plan(plan)
-    from grail_cluster.launchers.eval import shard_dir
-
-    failed = {plan.eval_shards[1].motion_keys[0]}
-    for index in range(plan.stage("eval").size):
-        ck, shard = plan.eval_index(index)
-        step = (1000, 2000)[ck]
-        make_eval_shard(Path(shard_dir(plan, step, shard.shard)), ha.root, shard.motion_keys,
-                        terminated=failed if ck == 0 else set())
+    plan, failed = evaluated_run(tmp_path, ha, sonic_root, "web.enabled=false")
     for index in range(plan.stage("export").size):
         assert entry(["export", "--run-dir", plan.run_dir, "--index", str(index), "--plan-hash", plan.plan_hash]) == 0
         assert validate_marker(plan.run_dir, "export", index, plan.plan_hash)

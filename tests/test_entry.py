@@ -15,6 +15,7 @@ from grail_cluster.markers import read_marker
 from grail_cluster.plan import build_plan, write_plan
 from grail_cluster.render import render_files, write_files
 from tests.conftest import base_overrides
+from tests.evalgen import checkpoint_files
 
 # SONIC's evaluator needs Isaac Lab, which cannot run here; this stand-in records the argv it was
 # started with so the test can check the command the job really executed, and writes the shard's
@@ -36,12 +37,7 @@ with open(os.path.join(out, "metrics_eval.json"), "w") as fh:
 def run(tmp_path, hoi_pair, sonic_root):
     _, ha = hoi_pair
     (sonic_root / "gear_sonic" / "eval_agent_trl.py").write_text(RECORDER)
-    ckpts = []
-    for step in (1000, 2500):
-        p = tmp_path / "exp" / f"model_step_{step:06d}.pt"
-        p.parent.mkdir(exist_ok=True)
-        p.write_bytes(b"w")
-        ckpts.append(str(p))
+    ckpts = checkpoint_files(tmp_path / "exp", (1000, 2500))
     c = config.load(base_overrides(tmp_path, ha.root, sonic_root, f"select.checkpoints=[{','.join(ckpts)}]",
                                    "eval.num_shards=3", "eval.sharding=balanced", f"job.python={sys.executable}",
                                    f"sonic.python={sys.executable}"))

@@ -414,35 +414,12 @@ def test_serve_cli_prints_url_and_stops_on_ctrl_c(tmp_path, review):
 
 
 def test_web_stage_builds_one_viewer_per_checkpoint(tmp_path, hoi_pair, sonic_root, mp4):
-    from grail_cluster import config
     from grail_cluster.entry import main as entry
-    from grail_cluster.launchers.eval import shard_dir
-    from grail_cluster.library import scan_library
     from grail_cluster.markers import validate_marker
-    from grail_cluster.plan import build_plan, write_plan
-    from tests.conftest import base_overrides
-    from tests.evalgen import make_eval_shard
+    from tests.evalgen import evaluated_run
 
     _, ha = hoi_pair
-    ckpts = []
-    for step in (1000, 2000):
-        p = tmp_path / "exp" / f"model_step_{step:06d}.pt"
-        p.parent.mkdir(exist_ok=True)
-        p.write_bytes(b"w")
-        ckpts.append(str(p))
-    c = config.load(base_overrides(tmp_path, ha.root, sonic_root, f"select.checkpoints=[{','.join(ckpts)}]",
-                                   "eval.num_shards=3", "render.enabled=false", "web.title=Review run",
-                                   f"job.python={sys.executable}"))
-    plan = build_plan(c, scan_library(ha.root))
-    write_plan(plan)
-    failed = {plan.eval_shards[1].motion_keys[0]}
-    for index in range(plan.stage("eval").size):
-        ck, shard = plan.eval_index(index)
-        step = (1000, 2000)[ck]
-        d = Path(shard_dir(plan, step, shard.shard))
-        make_eval_shard(d, ha.root, shard.motion_keys, terminated=failed if ck == 0 else set())
-        for k in shard.motion_keys:  # rendered videos, found by the exporter and carried to merged/vis
-            shutil.copyfile(mp4, d / f"{k}.mp4")
+    plan, failed = evaluated_run(tmp_path, ha, sonic_root, "web.title=Review run", video=mp4)
     for index in range(plan.stage("export").size):
         assert entry(["export", "--run-dir", plan.run_dir, "--index", str(index)]) == 0
     for index in range(2):
