@@ -23,7 +23,6 @@ Results go to ``${GRAIL_BENCH_DIR:-.bench}/bench_merge.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -36,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # `tests.libgen` lives in the repo, not the package
 
-from bench.machine import machine, mark_dataset, reuse_dataset  # noqa: E402
+from bench.machine import machine, mark_dataset, reuse_dataset, save_result  # noqa: E402
 from grail_cluster.data.merge import SUBDIRS, merge_step  # noqa: E402
 from tests.libgen import heavy_tailed_lengths, make_library  # noqa: E402
 
@@ -162,8 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         "pass": med["link"] < TARGET_S,
         "wall_s": round(time.perf_counter() - t_all, 1),
     }
-    (bench_dir / "bench_merge.json").write_text(json.dumps(result, indent=1))
-    print(f"wall {result['wall_s']} s -> {bench_dir / 'bench_merge.json'}")
+    save_result(bench_dir, "bench_merge", result)
     return 0
 
 

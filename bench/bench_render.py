@@ -45,7 +45,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # `tests.libgen` lives in the repo, not the package
 
-from bench.machine import machine  # noqa: E402
+from bench.machine import machine, save_result  # noqa: E402
 
 RESOLUTIONS = ("320x240", "1280x720")
 CONFIGS = ("ours_1proc", "ours_per_core", "ours_lod_per_core", "peer")
@@ -227,8 +227,7 @@ def main(argv: list[str] | None = None) -> int:
                               for res, cm in med.items() if "peer" in cm},
         "wall_s": round(time.perf_counter() - t_all, 1),
     }
-    (bench_dir / "bench_render.json").write_text(json.dumps(result, indent=1))
-    print(f"wall {result['wall_s']} s -> {bench_dir / 'bench_render.json'}")
+    save_result(bench_dir, "bench_render", result)
     return 0
 
 

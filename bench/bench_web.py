@@ -56,7 +56,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # `tests.libgen` lives in the repo, not the package
 
-from bench.machine import machine, mark_dataset, reuse_dataset  # noqa: E402
+from bench.machine import machine, mark_dataset, reuse_dataset, save_result  # noqa: E402
 from grail_cluster.web import generate as gen  # noqa: E402
 from grail_cluster.web.serve import make_server  # noqa: E402
 from tests.libgen import make_library  # noqa: E402
@@ -404,8 +404,7 @@ def main(argv: list[str] | None = None) -> int:
         "peer_over_ours": ratios,
         "wall_s": round(time.perf_counter() - t_all, 1),
     }
-    (bench_dir / "bench_web.json").write_text(json.dumps(result, indent=1))
-    print(f"wall {result['wall_s']} s -> {bench_dir / 'bench_web.json'}")
+    save_result(bench_dir, "bench_web", result)
     return 0
 
 

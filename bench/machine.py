@@ -50,3 +50,11 @@ def reuse_dataset(base: Path, want: dict[str, Any]) -> dict[str, Any] | None:
 def mark_dataset(base: Path, info: dict[str, Any]) -> None:
     """Record a finished dataset (last, so an interrupted generation is never reused)."""
     (base / MARKER).write_text(json.dumps(info, indent=1))
+
+
+def save_result(bench_dir: Path, name: str, result: dict[str, Any]) -> Path:
+    """Write a benchmark's figures to ``<bench_dir>/<name>.json`` and say where (with its wall time)."""
+    out = bench_dir / f"{name}.json"
+    out.write_text(json.dumps(result, indent=1))
+    print(f"wall {result['wall_s']} s -> {out}")
+    return out
