@@ -10,7 +10,9 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from .errors import ConfigError
 from .library import LibraryIndex
+from .motion_checks import CHECKS
 
 SEVERITIES = ("error", "warn", "info")
 SHOW_KEYS = 5
@@ -31,6 +33,44 @@ class Problem:
     problem: str
     fix: str
     count: int = 1
+    motion: str = ""  # the motion key, when the problem is one motion's
+    key: str = ""  # the array or field inside the file
+
+
+def parse_allow(names: list[str] | str | None) -> frozenset[str]:
+    """``--allow a,b`` / ``data.allow=[a,b]``: checks downgraded to warnings; only allowable ones."""
+    if not names:
+        return frozenset()
+    if isinstance(names, str):
+        names = [names]
+    out = {n.strip() for item in names for n in str(item).split(",") if n.strip()}
+    allowable = sorted(c.name for c in CHECKS.values() if c.allowable)
+    for name in sorted(out):
+        if name not in CHECKS:
+            raise ConfigError(f"--allow {name}: no such check", fix=f"checks that may be allowed: {', '.join(allowable)}")
+        if not CHECKS[name].allowable:
+            raise ConfigError(f"--allow {name}: this check cannot be downgraded ({CHECKS[name].why})",
+                              fix=f"fix the data; checks that may be allowed: {', '.join(allowable)}")
+    return frozenset(out)
+
+
+def _finding_problems(findings: list[dict[str, str]], allow: frozenset[str], motion_of: dict[int, str]) -> list[Problem]:
+    """Content findings, grouped by check: the first few one per line, then a count of the rest."""
+    by_check: dict[str, list[dict[str, str]]] = {}
+    for f in findings:
+        by_check.setdefault(f["check"], []).append(f)
+    out: list[Problem] = []
+    for check, items in by_check.items():
+        severity = "warn" if check in allow else "error"
+        for f in items[:SHOW_KEYS]:
+            out.append(Problem(severity, check, f["file"], f["problem"], f["fix"], motion=motion_of.get(id(f), ""),
+                               key=f["key"]))
+        if len(items) > SHOW_KEYS:
+            rest = len(items) - SHOW_KEYS
+            out.append(Problem(severity, check, str(Path(items[SHOW_KEYS]["file"]).parent),
+                               f"{rest} more findings of check {check}",
+                               "run `grail-cluster doctor --json` for every finding", rest))
+    return out
 
 
 def _keys_text(keys: list[str]) -> str:
@@ -43,7 +83,30 @@ def _need(needs: dict[str, str], name: str) -> str | None:
     return None if level == "no" else level
 
 
-def diagnose(index: LibraryIndex, needs: dict[str, str] | None = None, pipeline: str | None = None) -> list[Problem]:
+def diagnose(index: LibraryIndex, needs: dict[str, str] | None = None, pipeline: str | None = None,
+             allow: frozenset[str] = frozenset()) -> list[Problem]:
+    """Every problem of the library; checks named in ``allow`` are reported as warnings."""
+    problems = _diagnose(index, needs, pipeline)
+    findings = list(index.findings)
+    motion_of: dict[int, str] = {}
+    for m in index.motions:
+        for f in m.findings:
+            findings.append(f)
+            motion_of[id(f)] = m.key
+    problems += _finding_problems(findings, allow, motion_of)
+    return [Problem("warn", p.check, p.path, p.problem, p.fix, p.count, p.motion, p.key)
+            if p.severity == "error" and p.check in allow else p for p in problems]
+
+
+def all_findings(index: LibraryIndex, allow: frozenset[str] = frozenset()) -> list[dict[str, str]]:
+    """Every content finding with its motion and severity (for ``--json``), not only the first few."""
+    rows = [{"severity": "warn" if f["check"] in allow else "error", "motion": "", **f} for f in index.findings]
+    for m in index.motions:
+        rows += [{"severity": "warn" if f["check"] in allow else "error", "motion": m.key, **f} for f in m.findings]
+    return rows
+
+
+def _diagnose(index: LibraryIndex, needs: dict[str, str] | None, pipeline: str | None) -> list[Problem]:
     terrain = index.layout == "terrain"
     needs = dict(needs or (TERRAIN_NEEDS if terrain else DEFAULT_NEEDS))
     root = Path(index.root)
@@ -61,14 +124,6 @@ def diagnose(index: LibraryIndex, needs: dict[str, str] | None = None, pipeline:
         add(Problem("error", "robot", str(root / "robot"),
                     f"{len(index.duplicates)} motion keys appear in more than one robot file: {_keys_text(index.duplicates)}",
                     "keep one file per motion key; keys are file stems and must be unique", len(index.duplicates)))
-
-    broken = [m for m in motions if m.error]
-    for m in broken[:SHOW_KEYS]:
-        add(Problem("error", "readable", str(root / m.robot), m.error.split("\n")[0],
-                    "regenerate or remove this motion (see the file named above)"))
-    if len(broken) > SHOW_KEYS:
-        add(Problem("error", "readable", str(root / "robot"), f"{len(broken) - SHOW_KEYS} more unreadable motions",
-                    "run `grail-cluster doctor --json` for the full list", len(broken) - SHOW_KEYS))
 
     empty = [m.key for m in motions if not m.error and not m.frames]
     if empty:
@@ -113,9 +168,17 @@ def diagnose(index: LibraryIndex, needs: dict[str, str] | None = None, pipeline:
                         f"{len(missing)} object pickles have no contact labels: {_keys_text(missing)}",
                         "re-run process.sh with --include_contact_points", len(missing)))
 
-    if (level := _need(needs, "bps")) and index.counts.get("object_usd", 0) > 1:
+    # A pipeline that names BPS needs it for every motion, even with one shared USD (SONIC reads the
+    # embedding per motion key); without a pipeline, only libraries with several objects are held to it.
+    if (level := _need(needs, "bps")) and (pipeline or index.counts.get("object_usd", 0) > 1):
         problems += _bps_problems(index, level)
 
+    kinds = Counter(m.hand_action_kind for m in motions if m.hand_action_kind)
+    if len(kinds) > 1:
+        add(Problem("warn", "hand-action-values", str(root / "robot"),
+                    f"hand actions are mixed: {kinds['discrete']} discrete (-1/+1), {kinds['continuous']} continuous",
+                    "a library should hold one kind: discrete from grail.retargeting.process, continuous from "
+                    "GRAIL's upstream export; re-export one part"))
     conventions = Counter(m.root_rot for m in motions if not m.error)
     if len({c for c in conventions if c in ("wxyz", "xyzw")}) > 1:
         add(Problem("warn", "quaternions", str(root / "robot"),
@@ -179,7 +242,7 @@ def has_errors(problems: list[Problem]) -> bool:
     return any(p.severity == "error" for p in problems)
 
 
-def report(index: LibraryIndex, problems: list[Problem]) -> dict:
+def report(index: LibraryIndex, problems: list[Problem], allow: frozenset[str] = frozenset()) -> dict:
     conventions = Counter(m.root_rot for m in index.motions)
     return {
         "ok": not has_errors(problems),
@@ -192,10 +255,13 @@ def report(index: LibraryIndex, problems: list[Problem]) -> dict:
         "bps_dir": index.bps_dir,
         "flat_placeholder": index.flat_placeholder,
         "root_rot": dict(conventions),
+        "hand_action_kind": dict(Counter(m.hand_action_kind or "none" for m in index.motions)),
         "frames": {
             "total": sum(m.frames or 0 for m in index.motions),
             "min": min((m.frames for m in index.motions if m.frames), default=0),
             "max": max((m.frames for m in index.motions if m.frames), default=0),
         },
         "problems": [asdict(p) for p in problems],
+        "findings": all_findings(index, allow),
+        "allowed": sorted(allow),
     }

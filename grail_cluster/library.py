@@ -21,12 +21,12 @@ from typing import Any
 
 import numpy as np
 
-from . import safe_pickle
+from . import motion_checks, safe_pickle
 from .errors import DataError, GrailError
 from .quaternions import detect_root_rot_convention
 
 CACHE_NAME = ".grail_index.json"
-CACHE_VERSION = 2
+CACHE_VERSION = 3  # 3: content checks' findings cached with each entry
 USD_SUFFIXES = (".usd", ".usda", ".usdc")
 FLAT_PLACEHOLDER = "flat_placeholder"
 PARALLEL_THRESHOLD = 64
@@ -44,11 +44,13 @@ class MotionRecord:
     usd: str | None = None  # USD path, absolute
     bps: bool = False
     hand_actions: bool = False
+    hand_action_kind: str | None = None  # discrete (-1/+1) | continuous (upstream export) | None
     contacts: bool = False
     root_rot: str = "unknown"  # wxyz | xyzw | ambiguous | unknown
     has_objects: bool = False
     has_meta: bool = False
     error: str | None = None  # why the motion could not be read; the record is still listed
+    findings: tuple[dict[str, str], ...] = ()  # motion_checks findings: check, file, key, problem, fix
 
 
 @dataclass
@@ -65,6 +67,7 @@ class LibraryIndex:
     counts: dict[str, int] = field(default_factory=dict)
     orphans: dict[str, list[str]] = field(default_factory=dict)  # objects/meta/usd stems without robot
     duplicates: list[str] = field(default_factory=list)
+    findings: list[dict[str, str]] = field(default_factory=list)  # library-level (shared USD, BPS basis)
     cache: str = "miss"  # hit | partial | miss
     parsed: int = 0  # motions whose pickles were read in this scan
 
@@ -147,19 +150,6 @@ def _sig(st: tuple[int, int] | None) -> list[int] | None:
 # ----------------------------------------------------------------------------- parsing
 
 
-def _inner(obj: Any, key: str) -> dict | None:
-    """Robot/object pickles are ``{key: {...}}``; tolerate a flat dict too (seen in hand-made files)."""
-    if isinstance(obj, dict):
-        if len(obj) == 1:
-            (only,) = obj.values()
-            if isinstance(only, dict):
-                return only
-        if key in obj and isinstance(obj[key], dict):
-            return obj[key]
-        return obj
-    return None
-
-
 def _frames(inner: dict) -> int | None:
     for name in ("dof", "root_trans_offset", "pose_aa", "root_rot"):
         arr = inner.get(name)
@@ -168,44 +158,68 @@ def _frames(inner: dict) -> int | None:
     return None
 
 
-def parse_motion(root: str, key: str, robot: str, objects: str | None, meta: str | None) -> dict[str, Any]:
-    """Read the pickles of one motion and return the cached (parsed) fields."""
-    out: dict[str, Any] = {
-        "frames": None, "fps": None, "object_name": None, "hand_actions": False,
-        "contacts": False, "root_rot": "unknown", "error": None,
-    }
+def _load(path: str, findings: list) -> Any:
+    """The pickle's content, or None with a ``readable`` finding naming the file."""
     try:
-        robot_obj = _inner(safe_pickle.load(os.path.join(root, robot)), key)
-        if robot_obj is None:
-            raise DataError("robot pickle is not a dict", path=os.path.join(root, robot))
-        out["frames"] = _frames(robot_obj)
-        fps = robot_obj.get("fps")
-        out["fps"] = float(fps) if fps is not None else None
-        out["hand_actions"] = "hand_action_left" in robot_obj and "hand_action_right" in robot_obj
-        root_rot = robot_obj.get("root_rot")
-        pose_aa = robot_obj.get("pose_aa")
-        if root_rot is not None:
-            out["root_rot"] = detect_root_rot_convention(
-                np.asarray(root_rot), None if pose_aa is None else np.asarray(pose_aa)
-            )
-        if objects:
-            obj = _inner(safe_pickle.load(os.path.join(root, objects)), key) or {}
-            out["contacts"] = any(
-                isinstance(obj.get(k), dict) and len(obj[k]) > 0
-                for k in ("contact_points_left_hand", "contact_points_right_hand")
-            )
-            if obj.get("object_name") is not None:
-                out["object_name"] = str(obj["object_name"])
-        if meta:
-            m = safe_pickle.load(os.path.join(root, meta))
-            if isinstance(m, dict) and m.get("object_name") is not None:
-                out["object_name"] = str(m["object_name"])
+        return safe_pickle.load(path)
     except GrailError as exc:
-        out["error"] = exc.render()
+        findings.append(motion_checks.finding("readable", path, "", exc.problem,
+                                              exc.fix or "re-export or regenerate this file"))
+        return _UNREADABLE
+
+
+_UNREADABLE = object()
+
+
+def parse_motion(root: str, key: str, robot: str, objects: str | None, meta: str | None,
+                 usd: str | None = None, bps: str | None = None, bps_dim: int | None = None) -> dict[str, Any]:
+    """Read and check the files of one motion; return the cached (parsed) fields and findings.
+
+    ``error`` is set when the robot pickle itself cannot be used (unreadable, wrong structure):
+    such a motion has no frame count and nothing downstream may rely on it.
+    """
+    findings: list[dict[str, str]] = []
+    out: dict[str, Any] = {
+        "frames": None, "fps": None, "object_name": None, "hand_actions": False, "hand_action_kind": None,
+        "contacts": False, "root_rot": "unknown", "error": None, "findings": findings,
+    }
+    robot_path = os.path.join(root, robot)
+    raw = _load(robot_path, findings)
+    inner = None if raw is _UNREADABLE else motion_checks.unwrap(raw, key, robot_path, findings, "robot")
+    if inner is None:
+        out["error"] = findings[0]["problem"] + "\n  fix: " + findings[0]["fix"]
+    else:
+        frames, fps, kind = motion_checks.check_robot(inner, robot_path, findings)
+        out["frames"] = frames if frames is not None else _frames(inner)
+        out["fps"] = fps
+        out["hand_actions"] = kind is not None
+        out["hand_action_kind"] = kind
+        root_rot = inner.get("root_rot")
+        pose_aa = inner.get("pose_aa")
+        if isinstance(root_rot, np.ndarray) and root_rot.ndim == 2 and root_rot.shape[1] == 4 and len(root_rot):
+            out["root_rot"] = detect_root_rot_convention(
+                root_rot, pose_aa if isinstance(pose_aa, np.ndarray) and pose_aa.ndim == 3 else None)
+    if objects:
+        obj_path = os.path.join(root, objects)
+        raw = _load(obj_path, findings)
+        obj = None if raw is _UNREADABLE else motion_checks.unwrap(raw, key, obj_path, findings, "objects")
+        if obj is not None:
+            out["contacts"] = motion_checks.check_objects(obj, obj_path, out["frames"], out["fps"], findings)
+            if isinstance(obj.get("object_name"), str):
+                out["object_name"] = obj["object_name"]
+    if meta:
+        meta_path = os.path.join(root, meta)
+        raw = _load(meta_path, findings)
+        if raw is not _UNREADABLE and (name := motion_checks.check_meta(raw, key, meta_path, findings)) is not None:
+            out["object_name"] = name
+    if usd:
+        motion_checks.check_usd(usd, findings)
+    if bps:
+        motion_checks.check_bps(bps, bps_dim, findings)
     return out
 
 
-def _parse_many(root: str, jobs: list[tuple[str, str, str | None, str | None]]) -> list[dict[str, Any]]:
+def _parse_many(root: str, jobs: list[tuple]) -> list[dict[str, Any]]:
     return [parse_motion(root, *job) for job in jobs]
 
 
@@ -302,7 +316,8 @@ def scan_library(
         usd_path, usd_note = sib, f"object_usd/ taken from the non-_ha sibling {sib.parent}"
     else:
         usd_path = root / "object_usd"
-    usd_files = _list_files(usd_path, USD_SUFFIXES, recursive=True, stat=False)
+    # USD and BPS files are stat'ed because their content checks are cached by (size, mtime) too.
+    usd_files = _list_files(usd_path, USD_SUFFIXES, recursive=True)
 
     placeholder = None
     for cand in (root / f"{FLAT_PLACEHOLDER}.usd", usd_path / f"{FLAT_PLACEHOLDER}.usd"):
@@ -318,34 +333,54 @@ def scan_library(
     else:
         bps_path = _ha_sibling(root, "bps")
     bps_stems: set[str] = set()
+    bps_files: dict[str, tuple[int, int]] = {}
     bps_basis = False
+    bps_dim: int | None = None
+    lib_findings: list[dict[str, str]] = []
     if bps_path is not None and bps_path.is_dir():
-        for rel in _list_files(bps_path, (".npy",), recursive=False, stat=False):
+        bps_files = _list_files(bps_path, (".npy",), recursive=False)
+        for rel in bps_files:
             if rel == "_basis.npy":
                 bps_basis = True
             elif not rel.startswith("_"):
                 bps_stems.add(_stem(rel))
+        if bps_basis:
+            basis = str(bps_path / "_basis.npy")
+            bps_dim, why = motion_checks.bps_basis_problem(basis)
+            if why:
+                lib_findings.append(motion_checks.finding("bps-embedding", basis, "", why,
+                                                          "re-run compute_bps; it writes _basis.npy (N,3)"))
 
     robots, dup_robot = _by_stem(robot_files)
     objs, _ = _by_stem(object_files)
     metas, _ = _by_stem(meta_files)
     usds, _ = _by_stem(usd_files)
     shared_usd = str(usd_path / next(iter(usd_files))) if len(usd_files) == 1 and len(robots) > 1 else None
+    # Shared files are checked once per scan (a handful of files), not once per motion.
+    for shared in filter(None, (shared_usd, placeholder)):
+        motion_checks.check_usd(shared, lib_findings)
 
     cache = _load_cache(root) if use_cache else {}
     new_cache: dict[str, Any] = {}
-    todo: list[tuple[str, str, str | None, str | None]] = []
+    todo: list[tuple] = []
     sigs: dict[str, list] = {}
+    usd_base = str(usd_path) + "/"
+    bps_base = str(bps_path) + "/" if bps_path is not None else ""
     for key, rel in robots.items():
         o = objs.get(key)
         m = metas.get(key)
-        sig = [_sig(robot_files[rel]), _sig(object_files.get(o) if o else None), _sig(meta_files.get(m) if m else None)]
+        u = None if shared_usd else usds.get(key)
+        b = key + ".npy" if key in bps_stems else None
+        # Everything the verdict depends on: each file's (size, mtime) and the basis length.
+        sig = [_sig(robot_files[rel]), _sig(object_files.get(o) if o else None), _sig(meta_files.get(m) if m else None),
+               _sig(usd_files[u]) if u else None, _sig(bps_files[b]) if b else None, bps_dim]
         sigs[key] = sig
         hit = cache.get(key)
         if hit is not None and hit.get("sig") == sig and hit.get("robot") == rel:
             new_cache[key] = hit
         else:
-            todo.append((key, "robot/" + rel, "objects/" + o if o else None, "meta/" + m if m else None))
+            todo.append((key, "robot/" + rel, "objects/" + o if o else None, "meta/" + m if m else None,
+                         usd_base + u if u else None, bps_base + b if b else None, bps_dim))
 
     if todo:
         results = _parse_all(str(root), todo, workers, progress)
@@ -356,7 +391,6 @@ def scan_library(
         _save_cache(root, new_cache)
 
     motions = []
-    usd_base = str(usd_path) + "/"
     for key in sorted(robots):
         c = new_cache[key]
         usd_rel = usds.get(key)
@@ -370,11 +404,13 @@ def scan_library(
                 usd=usd_base + usd_rel if usd_rel else None,
                 bps=key in bps_stems,
                 hand_actions=c["hand_actions"],
+                hand_action_kind=c["hand_action_kind"],
                 contacts=c["contacts"],
                 root_rot=c["root_rot"],
                 has_objects=key in objs,
                 has_meta=key in metas,
                 error=c["error"],
+                findings=tuple(c["findings"]),
             )
         )
 
@@ -403,6 +439,7 @@ def scan_library(
         },
         orphans=orphans,
         duplicates=dup_robot,
+        findings=lib_findings,
         cache="miss" if len(todo) == len(robots) and robots else ("partial" if todo else "hit"),
         parsed=len(todo),
     )

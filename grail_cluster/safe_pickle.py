@@ -117,12 +117,51 @@ def load(path: str | Path) -> Any:
                 if isinstance(fobj, str):
                     raise DataError("pickle written by joblib < 0.10, which is not supported", path=path, fix=FIX)
                 return _SAFE_JOBLIB(path, fobj, True).load()
-    except UnsafePickleError:
+    except DataError:
         raise
     except FileNotFoundError as exc:
         raise DataError("file not found", path=path) from exc
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, OSError) as exc:
-        raise DataError(f"cannot read pickle: {exc}", path=path, fix="re-export or regenerate this file") from exc
+    except IsADirectoryError as exc:
+        raise DataError("is a directory, not a pickle", path=path, fix="remove or rename it") from exc
+    except PermissionError as exc:
+        raise DataError("permission denied", path=path, fix="make the file readable by this user") from exc
+    except RecursionError as exc:
+        raise DataError("cannot read pickle: nested too deeply", path=path, fix=_REGEN) from exc
+    except Exception as exc:  # noqa: BLE001 - see below
+        # A malformed stream can fail anywhere inside pickle or joblib: KeyError for an unknown
+        # opcode, struct.error, zlib/lzma errors, MemoryError for a huge bogus length... Each is the
+        # same fact for the user: this file is not a readable GRAIL pickle.
+        raise DataError(f"cannot read pickle ({_describe(exc, path)})", path=path, fix=_REGEN) from exc
+
+
+def _looks_like_text(head: bytes) -> bool:
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return all(c.isprintable() or c in "\t\r\n" for c in text)
+
+
+_REGEN = "re-export or regenerate this file (it must be a joblib/pickle file of GRAIL data)"
+
+
+def _describe(exc: BaseException, path: str) -> str:
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(16)
+    except OSError:
+        head = b""
+    if not head:
+        return "the file is empty"
+    if head.lstrip()[:1] in (b"{", b"["):
+        return "it is JSON, not a pickle"
+    if head[:1] != b"\x80" and _looks_like_text(head):
+        return "it is a text file, not a pickle"
+    if isinstance(exc, EOFError | pickle.UnpicklingError) and "truncated" in str(exc).lower() or isinstance(exc, EOFError):
+        return "the stream ends early: truncated file"
+    if isinstance(exc, KeyError):
+        return f"unknown pickle opcode {exc}"
+    return f"{type(exc).__name__}: {str(exc)[:160]}"
 
 
 class _NeedsJoblib(Exception):
