@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import bisect
 import json
+import math
 import os
 import shutil
 import sys
@@ -21,10 +22,10 @@ from typing import Any
 import numpy as np
 
 from .. import safe_pickle
-from ..errors import EXIT_OK, EXIT_PROBLEMS, DataError, GrailError
+from ..errors import EXIT_OK, EXIT_PROBLEMS, ConfigError, DataError, GrailError
 from ..quaternions import wxyz_to_xyzw
 from . import g1
-from .io import atomic_dir, dumps_json, sha256_file, write_json, write_pickle
+from .io import atomic_dir, dumps_json, finite_or_none, sha256_file, write_json, write_pickle
 
 TRAJ_SUBDIRS = ("", "trajectories", "export_render", "render_results")
 VIDEO_SUBDIRS = ("", "vis", "videos", "render_results", "export_render", "trajectories")
@@ -43,17 +44,37 @@ def find_metrics(eval_dir: Path) -> Path:
                     fix="point --eval_dir at a finished eval shard dir (eval/step_S/phase1_shard_i)")
 
 
+METRIC_COLUMNS = ("terminated", "progress", "obj_pos_error", "obj_ori_error", "mpjpe_g", "mpjpe_l")
+
+
 def read_metrics(path: Path) -> dict[str, list]:
-    """The per-motion parallel lists of ``eval/all_metrics_dict`` (validated)."""
+    """The per-motion parallel lists of ``eval/all_metrics_dict`` (validated).
+
+    A column that is absent takes its default (``terminated`` False, ``progress`` 1.0: SONIC forces
+    progress to 1 for a motion that did not terminate, contracts §4.2; the others None). A column
+    that is present must have one entry per motion key, of the right type (numbers may be null or
+    NaN: :func:`judge` decides what a non-finite value means).
+    """
+    fix = "re-run the eval shard; eval/all_metrics_dict holds parallel per-motion lists (contracts §4.2)"
     try:
         data = json.loads(path.read_text())
         table = data["eval/all_metrics_dict"]
-        keys = list(table["motion_keys"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise DataError(f"malformed metrics_eval.json ({exc!r})", path=path,
-                        fix="re-run the eval shard; eval/all_metrics_dict.motion_keys is required") from exc
+        keys = table["motion_keys"]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read metrics_eval.json ({exc})", path=path, fix=fix) from None
+    except ValueError as exc:
+        raise DataError(f"malformed metrics_eval.json (invalid JSON: {exc})", path=path, fix=fix) from None
+    except (KeyError, TypeError) as exc:
+        raise DataError(f"malformed metrics_eval.json (no {exc!s} in eval/all_metrics_dict)", path=path, fix=fix) from None
+    if not isinstance(keys, list) or not all(isinstance(k, str) and k for k in keys):
+        raise DataError("malformed metrics_eval.json: eval/all_metrics_dict.motion_keys must be a list of "
+                        "non-empty strings", path=path, fix=fix)
+    if len(set(keys)) != len(keys):
+        dup = sorted({k for k in keys if keys.count(k) > 1})
+        raise DataError(f"eval/all_metrics_dict.motion_keys lists {len(dup)} key(s) twice (e.g. {dup[0]!r})",
+                        path=path, fix=fix)
     n = len(keys)
-    out: dict[str, list] = {"motion_keys": keys}
+    out: dict[str, list] = {"motion_keys": list(keys)}
     for name, default in (("terminated", False), ("progress", 1.0), ("obj_pos_error", None),
                           ("obj_ori_error", None), ("mpjpe_g", None), ("mpjpe_l", None)):
         col = table.get(name)
@@ -61,20 +82,50 @@ def read_metrics(path: Path) -> dict[str, list]:
             col = [default] * n
         if not isinstance(col, list) or len(col) != n:
             raise DataError(f"eval/all_metrics_dict.{name} has {len(col) if isinstance(col, list) else '?'} "
-                            f"entries for {n} motion_keys", path=path, fix="re-run the eval shard")
+                            f"entries for {n} motion_keys", path=path, fix=fix)
+        for i, v in enumerate(col):
+            # bool("false") is True: a terminated flag that is not a JSON boolean is not guessed at.
+            bad = (not isinstance(v, bool) and v not in (0, 1)) if name == "terminated" else (
+                v is not None and (isinstance(v, bool) or not isinstance(v, int | float)))
+            if bad:
+                want = "a boolean" if name == "terminated" else "a number or null"
+                raise DataError(f"eval/all_metrics_dict.{name}[{i}] (motion {keys[i]!r}) is {v!r}, not {want}",
+                                path=path, fix=fix)
         out[name] = col
+    # Not a per-motion column: which columns took their default (recorded in the manifest).
+    out["absent_columns"] = [name for name in METRIC_COLUMNS if table.get(name) is None]
     return out
 
 
-def is_success(row: dict, min_progress: float, obj_pos_threshold: float | None) -> bool:
+def judge(row: dict, min_progress: float, obj_pos_threshold: float | None) -> tuple[bool, str | None]:
+    """(success, rejection reason). A reason means the metrics cannot show success either way.
+
+    The rule: a terminated motion failed. Otherwise ``progress`` must be a finite number >= min_progress
+    (NaN or null cannot be shown to reach it, so such a motion is rejected, never exported), and with
+    a threshold ``obj_pos_error`` must be a finite number <= it (NaN or null: rejected).
+    """
     if bool(row["terminated"]):
-        return False
-    if float(row["progress"] if row["progress"] is not None else 0.0) < min_progress:
-        return False
+        return False, None
+    progress = row["progress"]
+    if progress is None or not math.isfinite(float(progress)):
+        return False, f"progress is {_show(progress)}: it cannot be shown to be >= min_progress {min_progress}"
+    if float(progress) < min_progress:
+        return False, None
     if obj_pos_threshold is not None:
         err = row["obj_pos_error"]
-        return err is not None and float(err) <= obj_pos_threshold
-    return True
+        if err is None or not math.isfinite(float(err)):
+            return False, (f"obj_pos_error is {_show(err)}: it cannot be shown to be <= --obj_pos_threshold "
+                           f"{obj_pos_threshold}")
+        return float(err) <= obj_pos_threshold, None
+    return True, None
+
+
+def is_success(row: dict, min_progress: float, obj_pos_threshold: float | None) -> bool:
+    return judge(row, min_progress, obj_pos_threshold)[0]
+
+
+def _show(v: Any) -> str:
+    return "missing (null)" if v is None else repr(float(v))
 
 
 def find_trajectory(eval_dir: Path, key: str, env_idx: int) -> Path | None:
@@ -122,12 +173,89 @@ def load_trajectory(path: Path) -> dict:
     if dof.shape[1] < g1.NUM_BODY_DOF or len(dof) == 0:
         raise DataError(f"dof_pos has {dof.shape[1]} joints and {len(dof)} frames; need >= 29 joints", path=path)
     F = len(dof)
-    out = {"dof_pos": dof, "fps": float(traj.get("fps") or DEFAULT_FPS),
+    fps = traj.get("fps")
+    if fps is None:
+        fps = DEFAULT_FPS  # the recorder's rate (contracts §4.3) when a trajectory does not say
+    elif isinstance(fps, bool) or not isinstance(fps, int | float | np.integer | np.floating):
+        raise DataError(f"trajectory fps is {fps!r}, not a number", path=path,
+                        fix="re-record the trajectory (the recorder writes fps = 25.0)")
+    out = {"dof_pos": dof, "fps": float(fps),
            "root_pos_w": _array(traj, "root_pos_w", path, (3,), F),
            "root_quat_w": _array(traj, "root_quat_w", path, (4,), F)}
     for name, tail in (("object_pos_w", (3,)), ("object_quat_w", (4,)), ("table_pos_w", (3,)), ("table_quat_w", (4,))):
         out[name] = None if traj.get(name) is None else _array(traj, name, path, tail, F)
     return out
+
+
+TRAJECTORY_ARRAYS = ("dof_pos", "root_pos_w", "root_quat_w", "object_pos_w", "object_quat_w", "table_pos_w",
+                     "table_quat_w")
+
+
+def _count_bad(arr: np.ndarray) -> str | None:
+    """``"3 NaN, 1 Inf (first at frame 7)"`` for an array with non-finite values, else None."""
+    bad = ~np.isfinite(arr)
+    if not bad.any():
+        return None
+    n_nan, n_inf = int(np.isnan(arr).sum()), int(np.isinf(arr).sum())
+    first = int(np.argwhere(bad)[0][0]) if arr.ndim else 0
+    return f"{n_nan} NaN, {n_inf} Inf (first at frame {first})"
+
+
+def trajectory_defects(traj: dict) -> list[str]:
+    """Why a (well-formed) trajectory cannot be exported: non-finite values, zero-length quaternions,
+    a non-positive or non-finite fps. Empty when it is fine."""
+    out = []
+    fps = traj["fps"]
+    if not math.isfinite(fps) or fps <= 0:
+        out.append(f"fps is {fps!r}; it must be a finite number > 0")
+    for name in TRAJECTORY_ARRAYS:
+        arr = traj.get(name)
+        if arr is None:
+            continue
+        bad = _count_bad(arr)
+        if bad:
+            out.append(f"trajectory {name} holds {bad}")
+        elif name.endswith("quat_w") and (np.linalg.norm(arr, axis=-1) < 1e-6).any():
+            first = int(np.argmax(np.linalg.norm(arr, axis=-1) < 1e-6))
+            out.append(f"trajectory {name} has a zero-length quaternion (first at frame {first})")
+    return out
+
+
+def output_defects(entries: dict[str, Any]) -> list[str]:
+    """Non-finite numbers anywhere in what would be written (``{"robot": {...}, ...}``), by field."""
+    out: list[str] = []
+
+    def walk(value: Any, where: str) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(v, f"{where}.{k}")
+        elif isinstance(value, list | tuple):
+            for i, v in enumerate(value):
+                walk(v, f"{where}[{i}]")
+        elif isinstance(value, np.ndarray):
+            if value.dtype.kind in "fc":
+                bad = _count_bad(value)
+                if bad:
+                    out.append(f"{where} holds {bad}")
+            elif value.dtype.kind == "O":
+                walk(list(value.reshape(-1)), where)
+        elif isinstance(value, float | np.floating) and not math.isfinite(float(value)):
+            out.append(f"{where} is {float(value)!r}")
+
+    for name, entry in entries.items():
+        walk(entry, name)
+    return out
+
+
+def hand_action_kind(*arrays: Any) -> str:
+    """``discrete`` when every value is -1 or +1 (the public fork's open/closed signal, and this
+    project's), ``continuous`` otherwise (GRAIL's upstream release writes the mean absolute hand
+    joint position). Neither is turned into the other; readers record which one they saw."""
+    vals = np.concatenate([np.asarray(a, np.float64).reshape(-1) for a in arrays]) if arrays else np.zeros(0)
+    vals = vals[np.isfinite(vals)]
+    if vals.size == 0:
+        return "none"
+    return "discrete" if bool(np.all(np.abs(np.abs(vals) - 1.0) <= 1e-6)) else "continuous"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -239,10 +367,20 @@ def robot_entry(traj: dict, src_robot: dict | None, src_path: Path | None, need_
     }
     has = src_robot is not None and all(src_robot.get(f"hand_action_{s}") is not None for s in ("left", "right"))
     if has:
-        src_fps = float(src_robot.get("fps") or 30)
+        fix = "regenerate this motion with grail.retargeting.process (`grail-cluster doctor` lists every such file)"
+        src_fps = src_robot.get("fps") or 30  # retarget writes int 30 (contracts §1.2)
+        if isinstance(src_fps, bool) or not isinstance(src_fps, int | float | np.integer | np.floating) \
+                or not math.isfinite(float(src_fps)) or float(src_fps) <= 0:
+            raise DataError(f"source robot fps is {src_fps!r}; hand actions cannot be resampled to the rollout",
+                            path=src_path, fix=fix)
         for side in ("left", "right"):
-            act = np.asarray(src_robot[f"hand_action_{side}"], np.float32).reshape(-1)
-            out[f"hand_action_{side}"] = resample_nearest(act, src_fps, fps, F)
+            try:
+                act = np.asarray(src_robot[f"hand_action_{side}"], np.float32).reshape(-1)
+            except (TypeError, ValueError):
+                act = None
+            if act is None or act.size == 0:
+                raise DataError(f"source hand_action_{side} is empty or not numeric", path=src_path, fix=fix)
+            out[f"hand_action_{side}"] = resample_nearest(act, float(src_fps), fps, F)
     elif need_hands:
         raise DataError(
             "the source robot pickle has no hand_action_left/right; the discrete hand signal cannot be "
@@ -282,12 +420,21 @@ def meta_entry(traj: dict, src_meta: dict | None) -> dict:
 # Export
 # ----------------------------------------------------------------------------------------------
 def _plan(eval_dir: Path, src: Source, metrics: dict, min_progress: float, threshold: float | None,
-          need_hands: bool, videos: bool) -> tuple[list[dict], int]:
-    """Read and convert every successful motion (all reads happen here, before any write)."""
-    items, skipped = [], 0
+          need_hands: bool, videos: bool) -> tuple[list[dict], int, list[dict]]:
+    """Read and convert every successful motion (all reads happen here, before any write).
+
+    Returns (items, skipped without a trajectory, rejected). A rejected motion is one that is not
+    terminated but cannot be exported: its metrics cannot show success (NaN/null progress or object
+    error) or its rollout holds non-finite values. It counts as failed and is never written.
+    """
+    items, skipped, rejected = [], 0, []
     for env_idx, key in enumerate(metrics["motion_keys"]):
-        row = {name: col[env_idx] for name, col in metrics.items()}
-        if not is_success(row, min_progress, threshold):
+        row = {name: metrics[name][env_idx] for name in METRIC_COLUMNS}
+        ok, why = judge(row, min_progress, threshold)
+        if why is not None:
+            rejected.append({"motion_key": key, "env_idx": env_idx, "reason": why, "file": "metrics_eval.json"})
+            continue
+        if not ok:
             continue
         traj_path = find_trajectory(eval_dir, key, env_idx)
         if traj_path is None:
@@ -297,14 +444,27 @@ def _plan(eval_dir: Path, src: Source, metrics: dict, min_progress: float, thres
             raise DataError(f"motion {key!r} is not in the source library", path=src.root / "robot",
                             fix="--source_data must be the library this shard evaluated")
         traj = load_trajectory(traj_path)
-        items.append({
-            "key": key, "env_idx": env_idx, "row": row,
+        defects = trajectory_defects(traj)
+        if defects:
+            rejected.append({"motion_key": key, "env_idx": env_idx, "reason": "; ".join(defects),
+                             "file": str(traj_path)})
+            continue
+        entries = {
             "robot": robot_entry(traj, src.inner(src.robot, key, "robot"), src.robot[key], need_hands),
             "objects": objects_entry(traj, src.inner(src.objects, key, "objects")),
             "meta": meta_entry(traj, src.inner(src.meta, key, "meta")),
-            "video": find_video(eval_dir, key, env_idx) if videos else None,
-        })
-    return items, skipped
+        }
+        defects = output_defects(entries)
+        if defects:  # e.g. NaN hand actions or contact points carried over from the source library
+            rejected.append({"motion_key": key, "env_idx": env_idx, "file": str(src.robot[key]),
+                             "reason": "the exported motion would hold non-finite values: " + "; ".join(defects)})
+            continue
+        robot = entries["robot"]
+        kind = (hand_action_kind(robot["hand_action_left"], robot["hand_action_right"])
+                if "hand_action_left" in robot else "none")
+        items.append({"key": key, "env_idx": env_idx, "row": row, **entries, "hand_action_kind": kind,
+                      "video": find_video(eval_dir, key, env_idx) if videos else None})
+    return items, skipped, rejected
 
 
 def _write(tmp: Path, src: Source, items: list[dict]) -> list[str]:
@@ -339,8 +499,20 @@ def _outputs(root: Path) -> dict[str, str]:
             for p in sorted(root.rglob("*")) if p.is_file() and p.name != MANIFEST and not p.name.startswith(".")}
 
 
-def _num(v: Any) -> float | None:
-    return None if v is None else float(v)
+PROGRESS_RULE = ("success = not terminated, progress >= min_progress and, with obj_pos_threshold, "
+                 "obj_pos_error <= obj_pos_threshold; a NaN or null progress (or object error, when a threshold is "
+                 "set) cannot be shown to pass, so that motion is rejected, never exported; a shard without a "
+                 "progress column takes progress 1.0 for motions that did not terminate (SONIC forces it, "
+                 "contracts §4.2); a rollout with NaN/Inf values or zero-length quaternions is rejected")
+
+
+def _hand_kind_summary(items: list[dict]) -> tuple[str, dict[str, int]]:
+    counts: dict[str, int] = {}
+    for it in items:
+        counts[it["hand_action_kind"]] = counts.get(it["hand_action_kind"], 0) + 1
+    kinds = sorted(k for k in counts if k != "none")
+    kind = kinds[0] if len(kinds) == 1 else ("mixed" if kinds else "none")
+    return kind, dict(sorted(counts.items()))
 
 
 def export_shard(eval_dir: str | Path, source_data: str | Path, output_dir: str | Path, *,
@@ -348,25 +520,40 @@ def export_shard(eval_dir: str | Path, source_data: str | Path, output_dir: str 
                  hand_actions: bool = True, checkpoint: str | None = None, step: int | None = None) -> dict:
     """Export the successful rollouts of one eval shard into ``output_dir``; return the manifest."""
     eval_dir, source_data, output_dir = Path(eval_dir), Path(source_data), Path(output_dir)
-    metrics = read_metrics(find_metrics(eval_dir))
+    for name, value in (("--min_progress", min_progress), ("--obj_pos_threshold", obj_pos_threshold)):
+        if value is not None and not math.isfinite(float(value)):
+            raise ConfigError(f"{name} must be a finite number, got {value!r}")
+    metrics_path = find_metrics(eval_dir)
+    metrics = read_metrics(metrics_path)
     src = Source.scan(source_data)
-    items, skipped = _plan(eval_dir, src, metrics, min_progress, obj_pos_threshold, hand_actions, videos)
+    items, skipped, rejected = _plan(eval_dir, src, metrics, min_progress, obj_pos_threshold, hand_actions, videos)
+    for r in rejected:
+        if r["file"] == "metrics_eval.json":
+            r["file"] = str(metrics_path)
+    kind, kinds = _hand_kind_summary(items)
     manifest = {
         "source_eval_dir": str(eval_dir.resolve()),
         "source_data_dir": str(source_data.resolve()),
         "obj_pos_threshold": obj_pos_threshold,
         "min_progress": min_progress,
+        "success_rule": PROGRESS_RULE,
+        "defaulted_metrics": metrics["absent_columns"],
         "total_motions_evaluated": len(metrics["motion_keys"]),
+        # JSON has no NaN: a non-finite metric is written as null.
         "exported_motions": [
-            {"motion_key": it["key"], "env_idx": it["env_idx"], "obj_pos_error": _num(it["row"]["obj_pos_error"]),
-             "obj_ori_error": _num(it["row"]["obj_ori_error"]), "mpjpe_g": _num(it["row"]["mpjpe_g"]),
-             "progress": _num(it["row"]["progress"])} for it in items],
+            {"motion_key": it["key"], "env_idx": it["env_idx"],
+             **{n: finite_or_none(it["row"][n]) for n in ("obj_pos_error", "obj_ori_error", "mpjpe_g", "progress")},
+             "hand_action_kind": it["hand_action_kind"]} for it in items],
         "exported_count": len(items),
         "skipped_no_trajectory": skipped,
+        "rejected": rejected,
+        "rejected_count": len(rejected),
         "checkpoint": checkpoint,
         "step": step,
         "root_rot_convention": "xyzw",
         "hand_actions": "source" if hand_actions else "optional",
+        "hand_action_kind": kind,
+        "hand_action_kinds": kinds,
     }
     with atomic_dir(output_dir) as tmp:
         manifest["missing_usd"] = _write(tmp, src, items)
@@ -457,7 +644,14 @@ def cmd_export(args) -> int:
     else:
         print(f"exported {manifest['exported_count']}/{manifest['total_motions_evaluated']} motions to "
               f"{args.output_dir} (skipped, no trajectory: {manifest['skipped_no_trajectory']}; "
-              f"missing USD: {len(manifest['missing_usd'])})")
+              f"rejected: {manifest['rejected_count']}; missing USD: {len(manifest['missing_usd'])}; "
+              f"hand actions: {manifest['hand_action_kind']})")
+        for r in manifest["rejected"]:
+            # One line per motion, key and file whole, so `grep KEY export.log` finds it.
+            print(f"rejected {r['motion_key']}: {r['file']}: {r['reason']}")
+        if manifest["rejected"]:
+            print("  fix: rejected motions count as failed and were not written; re-evaluate them (a diverged "
+                  "rollout records NaN) or repair the named files, then export again")
     return EXIT_OK
 
 
