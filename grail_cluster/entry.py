@@ -158,8 +158,9 @@ def _merge(plan: RunPlan, index: int) -> int:
                         source_data=plan.library["root"], provenance=read_provenance(plan.run_dir))
     if not report["sound"]:
         raise DataError(f"the merge of step {step} is not sound: {'; '.join(report.get('problems', []))[:300]}",
-                        path=report.get("output"), fix="inspect it with `grail-cluster merge --json`, then resubmit the "
-                                                         "export shards it names")
+                        path=report.get("output"), fix="it was written there, not to merged/; read the findings in its "
+                                                         "export_manifest.json (or `grail-cluster merge --json`), then "
+                                                         "resubmit the export shards it names")
     manifest = os.path.join(report["output"], "export_manifest.json")
     write_marker(plan.run_dir, "merge", index, plan.plan_hash,
                  _digests([manifest]))

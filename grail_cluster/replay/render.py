@@ -69,7 +69,7 @@ import numpy as np
 from .. import safe_pickle
 from ..data import g1
 from ..data.bps import USD_SUFFIXES
-from ..data.export import find_metrics, find_trajectory, load_trajectory, read_metrics
+from ..data.export import find_metrics, find_trajectory, hand_action_kind, load_trajectory, read_metrics
 from ..errors import EXIT_OK, EXIT_PROBLEMS, ConfigError, DataError, GrailError
 from ..quaternions import detect_root_rot_convention, xyzw_to_wxyz
 
@@ -273,21 +273,36 @@ def motion_from_library(task: Task, settings: RenderSettings) -> Motion:
         if convention not in ("wxyz", "xyzw"):
             convention = task.fallback_convention
     root_quat = root_rot if convention == "wxyz" else xyzw_to_wxyz(root_rot)
-    hand = None
+    hand, hand_note = None, None
     if robot.get("hand_dof_pos") is not None:
         hand = _per_frame(robot["hand_dof_pos"], T, g1.NUM_HAND_DOF, "hand_dof_pos", rpath)
     elif dof.shape[1] >= g1.NUM_BODY_DOF + g1.NUM_HAND_DOF:
         hand = dof[:, g1.NUM_BODY_DOF: g1.NUM_BODY_DOF + g1.NUM_HAND_DOF]
     elif robot.get("hand_action_left") is not None and robot.get("hand_action_right") is not None:
-        left = _per_frame(robot["hand_action_left"], T, 1, "hand_action_left", rpath)[:, 0] > 0
-        right = _per_frame(robot["hand_action_right"], T, 1, "hand_action_right", rpath)[:, 0] > 0
+        left = _per_frame(robot["hand_action_left"], T, 1, "hand_action_left", rpath)[:, 0]
+        right = _per_frame(robot["hand_action_right"], T, 1, "hand_action_right", rpath)[:, 0]
+        _check_finite(rpath, hand_action_left=left, hand_action_right=right)
+        kind = hand_action_kind(left, right)
         hand = np.zeros((T, g1.NUM_HAND_DOF))
-        hand[left, :7] = HAND_CLOSED[:7]
-        hand[right, 7:] = HAND_CLOSED[7:]
-    fps = float(robot.get("fps") or 30.0)
+        if kind == "discrete":  # -1 open, +1 closed (contracts §1.2)
+            hand[left > 0, :7] = HAND_CLOSED[:7]
+            hand[right > 0, 7:] = HAND_CLOSED[7:]
+        else:
+            # GRAIL's upstream release: the mean |hand joint position| per hand. Draw the closed pose
+            # scaled so its mean |joint| equals that value (open at 0, closed at the closed pose's).
+            for cols, act in ((slice(0, 7), left), (slice(7, 14), right)):
+                full = float(np.mean(np.abs(HAND_CLOSED[cols])))
+                hand[:, cols] = np.clip(act / full, 0.0, 1.0)[:, None] * HAND_CLOSED[cols][None]
+        hand_note = f"hand_action: {kind}"
+    fps = robot.get("fps") or 30.0
+    if isinstance(fps, bool) or not isinstance(fps, int | float | np.integer | np.floating):
+        raise DataError(f"robot fps is {fps!r}, not a number", path=rpath, fix="regenerate this motion")
+    fps = float(fps)
     m = Motion(task.key, fps if fps > 0 else 30.0, _per_frame(robot["root_trans_offset"], T, 3, "root_trans_offset", rpath),
                _unit_quats(root_quat, "root_rot", rpath), dof[:, : g1.NUM_BODY_DOF], hand)
     m.notes.append(f"root_rot read as {convention}")
+    if hand_note:
+        m.notes.append(hand_note)
     if task.objects:
         obj = _inner(task.objects, task.key, "objects")
         if obj.get("root_pos") is not None and task.usd:
@@ -1058,6 +1073,12 @@ def execute(tasks: list[Task], planned_failures: dict[str, str], output_dir: str
         output_dir.mkdir(parents=True, exist_ok=True)
         sheet = write_contact_sheet(output_dir / CONTACT_SHEET, thumbs)
     videos = [{k: v for k, v in results[t.key].items() if k != "thumb"} for t in tasks if t.key in results]
+    hand_kinds: dict[str, int] = {}
+    for v in videos:  # which hand-action signal each library motion carried (discrete or continuous)
+        for note in v["notes"]:
+            if note.startswith("hand_action: "):
+                hand_kinds[note.split(": ", 1)[1]] = hand_kinds.get(note.split(": ", 1)[1], 0) + 1
+    summary["hand_action_kinds"] = dict(sorted(hand_kinds.items()))
     summary.update(rendered=len(results), skipped=len(skipped), seconds=round(seconds, 3), frames=frames,
                    frames_per_second=round(frames / seconds, 2) if seconds > 0 else 0.0,
                    failed=[{"key": k, "why": w} for k, w in sorted(failed.items())], videos=videos,
