@@ -13,15 +13,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from . import __version__
+from .console import make_console
 from .errors import EXIT_OK, EXIT_PROBLEMS, ConfigError, GrailError
 
-out = Console(soft_wrap=True, emoji=False)
-err = Console(stderr=True, soft_wrap=True, emoji=False)
+# Without a terminal (a log, a pipe) these never fold a key or a path: see console.py.
+out = make_console()
+err = make_console(stderr=True)
 
 OVERRIDES_HELP = (
     "Hydra overrides as SONIC uses them, e.g. pipeline=pnp_table data.motion_lib=/d/pickup_table_ha "
@@ -98,30 +99,46 @@ def cmd_index(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     index = _progress_scan(args.motion_lib, layout=args.layout, usd_dir=args.usd_dir, bps_dir=args.bps_dir,
                            use_cache=not args.no_cache)
+    from .doctor import all_findings, parse_allow
+
     elapsed = time.perf_counter() - t0
+    allow = parse_allow(args.allow)
+    findings = all_findings(index, allow)
+    n_err = sum(1 for f in findings if f["severity"] == "error")
+    code = EXIT_PROBLEMS if n_err else EXIT_OK
     if args.json:
         data = index.to_json()
         data["scan_seconds"] = round(elapsed, 4)
+        data["findings"] = findings
         _print_json(data)
-        return EXIT_OK
-    table = Table(title=f"{index.root} ({index.layout}, {len(index.motions)} motions)")
+        return code
+    # Keys, object names and paths are data: escaped, so `[red]x[/]` in a key prints as itself.
+    table = Table(title=escape(f"{index.root} ({index.layout}, {len(index.motions)} motions)"))
     table.add_column("motion key", overflow="fold", min_width=20)
     for col in ("frames", "fps", "object", "USD", "BPS", "hands", "contacts", "root_rot"):
         table.add_column(col)
     shown = index.motions if args.all else index.motions[:20]
     for m in shown:
-        table.add_row(m.key, str(m.frames), f"{m.fps:g}" if m.fps else "-", m.object_name or "-",
+        table.add_row(escape(m.key), str(m.frames), f"{m.fps:g}" if m.fps else "-", escape(m.object_name or "-"),
                       "yes" if m.usd else "[red]no[/]", "yes" if m.bps else "no", "yes" if m.hand_actions else "no",
                       "yes" if m.contacts else "no", m.root_rot)
     out.print(table)
     if len(shown) < len(index.motions):
         out.print(f"… {len(index.motions) - len(shown)} more (--all to list every motion, --json for scripts)")
     out.print(f"index {index.cache} ({index.parsed} parsed) in {elapsed:.3f} s; fingerprint {index.fingerprint()[:16]}")
-    return EXIT_OK
+    if findings:
+        # Never a silent skip: every file the index could not use is named, one line each.
+        bad = sorted({(f["motion"], f["file"]) for f in findings})
+        err.print(f"[red]{len(bad)} file(s) failed the content checks ({n_err} error(s)):[/]")
+        for f in findings[:20]:
+            err.print(escape(f"  {f['severity']} {f['check']}: {f['file']}: {f['problem']}"), soft_wrap=True)
+        if len(findings) > 20:
+            err.print(f"  … {len(findings) - 20} more; `grail-cluster doctor` explains each with its fix")
+    return code
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from .doctor import diagnose, has_errors, report
+    from .doctor import diagnose, has_errors, parse_allow, report
     from .sonic.root import sonic_problems
 
     opts = _parse_kv(args.overrides, {"pipeline", *DOCTOR_SONIC_KEYS})
@@ -132,14 +149,15 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         layout = "terrain"
     index = _progress_scan(args.motion_lib, layout=layout, usd_dir=args.usd_dir, bps_dir=args.bps_dir,
                            use_cache=not args.no_cache)
-    problems = diagnose(index, needs, opts.get("pipeline"))
+    allow = parse_allow(args.allow)
+    problems = diagnose(index, needs, opts.get("pipeline"), allow)
     if "sonic.root" in opts or "train.finetune.checkpoint" in opts:
         # The SONIC checkout too: trainer, evaluator, fine-tune checkpoint, release config.
         problems += sonic_problems(opts.get("sonic.root"), pipeline=pipeline,
                                    finetune=opts.get("train.finetune.checkpoint") or None,
                                    train_script=opts.get("sonic.train_script", "auto"),
                                    eval_script=opts.get("sonic.eval_script", "auto"))
-    rep = report(index, problems)
+    rep = report(index, problems, allow)
     if args.json:
         _print_json(rep)
     else:
@@ -148,7 +166,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def _print_doctor(rep: dict[str, Any]) -> None:
-    counts = Table(title=f"motion library {rep['library']} ({rep['layout']})", show_header=True)
+    counts = Table(title=escape(f"motion library {rep['library']} ({rep['layout']})"), show_header=True)
     counts.add_column("what")
     counts.add_column("count / value", justify="right")
     for key, value in rep["counts"].items():
@@ -156,8 +174,9 @@ def _print_doctor(rep: dict[str, Any]) -> None:
     counts.add_row("motions", str(rep["num_motions"]))
     counts.add_row("frames (min / max / total)", f"{rep['frames']['min']} / {rep['frames']['max']} / {rep['frames']['total']}")
     counts.add_row("root_rot convention", ", ".join(f"{k}: {v}" for k, v in rep["root_rot"].items()))
-    counts.add_row("object_usd dir", str(rep["usd_dir"]) + (f" ({rep['usd_dir_note']})" if rep["usd_dir_note"] else ""))
-    counts.add_row("bps dir", str(rep["bps_dir"]))
+    counts.add_row("hand actions", ", ".join(f"{k}: {v}" for k, v in rep["hand_action_kind"].items()))
+    counts.add_row("object_usd dir", escape(str(rep["usd_dir"]) + (f" ({rep['usd_dir_note']})" if rep["usd_dir_note"] else "")))
+    counts.add_row("bps dir", escape(str(rep["bps_dir"])))
     if rep["layout"] == "terrain":
         counts.add_row("flat_placeholder.usd", str(rep["flat_placeholder"]))
     out.print(counts)
@@ -169,7 +188,8 @@ def _print_doctor(rep: dict[str, Any]) -> None:
         table.add_column(col, overflow="fold")
     colour = {"error": "red", "warn": "yellow", "info": "cyan"}
     for p in rep["problems"]:
-        table.add_row(f"[{colour[p['severity']]}]{p['severity']}[/]", p["check"], p["path"], p["problem"], p["fix"])
+        table.add_row(f"[{colour[p['severity']]}]{p['severity']}[/]", p["check"], escape(str(p["path"])),
+                      escape(str(p["problem"])), escape(str(p["fix"])))
     out.print(table)
     n_err = sum(1 for p in rep["problems"] if p["severity"] == "error")
     out.print(f"[red]{n_err} error(s)[/]" if n_err else "[green]no errors[/]")
@@ -208,7 +228,12 @@ def _plan_from_overrides(overrides: list[str], *, multirun: bool = False, sweep_
     layout = "terrain" if c["pipeline"]["kind"] == "terrain" else "auto"
     index = _progress_scan(c["data"]["motion_lib"], layout=layout, usd_dir=c["data"].get("object_usd_dir"),
                            bps_dir=c["data"].get("bps_dir"))
-    return build_plan(c, index, provenance=sources(c, index.bps_dir), sweep=sweep)
+    plan = build_plan(c, index, provenance=sources(c, index.bps_dir), sweep=sweep)
+    from .plan_checks import check_cluster  # the scheduler's limits (one sinfo call), before anything is written
+
+    for note in check_cluster(plan):
+        err.print(f"note: {escape(note)}", highlight=False)
+    return plan
 
 
 def _plan_args(args: argparse.Namespace):
@@ -366,6 +391,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--layout", choices=("auto", "hoi", "terrain"), default="auto")
         p.add_argument("--no-cache", action="store_true", help="re-read every pickle (ignore .grail_index.json)")
         p.add_argument("--json", action="store_true", help="machine-readable output")
+        p.add_argument("--allow", action="append", default=[], metavar="CHECK[,CHECK]",
+                       help="report these checks as warnings instead of errors, e.g. --allow quat-norm,contact-frames "
+                            "(only checks that may be allowed; an unknown name lists them; docs/doctor-checks.md "
+                            "says what each one means)")
 
     p = sub.add_parser("index", help="index a motion library (cached) and list its motions",
                        description="Scan a GRAIL motion library into an index cached in the library "

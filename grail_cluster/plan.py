@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .doctor import Problem, diagnose, has_errors
+from .doctor import Problem, diagnose, has_errors, parse_allow
 from .errors import ConfigError, DataError, GrailError
 from .library import LibraryIndex
 from .sharding import balance, make_shards
@@ -278,11 +278,15 @@ def _eval_plan(c: dict[str, Any], index: LibraryIndex, k: int) -> dict[str, Any]
         else:
             num_envs = ev["num_envs"] or size
             if num_envs < size:
+                # SONIC's blocks hold at most ceil(T/N) keys, so N = ceil(T/num_envs) shards fit; the
+                # frame-balanced packing does not bound key counts, so it is offered only with sonic_block.
+                shards_needed = -(-len(keys) // num_envs)
+                also = "" if ev["sharding"] == "sonic_block" else " with eval.sharding=sonic_block"
                 raise ConfigError(
                     f"eval.num_envs={num_envs} is smaller than shard {s.shard} ({size} motions): SONIC needs one "
-                    "batch per shard, or dynamic per-env USDs get the wrong collision meshes",
-                    fix=f"raise eval.num_envs to {max(len(x.motion_keys) for x in shards)} or set "
-                        f"eval.num_shards={-(-len(keys) // num_envs)}")
+                    "batch per shard (num_envs >= shard size), or dynamic per-env USDs get the wrong collision meshes",
+                    fix=f"eval.num_envs={max(len(x.motion_keys) for x in shards)} (or null: the largest shard), or "
+                        f"eval.num_shards={shards_needed}{also}")
         if ev["sharding"] == "sonic_block" and not terrain:
             overrides = sonic_cmd.block_shard_overrides(n, s.shard)
         else:
@@ -338,7 +342,8 @@ def _sweep_train(c: dict[str, Any], index: LibraryIndex, usd_of: dict[str, str],
 
 
 def check_library(index: LibraryIndex, c: dict[str, Any]) -> list[Problem]:
-    problems = diagnose(index, c["pipeline"].get("needs"), c["pipeline"]["name"])
+    problems = diagnose(index, c["pipeline"].get("needs"), c["pipeline"]["name"],
+                        parse_allow(c["data"].get("allow")))
     if has_errors(problems):
         first = next(p for p in problems if p.severity == "error")
         n = sum(1 for p in problems if p.severity == "error")
@@ -430,8 +435,78 @@ def build_plan(c: dict[str, Any], index: LibraryIndex, *, provenance: dict[str, 
     if sweep:
         # Each winner's results go under its own point's experiment dir (launchers.eval.results_dir).
         del plan.paths["eval_dir"], plan.paths["export_dir"]
+    if train_enabled:
+        check_checkpoint_count(plan, k)
     plan.plan_hash = content_hash(plan.to_json())
     return plan
+
+
+# ----------------------------------------------------------------------------- checkpoints the training writes
+
+# SONIC's model-save callback reads callbacks.model_save.save_frequency (contracts §2.2); the reference
+# tracker reads algo.config.save_frequency. Both may appear on a rendered command line.
+SAVE_PERIOD_KEYS = ("callbacks.model_save.save_frequency", "algo.config.save_frequency")
+ITERATIONS_KEY = "algo.config.num_learning_iterations"
+
+
+def _rendered_values(argv: list[str], key: str) -> list[str]:
+    """Values given to ``key`` on a Hydra command line (``key=``, ``+key=``, ``++key=``), in order."""
+    out = []
+    for arg in argv:
+        name, sep, value = arg.partition("=")
+        if sep and name.lstrip("+") == key:
+            out.append(value)
+    return out
+
+
+def training_schedule(argv: list[str], pipeline: dict[str, Any]) -> tuple[int | None, int | None, str]:
+    """(iterations, save period, where they came from) of one rendered training command.
+
+    Read from the command line the plan renders, so the count follows whatever keys the launcher
+    writes; what it leaves out is the release ``+exp`` config's default (the pipeline's). With both
+    period keys on the line the smaller one counts: that bounds the checkpoints from above whichever
+    key the trainer reads, so the check never refuses a schedule that could deliver."""
+    its = _rendered_values(argv, ITERATIONS_KEY)
+    periods = [v for key in SAVE_PERIOD_KEYS for v in _rendered_values(argv, key)]
+    try:
+        iterations = int(its[-1]) if its else pipeline.get("iterations")
+        period = min(int(v) for v in periods) if periods else pipeline.get("save_frequency")
+    except ValueError:
+        return None, None, "a non-integer iterations or save_frequency on the command line"
+    source = "command line" if its or periods else "release config"
+    return iterations, period, source
+
+
+def checkpoints_written(iterations: int, period: int) -> int:
+    """``model_step`` files of one training: every ``period`` iterations, plus the last iteration's
+    (the reference tracker saves and evaluates it; SONIC's ``last.pt``) when it falls between saves."""
+    return -(-iterations // period)
+
+
+def check_checkpoint_count(plan: RunPlan, k: int) -> None:
+    """select.k above what the training can write fails at select, after the whole training ran."""
+    from .launchers.train import train_argv
+
+    points = range(len(plan.train["points"])) if plan.is_sweep else range(1)
+    total = 0
+    detail = []
+    for n in points:
+        iterations, period, source = training_schedule(train_argv(plan, n), plan.pipeline)
+        if not iterations or not period or iterations < 1 or period < 1:
+            return  # the trainer decides; nothing certain to check against
+        written = checkpoints_written(iterations, period)
+        total += written
+        detail.append(f"{iterations} iterations / save every {period} ({source}) = {written}")
+    if k <= total:
+        return
+    where = f"{len(detail)} sweep points: " + "; ".join(detail) if plan.is_sweep else detail[0]
+    need_period = max(1, iterations // k) if not plan.is_sweep else None
+    fix = f"select.k={total}"
+    if need_period:
+        fix += (f", or save more often: train.save_frequency={need_period} "
+                f"(or train.iterations={k * period})")
+    raise ConfigError(f"select.k={k} but the training writes at most {total} checkpoint(s) ({where}); "
+                      "select would fail after the whole training ran", fix=fix)
 
 
 # ----------------------------------------------------------------------------- reading and writing
