@@ -114,6 +114,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     data = _status_data(plan)
     if only is not None:
         data["points"] = [p for p in data["points"] if p["point"] in only]
+    from .headline import evaluated_headlines, headline_text
+
+    # What the run found, counted as `summarize` counts it (every eval shard's metrics_eval.json).
+    data["results"] = evaluated_headlines(plan)
     if args.json:
         _print_json(data)
     else:
@@ -129,6 +133,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             for f in s["failures"][: args.max_failures]:
                 out.print(f"[red]{s['name']} {f['index']}[/] {f['state']} (attempt {f['attempt']}, job {f['job_id']}): "
                           f"{escape(f['signature'] or 'no signature in the logs')}")
+        for h in data["results"]:
+            out.print(escape(f"checkpoint {headline_text(h)}"), highlight=False)
         if data["finished"] and not data["ok"]:
             out.print(f"repair: grail-cluster resubmit {plan.run_dir}")
     if not data["finished"]:

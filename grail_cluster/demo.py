@@ -48,16 +48,16 @@ def ensure_library(out: Path, motions: int, seed: int, console) -> Path:
 
 
 def summary(plan) -> dict[str, Any]:
-    """Success rate and paths from what the run wrote (merged manifests), not from the plan."""
-    from .launchers.eval import resolve_checkpoint
+    """Per checkpoint: evaluated, succeeded and the real success rate from the eval shards' metrics
+    (as `summarize` and `status` count them), the exported count and the merged library."""
+    from .headline import run_headlines
 
     steps = []
-    for rank in range(plan.eval["num_checkpoints"]):
-        _, step = resolve_checkpoint(plan, rank)
-        merged = Path(plan.paths["export_dir"]) / f"step_{step:06d}" / "merged"
-        manifest = json.loads((merged / "export_manifest.json").read_text())
-        steps.append({"step": step, "merged": str(merged), "evaluated": manifest["total_motions_evaluated"],
-                      "exported": manifest["exported_count"], "success_rate": manifest["success_rate"]})
+    for h in run_headlines(plan):
+        steps.append({"step": h["step"], "merged": h["merged"], "evaluated": h["evaluated"],
+                      "succeeded": h["succeeded"], "success_rate": h["success_rate"], "exported": h["exported"],
+                      "shards_ok": h["shards_ok"], "num_shards": h["num_shards"], "partial": h["partial"],
+                      "headline": h})
     return {"run_dir": plan.run_dir, "web": plan.paths["web_dir"], "checkpoints": steps,
             "serve": f"grail-cluster serve {plan.paths['web_dir']}"}
 
@@ -100,9 +100,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.json:
         out.print_json(json.dumps(result))
         return EXIT_OK
+    from rich.markup import escape
+
+    from .headline import headline_text
+
     for c in result["checkpoints"]:
-        out.print(f"checkpoint step {c['step']}: success rate {c['success_rate']:.3f} "
-                  f"({c['exported']}/{c['evaluated']} motions tracked to the end), merged library {c['merged']}")
+        out.print(escape(f"checkpoint {headline_text(c['headline'])}; merged library {c['merged']}"), highlight=False)
     out.print(f"done in {result['seconds']:.0f} s; view it with:  {result['serve']}")
     return EXIT_OK
 

@@ -80,8 +80,10 @@ def make_review_library(root: Path, mp4: Path, n: int = 15) -> dict:
     lib = info.root
     # The XSS motion: robot/objects copied from the first key, a meta whose object_name is markup.
     src = info.keys[0]
-    shutil.copyfile(lib / "robot" / f"{src}.pkl", lib / "robot" / f"{XSS_KEY}.pkl")
-    shutil.copyfile(lib / "objects" / f"{src}.pkl", lib / "objects" / f"{XSS_KEY}.pkl")
+    # Re-keyed under its own stem, as every GRAIL pickle is (the index refuses a foreign key).
+    for sub in ("robot", "objects"):
+        (data,) = joblib.load(lib / sub / f"{src}.pkl").values()
+        joblib.dump({XSS_KEY: data}, lib / sub / f"{XSS_KEY}.pkl")
     joblib.dump({"object_name": XSS, "table_pos": [0.5, 0.0, 0.7], "table_quat": [1.0, 0.0, 0.0, 0.0]},
                 lib / "meta" / f"{XSS_KEY}.pkl")
     keys = sorted([*info.keys, XSS_KEY])

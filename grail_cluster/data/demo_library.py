@@ -1348,10 +1348,11 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
     if args.json:
         sys.stdout.write(json.dumps(summary, indent=1) + "\n")
         return EXIT_OK
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console(soft_wrap=True, emoji=False)
+    from ..console import make_console
+
+    console = make_console()
     table = Table(title=f"demo library: {summary['motions']} motions, seed {summary['seed']}, scene {summary['scene']}")
     table.add_column("object")
     table.add_column("motions", justify="right")

@@ -85,6 +85,8 @@ def summarize_step(step: int, shards: dict[int, Path], num_shards: int) -> dict:
         "shards_ok": len(ok),
         "shards_missing": sum(r["status"] == "missing" for r in rows),
         "shards_parse_error": sum(r["status"] == "parse_error" for r in rows),
+        # A rate over some shards is not the checkpoint's: every reader must say so.
+        "partial": len(ok) < len(rows) or not rows,
         "shards": [{k: v for k, v in r.items() if k != "keys" and k not in _MEANS} for r in rows],
     }
     for name in _MEANS:
@@ -159,18 +161,21 @@ def _fmt(v, pct: bool = False) -> str:
 
 
 def print_table(result: dict) -> None:
-    from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
-    console = Console()
-    table = Table(title=f"phase-1 real success rate: {result['exp_dir']}")
+    from ..console import make_console
+
+    console = make_console()
+    table = Table(title=escape(f"phase-1 real success rate: {result['exp_dir']}"))
     for col in ("rank", "step", "real SR", "success/total", "unique", "shards ok/all", "mpjpe_l", "mpjpe_g",
                 "obj_pos_error"):
         table.add_column(col, justify="right")
     by_step = {r["step"]: r for r in result["steps"]}
     for ranked in result["ranked_by_real_sr"]:
         r = by_step[ranked["step"]]
-        table.add_row(str(ranked["rank"]), str(r["step"]), _fmt(r["real_success_rate"], True),
+        sr = _fmt(r["real_success_rate"], True) + (" PARTIAL" if r["partial"] else "")
+        table.add_row(str(ranked["rank"]), str(r["step"]), sr,
                       f"{r['total_success']}/{r['total_motions']}", str(r["unique_motions"]),
                       f"{r['shards_ok']}/{r['num_shards']}", _fmt(r["mean_mpjpe_l"]), _fmt(r["mean_mpjpe_g"]),
                       _fmt(r["mean_obj_pos_error"]))
@@ -183,8 +188,12 @@ def print_table(result: dict) -> None:
             cmp_table.add_row(_fmt(c["wandb_rank"]), str(c["step"]), _fmt(c["wandb_subset_sr"], True),
                               _fmt(c["real_success_rate"], True), _fmt(c["delta"], True))
         console.print(cmp_table)
+    for r in result["steps"]:
+        if r["partial"]:
+            console.print(f"[yellow]step {r['step']}: PARTIAL[/] real SR over {r['shards_ok']} of {r['num_shards']} "
+                          "shards only (the missing or unreadable shards are listed below)")
     for line in result["problems"]:
-        console.print(f"[yellow]warning:[/] {line}")
+        console.print(f"[yellow]warning:[/] {escape(line)}")
 
 
 def register(subparsers) -> argparse.ArgumentParser:

@@ -481,6 +481,11 @@ def build_manifest(motion_lib: str | Path, *, title: str | None = None, metrics:
         motions.append(m)
 
     known = n_success + n_failed
+    # The run's truth about this checkpoint (eval metrics of every shard), not the library's own
+    # counts: a merged library holds only successes, so num_success/num_motions is always 100%.
+    from ..headline import library_headline
+
+    headline = library_headline(root)
     manifest: dict[str, Any] = {
         "title": title or root.name,
         "source": str(root),
@@ -490,6 +495,7 @@ def build_manifest(motion_lib: str | Path, *, title: str | None = None, metrics:
         "num_failed": n_failed,
         "success_rate": round(n_success / known, 6) if known else None,
         "step": lib_step,
+        "headline": headline,
         # Export/merged libraries store meta table_quat (and robot root_rot) as xyzw (contracts §1.9).
         "table_quat_convention": "xyzw" if info["export_manifest"] else "wxyz",
         "metrics_sources": {k: info[k] for k in ("export_manifest", "shard_manifests", "eval_metrics")},
@@ -657,6 +663,7 @@ def generate(motion_lib: str | Path, output: str | Path, *, copy_videos: bool = 
         "num_failed": manifest["num_failed"],
         "success_rate": manifest["success_rate"],
         "step": manifest["step"],
+        "headline": manifest["headline"],
         "videos": "copy" if copy_videos else "symlink",
         "metrics_sources": manifest["metrics_sources"],
         **written,
@@ -687,10 +694,7 @@ def generate_run_site(web_dir: str | Path, libraries: Sequence[tuple], *,
             for m in manifest["motions"]:
                 m["step"] = m["step"] if m["step"] is not None else int(step)
         built.append((name, int(step), manifest, videos, stats))
-    sites = [{"step": step, "path": f"{name}/", "num_motions": man["num_motions"],
-              "num_with_video": man["num_with_video"], "num_success": man["num_success"],
-              "success_rate": man["success_rate"], "source": man["source"]}
-             for name, step, man, _, _ in built]
+    sites = [_site_row(name, step, man) for name, step, man, _, _ in built]
     index = {"title": title or "GRAIL", "kind": "sites", "generator": f"grail-cluster {__version__}",
              "num_motions": sum(s["num_motions"] for s in sites), "num_with_video": sum(s["num_with_video"] for s in sites),
              "sites": sites}
@@ -710,24 +714,46 @@ def generate_run_site(web_dir: str | Path, libraries: Sequence[tuple], *,
             "stats": {name: stats for name, _, _, _, stats in built}}
 
 
+def _site_row(name: str, step: int, man: dict[str, Any]) -> dict[str, Any]:
+    """One checkpoint of the index: the headline numbers (eval metrics of every shard), then the library."""
+    h = man.get("headline") or {}
+    return {"step": step, "path": f"{name}/", "num_motions": man["num_motions"],
+            "num_with_video": man["num_with_video"], "source": man["source"],
+            "evaluated": h.get("evaluated"), "succeeded": h.get("succeeded"), "success_rate": h.get("success_rate"),
+            "exported": h.get("exported"), "num_shards": h.get("num_shards"), "shards_ok": h.get("shards_ok"),
+            "partial": h.get("partial", True), "headline": man.get("headline")}
+
+
 def _sites_page(index: dict[str, Any]) -> str:
     """A static page linking the per-step viewers (every value escaped)."""
+    from ..headline import headline_text, partial_text
+
     e = html.escape
     rows = []
     for s in index["sites"]:
-        rate = "–" if s["success_rate"] is None else f"{100 * s['success_rate']:.1f}%"
-        rows.append(f'<tr><td><a href="{e(s["path"])}index.html">step {s["step"]}</a></td>'
-                    f'<td>{s["num_motions"]}</td><td>{s["num_with_video"]}</td><td>{e(rate)}</td>'
-                    f'<td class="path">{e(s["source"])}</td></tr>')
+        h = s["headline"]
+        if h is None:
+            cells = '<td colspan="4">no eval metrics found (not an exported library)</td>'
+        else:
+            rate = "–" if h["success_rate"] is None else f"{100 * h['success_rate']:.1f}%"
+            note = partial_text(h)
+            cells = (f'<td class="num">{h["evaluated"]}</td><td class="num">{h["succeeded"]}</td>'
+                     f'<td class="num rate">{e(rate)}' + (f'<br><strong class="partial">{e(note)}</strong>' if note else "")
+                     + f'</td><td class="num">{"–" if h["exported"] is None else h["exported"]}</td>')
+        title = e(headline_text(h)) if h else ""
+        rows.append(f'<tr title="{title}"><td><a href="{e(s["path"])}index.html">step {s["step"]}</a></td>{cells}'
+                    f'<td class="num">{s["num_with_video"]}</td><td class="path">{e(s["source"])}</td></tr>')
     return (
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
         "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'self'; script-src 'none'\">"
         f"<title>{e(index['title'])}</title><link rel=\"stylesheet\" href=\"style.css\"></head>\n"
         f"<body class=\"sites\"><header class=\"bar\"><h1>{e(index['title'])}</h1>"
-        f"<span class=\"counts\">{len(index['sites'])} checkpoint(s), {index['num_motions']} motions</span></header>\n"
-        "<main class=\"sites-main\"><table class=\"meta\"><thead><tr><th>checkpoint</th><th>motions</th>"
-        "<th>with video</th><th>exported / evaluated</th><th>library</th></tr></thead><tbody>\n"
+        f"<span class=\"counts\">{len(index['sites'])} checkpoint(s), {index['num_motions']} motions in their libraries"
+        "</span></header>\n"
+        "<main class=\"sites-main\"><table class=\"meta\"><thead><tr><th>checkpoint</th><th>evaluated</th>"
+        "<th>succeeded</th><th>success rate (eval, all shards)</th><th>exported</th><th>with video</th>"
+        "<th>library</th></tr></thead><tbody>\n"
         + "\n".join(rows) + "\n</tbody></table></main></body></html>\n"
     )
 
@@ -741,10 +767,17 @@ def _cmd_web(args: argparse.Namespace) -> int:
     if args.json:
         sys.stdout.write(json.dumps(summary, indent=1, sort_keys=True) + "\n")
         return EXIT_OK
-    rate = "-" if summary["success_rate"] is None else f"{100 * summary['success_rate']:.1f}%"
+    from ..headline import headline_text
+
     print(f"wrote {summary['output']}: {summary['num_motions']} motions, {summary['num_with_video']} with video "
-          f"({summary['videos']}), success {rate}, in {summary['seconds']:.2f} s "
+          f"({summary['videos']}), in {summary['seconds']:.2f} s "
           f"(index {summary['index_cache']}, {summary['meta_parsed']} meta parsed)")
+    if summary["headline"] is not None:  # the checkpoint's eval, not the library's own (all-success) count
+        print(f"checkpoint {headline_text(summary['headline'])}")
+    elif summary["success_rate"] is not None:
+        known = summary["num_success"] + summary["num_failed"]
+        print(f"motions with a result in this library: {summary['num_success']}/{known} succeeded "
+              f"= {100 * summary['success_rate']:.1f}%")
     for w in summary["warnings"]:
         print(f"warning: {w}", file=sys.stderr)
     print(f"view it: grail-cluster serve {summary['output']}")

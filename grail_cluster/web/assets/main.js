@@ -27,7 +27,7 @@
 
   const $ = (id) => document.getElementById(id);
   const ui = {
-    title: $("title"), counts: $("counts"), status: $("status"), scroller: $("scroller"), spacer: $("spacer"),
+    title: $("title"), counts: $("counts"), headline: $("headline"), status: $("status"), scroller: $("scroller"), spacer: $("spacer"),
     grid: $("grid"), form: $("filters"), q: $("q"), obj: $("obj"), ok: $("ok"), fmin: $("fmin"), fmax: $("fmax"),
     pmin: $("pmin"), pmax: $("pmax"), jk: $("jk"), jmin: $("jmin"), jmax: $("jmax"), sort: $("sort"), dir: $("dir"),
     reset: $("reset"), detail: $("detail"), dName: $("d-name"), dVideo: $("d-video"), dNoVideo: $("d-novideo"),
@@ -97,6 +97,7 @@
     const title = typeof manifest.title === "string" && manifest.title ? manifest.title : "Motion library";
     ui.title.textContent = title;
     document.title = title;
+    showHeadline(manifest.headline);
     const open = new URLSearchParams(location.search).get("m"); // read before the URL is rewritten
     buildColumns();
     buildObjectOptions();
@@ -293,6 +294,26 @@
     render();
   }
 
+  // The checkpoint's eval over every shard (manifest.headline, written by the generator from the
+  // shards' metrics_eval.json): a merged library holds only successes, so its own counts say 100%.
+  const count = (v) => (Number.isInteger(v) && v >= 0 ? String(v) : "–");
+  function headlineText(h) {
+    const rate = isNum(h.success_rate) ? `${(100 * h.success_rate).toFixed(1)}%` : "–";
+    let s = `checkpoint${Number.isInteger(h.step) ? ` step ${h.step}` : ""}: evaluated ${count(h.evaluated)} · ` +
+      `succeeded ${count(h.succeeded)}/${count(h.evaluated)} = ${rate} · exported ${count(h.exported)} · ` +
+      `${count(h.shards_ok)}/${count(h.num_shards)} eval shards`;
+    if (h.partial !== false) {
+      s += ` · PARTIAL: the rate covers ${count(h.shards_ok)} of ${count(h.num_shards)} shards only`;
+    }
+    return s;
+  }
+  function showHeadline(h) {
+    if (!h || typeof h !== "object") return;
+    ui.headline.textContent = headlineText(h);
+    ui.headline.classList.toggle("partial", h.partial !== false);
+    ui.headline.hidden = false;
+  }
+
   function updateCounts() {
     let ok = 0, fail = 0, vid = 0;
     for (let j = 0; j < filtered.length; j++) {
@@ -302,7 +323,10 @@
       if (motions[i].video) vid++;
     }
     const known = ok + fail;
-    const rate = known ? `success ${(100 * ok / known).toFixed(1)}% (${ok}/${known})` : "success –";
+    // With a headline, a rate over this library's own motions would contradict it (they are the exported
+    // successes): show the counts only.
+    const rate = manifest.headline ? `${ok} success, ${fail} failed shown`
+      : known ? `success ${(100 * ok / known).toFixed(1)}% (${ok}/${known})` : "success –";
     ui.counts.textContent = `${filtered.length} of ${N} motions · ${rate} · ${vid} with video`;
   }
 
