@@ -373,7 +373,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .cli_runs import cmd_cancel, cmd_logs, cmd_resubmit, cmd_status, cmd_watch
+    from .cli_runs import cmd_cancel, cmd_logs, cmd_repair_ledger, cmd_resubmit, cmd_status, cmd_watch
 
     parser = argparse.ArgumentParser(
         prog="grail-cluster",
@@ -447,6 +447,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--max-failures", type=int, default=20, help="failures listed per stage")
     p.add_argument("--point", help="a sweep: show only these training points (e.g. 2 or 1,3)")
+    p.add_argument("--verify", action="store_true", help="re-hash every done shard's outputs against its marker "
+                                                         "(default: a stat each, size only)")
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("watch", help="live progress bars until the run ends")
@@ -488,6 +490,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", action="store_true", help="if another submitter holds this run, wait for it")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_resubmit)
+
+    p = sub.add_parser("repair-ledger", help="rebuild a lost or damaged ledger.sqlite from plan.json, the markers "
+                                             "and the scheduler's jobs (found by name)",
+                       description="Keeps the damaged file aside (ledger.sqlite.corrupt-<time>) and loses nothing "
+                                   "that finished: valid markers are done, queued/running jobs are re-attached, "
+                                   "the rest is missing-output for `resubmit`. SLURM and local runs.")
+    run_arg(p)
+    p.add_argument("--force", action="store_true", help="rebuild even a sound ledger (kept aside as .replaced-<time>)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_repair_ledger)
 
     # The data lifecycle tools (GRAIL-compatible): each module registers its own subcommand.
     from . import demo

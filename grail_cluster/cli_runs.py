@@ -1,8 +1,11 @@
-"""The run-management commands: status, watch, logs, cancel, resubmit (any backend, any shell)."""
+"""The run-management commands: status, watch, logs, cancel, resubmit, repair-ledger (any backend,
+any shell)."""
 
 from __future__ import annotations
 
 import argparse
+import functools
+import sqlite3
 import sys
 from pathlib import Path
 from typing import Any
@@ -11,28 +14,77 @@ from rich.markup import escape
 from rich.table import Table
 
 from .cli import _print_json, err, out
-from .errors import EXIT_OK, EXIT_PROBLEMS, ConfigError
+from .errors import EXIT_OK, EXIT_PROBLEMS, ConfigError, DataError
+
+
+def _run_path(run: str) -> Path:
+    path = Path(run)
+    if not (path / "plan.json").exists() and (Path("runs") / run / "plan.json").exists():
+        path = Path("runs") / run
+    return path
 
 
 def _load_run(run: str):
     from .plan import read_plan
 
-    path = Path(run)
-    if not (path / "plan.json").exists() and (Path("runs") / run / "plan.json").exists():
-        path = Path("runs") / run
-    return read_plan(path)
+    path = _run_path(run)
+    if path.exists() and not path.is_dir():
+        raise DataError("the run path is a file, not a run dir", path=path,
+                        fix="pass the run dir (runs/<run_id>) that holds plan.json, or the run id")
+    if (path / "plan.json").exists() and not (path / "plan.json").is_file():
+        raise DataError("plan.json is not a regular file", path=path / "plan.json",
+                        fix="pass a run dir written by `grail-cluster plan` / `run`")
+    try:
+        plan = read_plan(path)
+    except (AttributeError, KeyError, TypeError, IndexError) as exc:
+        # JSON of the wrong shape (a list, a missing key): not a plan this version wrote.
+        raise DataError(f"plan.json does not have the plan format ({type(exc).__name__}: {exc})",
+                        path=path / "plan.json", fix="re-run `grail-cluster plan`; never edit plan.json by hand") from None
+    except UnicodeDecodeError:
+        raise DataError("plan.json is not UTF-8 text", path=path / "plan.json",
+                        fix="re-run `grail-cluster plan`; never edit plan.json by hand") from None
+    except IsADirectoryError:
+        raise DataError("plan.json is a directory", path=path / "plan.json", fix="pass a run dir written by "
+                        "`grail-cluster plan`") from None
+    return plan
 
 
-def _status_data(plan, refresh_first: bool = True) -> dict[str, Any]:
-    from .control import get_backend
+def _open_ledger(plan):
+    """The run's ledger, which must exist, be sound and belong to this plan (never created here)."""
     from .ledger import Ledger
+
+    ledger = Ledger(plan.run_dir, create=False)
+    try:
+        ledger.check_plan(plan.plan_hash, Path(plan.run_dir) / "plan.json")
+    except BaseException:
+        ledger.close()
+        raise
+    return ledger
+
+
+def ledger_guard(func):
+    """An sqlite error reading the ledger mid-command (damage that quick_check did not reach): the
+    same clear error as at open, naming the file and repair-ledger."""
+    @functools.wraps(func)
+    def wrapper(args: argparse.Namespace) -> int:
+        try:
+            return func(args)
+        except sqlite3.DatabaseError as exc:
+            from .ledger import LEDGER_FILE, ledger_error
+
+            raise ledger_error(_run_path(args.run) / LEDGER_FILE, exc) from None
+    return wrapper
+
+
+def _status_data(plan, refresh_first: bool = True, verify: bool = False) -> dict[str, Any]:
+    from .control import get_backend
     from .provenance import read_provenance
     from .status import refresh, run_finished, summarise
 
     backend = get_backend(plan.backend)
-    with Ledger(plan.run_dir) as ledger:
+    with _open_ledger(plan) as ledger:
         if refresh_first:
-            refresh(plan, ledger, backend)
+            refresh(plan, ledger, backend, verify=verify)
         stages = summarise(plan, ledger)
         points = _sweep_points(plan, ledger) if plan.is_sweep else []
     calls = dict(getattr(backend, "calls", {}))
@@ -108,10 +160,11 @@ def _status_table(data: dict[str, Any]) -> Table:
     return table
 
 
+@ledger_guard
 def cmd_status(args: argparse.Namespace) -> int:
     plan = _load_run(args.run)
     only = _points(plan, args.point)
-    data = _status_data(plan)
+    data = _status_data(plan, verify=getattr(args, "verify", False))
     if only is not None:
         data["points"] = [p for p in data["points"] if p["point"] in only]
     from .headline import evaluated_headlines, headline_text
@@ -137,11 +190,15 @@ def cmd_status(args: argparse.Namespace) -> int:
             out.print(escape(f"checkpoint {headline_text(h)}"), highlight=False)
         if data["finished"] and not data["ok"]:
             out.print(f"repair: grail-cluster resubmit {plan.run_dir}")
+            if any(f["state"] == "missing-output" for s in data["stages"] for f in s["failures"]):
+                out.print("  fix: missing-output shards lost or never wrote their success marker/outputs; "
+                          "`resubmit` re-runs them and the done work that used them")
     if not data["finished"]:
         return EXIT_OK
     return EXIT_OK if data["ok"] else EXIT_PROBLEMS
 
 
+@ledger_guard
 def cmd_watch(args: argparse.Namespace) -> int:
     import time
 
@@ -149,6 +206,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     plan = _load_run(args.run)
+    _open_ledger(plan).close()  # a missing or damaged ledger is refused before the live display starts
     progress = Progress(TextColumn("{task.description:<8}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[states]}"), console=out)
     tasks = {st.name: progress.add_task(st.name, total=st.size, states="") for st in plan.stages}
@@ -166,16 +224,17 @@ def cmd_watch(args: argparse.Namespace) -> int:
     return EXIT_OK if data["ok"] else EXIT_PROBLEMS
 
 
+@ledger_guard
 def cmd_logs(args: argparse.Namespace) -> int:
     import time
 
-    from .ledger import FAILED, Ledger
+    from .ledger import FAILED
     from .status import log_paths
 
     plan = _load_run(args.run)
     if args.stage not in plan.stage_names:
         raise ConfigError(f"no stage {args.stage!r} in run {plan.run_id}", fix=f"choose one of {', '.join(plan.stage_names)}")
-    with Ledger(plan.run_dir) as ledger:
+    with _open_ledger(plan) as ledger:
         shards = {s.idx: s for s in ledger.shards(args.stage)}
         jobs = {j.job_id: j for j in ledger.jobs(stage=args.stage)}
     if args.failed:
@@ -240,10 +299,12 @@ def _points(plan, spec: str | None) -> list[int] | None:
     return points
 
 
+@ledger_guard
 def cmd_cancel(args: argparse.Namespace) -> int:
     from .control import cancel
 
     plan = _load_run(args.run)
+    _open_ledger(plan).close()
     points = _points(plan, args.point)
     if points is not None and args.stage not in (None, "train"):
         raise ConfigError("--point cancels training points; it does not combine with --stage")
@@ -255,10 +316,12 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+@ledger_guard
 def cmd_resubmit(args: argparse.Namespace) -> int:
     from .control import resubmit
 
     plan = _load_run(args.run)
+    _open_ledger(plan).close()
     indices = [int(x) for x in args.indices.split(",")] if args.indices else None
     states = args.states.split(",") if args.states else None
     stages = args.stage.split(",") if args.stage else None
@@ -281,4 +344,29 @@ def cmd_resubmit(args: argparse.Namespace) -> int:
     for j in result.jobs:
         out.print(f"{verb} {j['stage']}: {j.get('array') or 'single job'} (attempt {result.round})"
                   + (f" as job {j['job_id']}" if j.get("job_id") else ""))
+    return EXIT_OK
+
+
+def cmd_repair_ledger(args: argparse.Namespace) -> int:
+    from .ledger_repair import repair
+
+    plan = _load_run(args.run)
+    result = repair(plan, force=args.force)
+    if args.json:
+        _print_json(result)
+        return EXIT_OK
+    if not result["repaired"]:
+        out.print(result["reason"])
+        return EXIT_OK
+    if result["problem"]:
+        out.print(f"ledger was unusable: {escape(result['problem'])}", highlight=False)
+    if result["kept_aside"]:
+        out.print(f"kept the old ledger aside: {escape(result['kept_aside'])}", highlight=False)
+    counts = "  ".join(f"{k} {v}" for k, v in sorted(result["counts"].items()))
+    out.print(f"rebuilt {Path(plan.run_dir) / 'ledger.sqlite'} from plan.json, the markers and "
+              f"{len(result['jobs_found'])} scheduler job(s): {counts}", highlight=False)
+    if result["attached"]:
+        out.print(f"re-attached {len(result['attached'])} queued/running task(s): {' '.join(result['attached'][:20])}")
+    out.print(f"next: grail-cluster status {plan.run_dir}; repair what is missing with grail-cluster resubmit "
+              f"{plan.run_dir}", highlight=False)
     return EXIT_OK

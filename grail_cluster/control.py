@@ -13,10 +13,10 @@ from typing import Any
 
 from .errors import GrailError
 from .ledger import ACTIVE, FAILED, Ledger, submit_lock
-from .markers import validate_marker
+from .markers import retire_marker, validate_marker
 from .plan import RunPlan
-from .status import refresh
-from .submission import Group, downstream_closure, plan_groups
+from .status import output_roots, refresh
+from .submission import Group, consumers, downstream_closure, plan_groups
 
 
 def get_backend(name: str) -> Any:
@@ -130,7 +130,10 @@ def _parallelism(plan: RunPlan) -> int | None:
 
 def select_for_resubmit(plan: RunPlan, ledger: Ledger, *, stages: list[str] | None, indices: list[int] | None,
                         states: list[str]) -> dict[str, set[int]]:
+    """The chosen shards, the not-done work that waits on them, and the done work that consumed their
+    outputs (a shard whose evidence vanished is re-run, so what was made from it is stale too)."""
     shards = {(s.stage, s.idx): s for s in ledger.shards()}
+    roots = output_roots(plan)
     not_done: dict[str, set[int]] = {}
     seeds: dict[str, set[int]] = {}
     for st in plan.stages:
@@ -145,16 +148,22 @@ def select_for_resubmit(plan: RunPlan, ledger: Ledger, *, stages: list[str] | No
                 continue
             if state in states or (state == "unsubmitted" and "missing" in states):
                 seeds.setdefault(st.name, set()).add(idx)
-    return downstream_closure(plan, seeds, not_done)
+    # A shard whose marker is valid is done, whatever the scheduler said: never run it again.
+    selected = {st: {i for i in idx if not validate_marker(plan.run_dir, st, i, plan.plan_hash, roots=roots)}
+                for st, idx in downstream_closure(plan, seeds, not_done).items()}
+    real_seeds = {st: idx & selected.get(st, set()) for st, idx in seeds.items()}
+    for st, idx in consumers(plan, {k: v for k, v in real_seeds.items() if v}).items():
+        selected.setdefault(st, set()).update(idx)
+    return {k: v for k, v in selected.items() if v}
 
 
 def resubmit(plan: RunPlan, *, stages: list[str] | None = None, indices: list[int] | None = None,
              states: list[str] | None = None, wait_lock: bool = False, dry_run: bool = False) -> Submitted:
-    """Re-run the chosen failed shards and everything not done that depends on them, as new arrays
-    of only those indices, with the attempt bumped. Idempotent: a second call finds them queued."""
+    """Re-run the chosen failed shards and everything that depends on them, as new arrays of only
+    those indices, with the attempt bumped. Idempotent: a second call finds them queued."""
     states = states or [*FAILED, "missing"]
     backend = get_backend(plan.backend)
-    with submit_lock(plan.run_dir, wait=wait_lock), Ledger(plan.run_dir) as ledger:
+    with submit_lock(plan.run_dir, wait=wait_lock), Ledger(plan.run_dir, create=False) as ledger:
         refresh(plan, ledger, backend)
         active = [s for s in ledger.shards() if s.state in ACTIVE]
         if active and not dry_run:
@@ -162,16 +171,19 @@ def resubmit(plan: RunPlan, *, stages: list[str] | None = None, indices: list[in
             raise GrailError(f"{len(active)} shard(s) are still pending or running (e.g. {first.stage} {first.idx})",
                              fix="wait until the run settles (`grail-cluster watch`), or cancel it first")
         selected = select_for_resubmit(plan, ledger, stages=stages, indices=indices, states=states)
-        # A shard whose marker is valid is done, whatever the scheduler said: never run it again.
-        selected = {st: {i for i in idx if not validate_marker(plan.run_dir, st, i, plan.plan_hash)}
-                    for st, idx in selected.items()}
-        selected = {k: v for k, v in selected.items() if v}
         round_ = ledger.next_round()
         groups = plan_groups(plan, {k: sorted(v) for k, v in selected.items()},
                              max_array_size=_max_array_size(backend, ledger, plan), parallelism=_parallelism(plan))
         if dry_run or not groups:
             return Submitted(round_, [{"stage": g.stage, "indices": g.indices, "array": g.array_spec,
                                        "name": g.name(plan.run_id, round_)} for g in groups])
+        # Done work that consumed a re-run shard: its marker is set aside (renamed) so the job does not
+        # skip it as done and no refresh counts the old evidence while it waits.
+        for st, idx in selected.items():
+            for i in idx:
+                row = ledger.shard(st, i)
+                if row is not None and row.state == "done" and (old := retire_marker(plan.run_dir, st, i, round_)):
+                    ledger.event("marker-retired", st, i, row.attempt, path=str(old))
         ledger.event("resubmit", attempt=round_, selected={k: sorted(v) for k, v in selected.items()})
         return _submit_groups(plan, ledger, backend, groups, round_)
 
@@ -189,7 +201,7 @@ def cancel(plan: RunPlan, *, stage: str | None = None, indices: list[int] | None
     if indices is not None and not stage:
         raise GrailError("cancelling single indices needs the stage they belong to")
     wanted = set(names[names.index(stage):]) if stage else set(names)
-    with Ledger(plan.run_dir) as ledger:
+    with Ledger(plan.run_dir, create=False) as ledger:
         refresh(plan, ledger, backend)
         jobs = [j for j in ledger.jobs(unsettled=True) if j.stage in wanted]
         if indices is None:

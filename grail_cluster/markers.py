@@ -53,28 +53,87 @@ def write_marker(run_dir: str | Path, stage: str, index: int, plan_hash: str, ou
 def read_marker(run_dir: str | Path, stage: str, index: int) -> dict[str, Any] | None:
     try:
         with open(marker_path(run_dir, stage, index)) as fh:
-            return json.load(fh)
+            data = json.load(fh)
     except (OSError, ValueError):
         return None
+    return data if isinstance(data, dict) else None
+
+
+def _inside(path: Path, roots: list[Path]) -> bool:
+    return any(path == r or r in path.parents for r in roots)
+
+
+def marker_problem(run_dir: str | Path, stage: str, index: int, plan_hash: str | None = None, *,
+                   deep: bool = False, roots: list[str | Path] | None = None) -> str | None:
+    """Why this index's marker does not (or no longer) prove it done, or None when it does.
+
+    The marker must be a JSON object for this stage, index and plan, and every output it lists must
+    still exist with the recorded size (with ``deep``, also the recorded hash). Relative output
+    paths are relative to the run dir and may not leave it; with ``roots`` an absolute path must lie
+    under one of them (the run's output dirs), so a marker cannot vouch for files elsewhere."""
+    run_dir = Path(run_dir)
+    path = marker_path(run_dir, stage, index)
+    rel_marker = os.path.relpath(path, run_dir)
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read()
+    except FileNotFoundError:
+        return f"its success marker {rel_marker} is missing"
+    except OSError as exc:
+        return f"its success marker {rel_marker} cannot be read ({exc.strerror or exc})"
+    try:
+        marker = json.loads(raw)
+    except ValueError:
+        return f"its success marker {rel_marker} is not valid JSON"
+    if not isinstance(marker, dict):
+        return f"its success marker {rel_marker} is not a JSON object"
+    if plan_hash and marker.get("plan_hash") != plan_hash:
+        return f"its success marker {rel_marker} is for another plan ({str(marker.get('plan_hash'))[:12]})"
+    if marker.get("stage", stage) != stage or marker.get("index", index) != index:
+        return f"its success marker {rel_marker} is for {marker.get('stage')} {marker.get('index')} (copied?)"
+    outputs = marker.get("outputs") or {}
+    if not isinstance(outputs, dict):
+        return f"its success marker {rel_marker} lists outputs that are not an object"
+    allowed = [Path(os.path.abspath(r)) for r in (roots or [])]
+    base = Path(os.path.abspath(run_dir))
+    for rel, info in outputs.items():
+        full = Path(os.path.abspath(rel if os.path.isabs(rel) else base / rel))
+        if not os.path.isabs(rel) and not _inside(full, [base]):
+            return f"its success marker {rel_marker} lists {rel}, outside the run dir"
+        if os.path.isabs(rel) and allowed and not _inside(full, allowed):
+            return f"its success marker {rel_marker} lists {rel}, outside the run's output dirs"
+        if not isinstance(info, dict) or not isinstance(info.get("size"), int):
+            return f"its success marker {rel_marker} lists {rel} without a recorded size"
+        try:
+            size = full.stat().st_size
+        except OSError:
+            return f"output {rel} (listed by {rel_marker}) is missing"
+        if size != info["size"]:
+            return f"output {rel} is {size} bytes; its marker {rel_marker} recorded {info['size']}"
+        if deep:
+            try:
+                if "sha256" in info and file_digest(full) != info["sha256"]:
+                    return f"output {rel} changed content (sha256 differs from its marker {rel_marker})"
+                if "sha256_head_tail" in info and file_digest(full, full=False) != info["sha256_head_tail"]:
+                    return f"output {rel} changed content (head/tail sha256 differs from its marker {rel_marker})"
+            except OSError as exc:
+                return f"output {rel} cannot be read ({exc.strerror or exc})"
+    return None
 
 
 def validate_marker(run_dir: str | Path, stage: str, index: int, plan_hash: str | None = None, *,
-                    deep: bool = False) -> bool:
+                    deep: bool = False, roots: list[str | Path] | None = None) -> bool:
     """A marker counts when it is for this plan and every output it lists is still there, with the
     recorded size (and hash, with ``deep``). Relative output paths are relative to the run dir."""
-    marker = read_marker(run_dir, stage, index)
-    if marker is None or (plan_hash and marker.get("plan_hash") != plan_hash):
-        return False
-    for rel, info in (marker.get("outputs") or {}).items():
-        path = Path(rel) if os.path.isabs(rel) else Path(run_dir) / rel
-        try:
-            if path.stat().st_size != info.get("size"):
-                return False
-        except OSError:
-            return False
-        if deep:
-            if "sha256" in info and file_digest(path) != info["sha256"]:
-                return False
-            if "sha256_head_tail" in info and file_digest(path, full=False) != info["sha256_head_tail"]:
-                return False
-    return True
+    return marker_problem(run_dir, stage, index, plan_hash, deep=deep, roots=roots) is None
+
+
+def retire_marker(run_dir: str | Path, stage: str, index: int, round_: int) -> Path | None:
+    """Set a done index's marker aside (renamed, never deleted) before it is run again, so neither
+    the job (which skips done work) nor a status refresh counts the old evidence."""
+    path = marker_path(run_dir, stage, index)
+    if not path.exists():
+        return None
+    target = path.with_name(f"{MARKER}.retired-r{round_}")
+    os.replace(path, target)
+    return target

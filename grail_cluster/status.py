@@ -3,6 +3,10 @@
 A refresh costs O(1) scheduler calls whatever the shard count: one ``squeue`` for everything still
 queued or running, and one ``sacct`` only for jobs that left the queue without a valid marker.
 Markers decide "done"; a task the scheduler calls COMPLETED without a marker is ``missing-output``.
+
+"Done" must stay true: every refresh re-checks each done shard's marker and the outputs it lists
+(a stat each, no scheduler call; ``verify`` re-hashes them), and a shard whose evidence is gone or
+changed becomes ``missing-output`` with the file named, for ``resubmit`` to repair.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .ledger import ACTIVE, FAILED, Ledger
-from .markers import read_marker, validate_marker
+from .markers import marker_problem, read_marker, validate_marker
 from .plan import RunPlan
 from .signatures import exit_signature, signature
 
@@ -31,22 +35,58 @@ def log_paths(run_dir: str | Path, stage: str, idx: int, attempt: int, job_id: s
     return paths
 
 
-def refresh(plan: RunPlan, ledger: Ledger, backend: Any) -> None:
+def output_roots(plan: RunPlan) -> list[str]:
+    """Where a marker's absolute outputs may lie: the run dir and the experiment dir(s)."""
+    roots = [plan.run_dir, plan.paths["experiment_dir"]]
+    if plan.is_sweep:
+        roots += [p["experiment_dir"] for p in plan.train["points"]]
+    return roots
+
+
+def recheck_done(plan: RunPlan, ledger: Ledger, *, deep: bool = False) -> list[tuple[str, int, str]]:
+    """One pass over the settled shards: a done shard whose marker or outputs are gone or changed
+    becomes ``missing-output`` (the signature names the file); a missing-output shard whose marker
+    is valid again (files restored) is done. Returns the (stage, index, problem) demoted."""
+    roots = output_roots(plan)
+    demoted = []
+    for s in ledger.shards():
+        if s.state == "done":
+            problem = marker_problem(plan.run_dir, s.stage, s.idx, plan.plan_hash, deep=deep, roots=roots)
+            if problem:
+                ledger.update_shard(s.stage, s.idx, "missing-output", signature=f"was done, but {problem}")
+                ledger.event("evidence-lost", s.stage, s.idx, s.attempt, problem=problem, deep=deep)
+                demoted.append((s.stage, s.idx, problem))
+        elif s.state == "missing-output" and (s.signature or "").startswith("was done, but"):
+            if marker_problem(plan.run_dir, s.stage, s.idx, plan.plan_hash, deep=deep, roots=roots) is None:
+                ledger.update_shard(s.stage, s.idx, "done", signature=None)
+                ledger.event("evidence-restored", s.stage, s.idx, s.attempt)
+    return demoted
+
+
+def refresh(plan: RunPlan, ledger: Ledger, backend: Any, *, verify: bool = False) -> None:
+    """Settle what the scheduler finished, then re-check the evidence of everything done."""
+    if _settle(plan, ledger, backend) == "owned-by-driver":
+        return
+    recheck_done(plan, ledger, deep=verify)
+
+
+def _settle(plan: RunPlan, ledger: Ledger, backend: Any) -> str | None:
     unsettled = ledger.jobs(unsettled=True)
     if not unsettled:
-        return
+        return None
     if hasattr(backend, "reconcile"):
         # local: a dead runner's shards; kubernetes: one snapshot of the run's Jobs and pods, and a
         # driver Job in the cluster that owns the ledger while it runs (then nothing is written here).
         if backend.reconcile(plan, ledger) == "owned-by-driver":
-            return
+            return "owned-by-driver"
         unsettled = ledger.jobs(unsettled=True)
         if not unsettled:
-            return
+            return None
     live = backend.live_states(unsettled)
     # One read of every shard row; rows are only written when something changed, so a refresh of a
     # quiet 2,000-shard run is a single query plus the scheduler call.
     shards = {(s.stage, s.idx): s for s in ledger.shards()}
+    roots = output_roots(plan)
     unresolved: list[tuple[Any, int, int | None]] = []
     for job in unsettled:
         for idx in job.indices:
@@ -55,7 +95,7 @@ def refresh(plan: RunPlan, ledger: Ledger, backend: Any) -> None:
             if shard is None or shard.job_id != job.job_id or shard.state == "done":
                 continue  # superseded by a later attempt, or settled
             t = live.get((job.job_id, task))
-            if validate_marker(plan.run_dir, job.stage, idx, plan.plan_hash):
+            if validate_marker(plan.run_dir, job.stage, idx, plan.plan_hash, roots=roots):
                 ledger.update_shard(job.stage, idx, "done", sched_state=t.sched_state if t else "COMPLETED",
                                     elapsed=t.elapsed if t else shard.elapsed, node=t.node if t else shard.node)
             elif t is not None:
@@ -82,6 +122,7 @@ def refresh(plan: RunPlan, ledger: Ledger, backend: Any) -> None:
         rows = [current.get((job.stage, i)) for i in job.indices]
         if all(s is None or s.job_id != job.job_id or s.state not in ACTIVE for s in rows):
             ledger.settle(job.job_id)
+    return None
 
 
 @dataclass

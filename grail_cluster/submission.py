@@ -136,3 +136,24 @@ def downstream_closure(plan: RunPlan, seeds: dict[str, set[int]], not_done: dict
             else:
                 out.setdefault(st.name, set()).update(mine)
     return {k: v for k, v in out.items() if v}
+
+
+def consumers(plan: RunPlan, seeds: dict[str, set[int]]) -> dict[str, set[int]]:
+    """Seeds plus every index downstream that consumed their outputs, done or not: re-running a seed
+    changes what they read. aftercorr keeps the index; merge c reads the export shards of checkpoint c
+    (index c*N .. c*N+N-1); any other afterok reads its whole upstream stage."""
+    out = {k: set(v) for k, v in seeds.items()}
+    shards_per_checkpoint = int(plan.eval.get("num_shards") or 1)
+    for st in plan.stages:
+        for dep in st.depends_on:
+            up = out.get(dep.stage)
+            if not up:
+                continue
+            if dep.kind == "aftercorr":
+                mine = {i for i in up if i < st.size}
+            elif (dep.stage, st.name) == ("export", "merge"):
+                mine = {i // shards_per_checkpoint for i in up if i // shards_per_checkpoint < st.size}
+            else:
+                mine = set(range(st.size))
+            out.setdefault(st.name, set()).update(mine)
+    return {k: v for k, v in out.items() if v}
