@@ -140,6 +140,17 @@ def read_meta(exp_dir: str | Path) -> dict[str, Any] | None:
     out = dict(data)
     if "wandb_run" not in out and "wandb_id" in out:  # the docs' name (§10.4); the code writes wandb_run
         out["wandb_run"] = out["wandb_id"]
+    # Typed here, once: a list or a mapping as the W&B id would be str()-ed into a run id nobody has.
+    run = out.get("wandb_run")
+    if run is not None and not isinstance(run, str | int):
+        raise DataError(f"meta.yaml: wandb_run is a {type(run).__name__}, not a W&B run id", path=path,
+                        fix="it should read `wandb_run: <id>` (the 8-character id of the run's W&B page)")
+    if run is not None:
+        out["wandb_run"] = str(run)
+    steps = out.get("max_train_steps")
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 0):
+        raise DataError(f"meta.yaml: max_train_steps is {steps!r}, not a whole number of steps", path=path,
+                        fix="it should read `max_train_steps: <n>`")
     return out
 
 
@@ -248,11 +259,9 @@ class Resume:
 
 
 def _meta_run(output_dir: str) -> str | None:
-    try:
-        meta = read_meta(output_dir)
-    except DataError:
-        return None
-    run = (meta or {}).get("wandb_run")
+    # A garbage meta.yaml is an error, not "no W&B id": reporting a new W&B run for a dir whose
+    # meta.yaml SONIC cannot read would be a wrong answer.
+    run = (read_meta(output_dir) or {}).get("wandb_run")
     return str(run) if run else None
 
 

@@ -134,8 +134,10 @@ def test_experiment_dir_tensorboard_and_watcher(tmp_path):
     assert res["top"][1]["success_rate"] == pytest.approx(0.9)  # float32 in TB
     assert res["tiebreak_key"] == MPJPE_L and res["experiment_dir"] == str(exp.resolve())
     assert res["top"][2]["checkpoint_path"] == str(exp.resolve() / "model_step_003000.pt")
+    # §5.1's keys, plus what the readers had to tolerate (nothing here)
     assert set(res) == {"run", "run_name", "group", "experiment_dir", "k", "min_sr", "step_pad", "hoi",
-                        "tiebreak_key", "top"}
+                        "tiebreak_key", "top", "warnings"}
+    assert res["warnings"] == []
     assert set(res["top"][0]) == {"rank", "eval_step", "checkpoint", "success_rate", "mpjpe_l", "mpjpe_g",
                                   "obj_pos_error", "checkpoint_path"}
     hoi = select_top(experiment_dir=exp, k=4, hoi=True)
@@ -250,14 +252,17 @@ def test_offline_select(offline, tmp_path, capsys):
     assert res["run"] == "GRAB_Tracking/long" and res["run_name"] == "exp/long" and res["group"] == "g"
     assert res["experiment_dir"] == str(exp.resolve())
     assert [t["eval_step"] for t in res["top"]] == [2000, 1500, 2500]
-    short = select_top(wandb_dir=wdir / "wandb", run="short", k=5)
+    # "short" logged two eval steps: k=5 is refused, unless the user accepts fewer
+    with pytest.raises(DataError, match="only 2 checkpoint step"):
+        select_top(wandb_dir=wdir / "wandb", run="short", k=5)
+    short = select_top(wandb_dir=wdir / "wandb", run="short", k=5, allow_fewer=True)
     assert [t["eval_step"] for t in short["top"]] == [1000, 500]
-    # the experiment dir given on the command line wins over the run's config
-    with pytest.raises(DataError, match="experiment dir|missing"):
+    # an experiment dir that is not the one the run logged: its steps would map onto the wrong files
+    with pytest.raises(DataError, match="logged experiment_dir"):
         select_top(wandb_dir=wdir, group="g", experiment_dir=tmp_path)
     # the "other" run's experiment dir does not exist here: its checkpoint is reported missing
     with pytest.raises(DataError, match="model_step_000500.pt"):
-        select_top(wandb_dir=wdir, group="h")
+        select_top(wandb_dir=wdir, group="h", k=1)
     with pytest.raises(DataError, match="no offline W&B run in group"):
         select_top(wandb_dir=wdir, group="zzz")
     assert main(["--group", "g", "--wandb_dir", str(wdir), "--k", "1", "--json"]) == 0

@@ -64,6 +64,13 @@ def read_usd_mesh(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
         p = np.asarray(pts, dtype=np.float64).reshape(-1, 3)
         m = np.asarray(cache.GetLocalToWorldTransform(prim), dtype=np.float64)  # row-vector convention
         p = p @ m[:3, :3] + m[3, :3]
+        if not np.isfinite(p).all():
+            # NaN/inf would turn every distance of the embedding into NaN: the motion lib then feeds NaN
+            # observations to the policy without a word.
+            bad = int((~np.isfinite(p).all(axis=1)).sum())
+            raise DataError(f"mesh {prim.GetPath()}: {bad} of {len(p)} points are NaN or infinite (after its "
+                            "transform)", path=path, fix="re-export the object USD with finite vertex positions "
+                                                         "(and a finite xform)")
         counts = np.asarray(mesh.GetFaceVertexCountsAttr().Get() or [], dtype=np.int64)
         idx = np.asarray(mesh.GetFaceVertexIndicesAttr().Get() or [], dtype=np.int64)
         if counts.sum() != len(idx) or (len(idx) and (idx.min() < 0 or idx.max() >= len(p))):
@@ -110,13 +117,21 @@ def bps_vector(points: np.ndarray, basis: np.ndarray) -> np.ndarray:
     """Centre, scale to radius 1, nearest distance per basis point: (n,) f32."""
     p = np.asarray(points, np.float64)
     p = p - p.mean(axis=0)
-    p = p / max(float(np.linalg.norm(p, axis=1).max()), 1e-12)
+    p = p / float(np.linalg.norm(p, axis=1).max())
     d = np.linalg.norm(basis.astype(np.float64)[:, None, :] - p[None, :, :], axis=-1)
     return d.min(axis=1).astype(np.float32)
 
 
+# Below this extent (m) a mesh has no shape to embed: scaling it to radius 1 would blow up noise.
+MIN_EXTENT_M = 1e-6
+
+
 def usd_bps(path: str | Path, basis: np.ndarray, n_surface: int = 2048, seed: int = 42) -> np.ndarray:
     verts, tris = read_usd_mesh(path)
+    extent = float(np.ptp(verts, axis=0).max())
+    if extent < MIN_EXTENT_M:
+        raise DataError(f"the mesh collapses to a point ({len(verts)} vertices within {extent:.3g} m)", path=path,
+                        fix="re-export the object USD with its real geometry (check units and scale)")
     pts = verts if len(verts) <= n_surface or len(tris) == 0 else sample_surface(verts, tris, n_surface, seed)
     return bps_vector(pts, basis)
 
@@ -136,6 +151,24 @@ def _usd_files(usd_dir: Path) -> list[Path]:
     return files
 
 
+def _check_replaceable(output_dir: Path, usd_dir: Path) -> None:
+    """The output dir is replaced as a whole: it may only be a previous BPS dir (``*.npy`` files), never the
+    USD dir, a dir above it, or a dir holding anything else (a library root given by mistake)."""
+    out, src = output_dir.resolve(), usd_dir.resolve()
+    if out == src or out in src.parents:
+        raise ConfigError("--output_dir is (or holds) the USD dir; writing BPS there would replace the USDs",
+                          path=output_dir, fix="write BPS to the library's bps/ dir, beside object_usd/")
+    if not output_dir.exists():
+        return
+    if not output_dir.is_dir():
+        raise ConfigError("--output_dir is a file", path=output_dir, fix="pass a directory for the BPS files (bps/)")
+    other = sorted(p.name for p in output_dir.iterdir() if not (p.is_file() and p.suffix == ".npy"))
+    if other:
+        raise ConfigError(f"--output_dir holds files that are not BPS embeddings ({', '.join(other[:5])}); it "
+                          "would be replaced as a whole", path=output_dir,
+                          fix="pass the library's bps/ dir (or a new one); move those files out first")
+
+
 def compute_bps(usd_dir: str | Path, output_dir: str | Path, num_basis: int = 10, n_surface: int = 2048,
                 seed: int = 42) -> dict[str, Any]:
     """§1.6 BPS of every USD in ``usd_dir`` into ``output_dir`` (replaced atomically). Returns a summary."""
@@ -143,7 +176,9 @@ def compute_bps(usd_dir: str | Path, output_dir: str | Path, num_basis: int = 10
     if num_basis < 1 or n_surface < 1:
         raise ConfigError(f"--num_basis and --n_surface must be >= 1 (got {num_basis}, {n_surface})")
     if not usd_dir.is_dir():
-        raise DataError("USD dir not found", path=usd_dir, fix="pass the library's object_usd/ dir")
+        raise DataError("USD dir is a file, not a directory" if usd_dir.exists() else "USD dir not found",
+                        path=usd_dir, fix="pass the library's object_usd/ dir")
+    _check_replaceable(output_dir, usd_dir)
     files = _usd_files(usd_dir)
     if not files:
         raise DataError("no .usd/.usda/.usdc files here", path=usd_dir, fix="pass the library's object_usd/ dir")

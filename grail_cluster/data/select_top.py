@@ -100,14 +100,25 @@ _LOG_HEADER = b":W&B"
 _BLOCK = 32768
 _REC_HEADER = 7  # crc32 (4) + length (2) + type (1)
 _FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
+_WANDB_CORRUPT_FIX = ("the file is corrupt: copy it again from where the run wrote it, or rank from the experiment "
+                      "dir (--experiment_dir: TensorBoard events and eval/<step>/train/metrics_eval.json)")
 
 
-def _wandb_records(path: Path) -> Iterator[bytes]:
+def _note_torn(notes: list[str] | None, path: Path, pos: int, size: int) -> None:
+    if notes is not None:
+        notes.append(f"{path}: ends in a torn record at byte {pos} of {size} (a run still writing, or killed "
+                     "mid-write); the records before it were read")
+
+
+def _wandb_records(path: Path, notes: list[str] | None = None) -> Iterator[bytes]:
     """Payloads of a ``.wandb`` transaction log (leveldb log framing, 32 KiB blocks, 7-byte file header).
 
-    A torn tail (a run still writing, or killed) ends the iteration quietly; a wrong file header or a bad
-    checksum is a DataError."""
+    A torn tail (a run still writing, or killed) ends the iteration with a note; a wrong file header, a
+    record that cannot fit its block or a bad checksum is a DataError."""
     data = path.read_bytes()
+    if not data:
+        raise DataError("empty W&B transaction log (the run died before it wrote a record)", path=path,
+                        fix="remove this run dir, or rank from the experiment dir (--experiment_dir)")
     if len(data) < 7 or data[:4] != _LOG_HEADER:
         raise DataError("not a W&B transaction log (bad header)", path=path,
                         fix="pass the offline-run-* dir that wandb wrote (it holds run-<id>.wandb)")
@@ -119,15 +130,18 @@ def _wandb_records(path: Path) -> Iterator[bytes]:
             continue
         crc, length, rtype = struct.unpack_from("<IHB", data, pos)
         start = pos + _REC_HEADER
+        if length > left_in_block - _REC_HEADER:  # a fragment never crosses its block: the header is damaged
+            raise DataError(f"W&B log record at byte {pos} claims {length} bytes, more than its block holds",
+                            path=path, fix=_WANDB_CORRUPT_FIX)
         chunk = data[start:start + length]
         if len(chunk) < length:
-            return  # torn tail
+            _note_torn(notes, path, pos, len(data))
+            return
         if rtype == 0 and length == 0:
             pos += left_in_block  # padding
             continue
         if zlib.crc32(chunk, zlib.crc32(bytes([rtype]))) & 0xFFFFFFFF != crc:
-            raise DataError(f"W&B log checksum mismatch at byte {pos}", path=path,
-                            fix="the file is corrupt; use --experiment_dir (TensorBoard/metrics_eval.json) instead")
+            raise DataError(f"W&B log checksum mismatch at byte {pos}", path=path, fix=_WANDB_CORRUPT_FIX)
         pos = start + length
         if rtype == _FULL:
             yield chunk
@@ -138,6 +152,8 @@ def _wandb_records(path: Path) -> Iterator[bytes]:
         elif rtype == _LAST:
             yield pending + chunk
             pending = b""
+    if pending or data[pos:].strip(b"\0"):  # a record begun but not finished
+        _note_torn(notes, path, pos, len(data))
 
 
 def _history_item_value(item: Any) -> Any:
@@ -172,6 +188,7 @@ class OfflineRun:
         self.config, self.history, self.finished = config, history, finished
         self.project = ""
         self.entity = ""
+        self.notes: list[str] = []  # what the reader had to tolerate (a torn tail), for the user
 
 
 def _log_file(run_dir: Path) -> Path:
@@ -194,7 +211,7 @@ def read_offline_run(run_dir: str | Path, reader: str = "protobuf") -> OfflineRu
         raise ConfigError("reading offline W&B runs needs the wandb package",
                           fix="pip install 'grail-cluster[wandb]' (or pip install wandb)") from exc
     run = OfflineRun(run_dir, log.stem.removeprefix("run-"), "", "", {}, [], False)
-    for payload in _wandb_records(log):
+    for payload in _wandb_records(log, run.notes):
         rec = pb.Record()
         try:
             rec.ParseFromString(payload)
@@ -266,8 +283,8 @@ def _read_with_leet(run_dir: Path, log: Path) -> OfflineRun:
 def find_offline_runs(wandb_dir: str | Path) -> list[Path]:
     """Run dirs under ``wandb_dir``: itself, ``offline-run-*``/``run-*`` children, or ``wandb/`` children."""
     root = Path(wandb_dir)
-    if not root.is_dir():
-        raise DataError("W&B dir not found", path=root, fix="pass the dir given to wandb.init(dir=...) (SONIC: /tmp)")
+    _require_dir(root, "W&B dir", "pass the dir given to wandb.init(dir=...) (SONIC: /tmp), or one of its "
+                                  "wandb/offline-run-* dirs")
     if list(root.glob("run-*.wandb")):
         return [root]
     found: list[Path] = []
@@ -285,31 +302,19 @@ def find_offline_runs(wandb_dir: str | Path) -> list[Path]:
 # ----------------------------------------------------------------------------- experiment dir
 
 
-def _tb_rows(exp: Path) -> dict[int, dict[str, Any]]:
+def _tb_rows(exp: Path, notes: list[str] | None = None) -> dict[int, dict[str, Any]]:
     from ..sonic.experiment import tensorboard_event_files
+    from .tfevents import read_scalars
 
-    files = tensorboard_event_files(exp)
-    if not files:
-        return {}
-    try:
-        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ConfigError("reading TensorBoard events needs the tensorboard package",
-                          fix="pip install 'grail-cluster[select]' (or pip install tensorboard)") from exc
     rows: dict[int, dict[str, Any]] = {}
-    for f in files:
-        acc = EventAccumulator(str(f), size_guidance={"scalars": 0})
-        try:
-            acc.Reload()
-        except Exception as exc:  # noqa: BLE001 - corrupt record / proto errors
-            raise DataError(f"unreadable TensorBoard event file ({exc})", path=f) from exc
-        tags = set(acc.Tags().get("scalars", []))
-        for tag in (SR, MPJPE_L, MPJPE_G, OBJ_POS):
-            if tag not in tags:
-                continue
-            for ev in acc.Scalars(tag):  # later files/events overwrite earlier ones of the same step
-                rows.setdefault(int(ev.step), {EVAL_STEP: int(ev.step)})[tag] = float(ev.value)
+    for f in tensorboard_event_files(exp):
+        # Later files/events overwrite earlier ones of the same step (a restarted run re-logs its steps).
+        for step, tag, value in read_scalars(f, {SR, MPJPE_L, MPJPE_G, OBJ_POS}, notes):
+            rows.setdefault(step, {EVAL_STEP: step})[tag] = value
     return rows
+
+
+_WATCHER_FIX = "re-run the eval of this step, or delete the file to ignore the step"
 
 
 def _watcher_rows(exp: Path) -> dict[int, dict[str, Any]]:
@@ -324,23 +329,65 @@ def _watcher_rows(exp: Path) -> dict[int, dict[str, Any]]:
         try:
             data = json.loads(f.read_text())
         except (OSError, ValueError) as exc:
-            raise DataError(f"unreadable metrics_eval.json ({exc})", path=f,
-                            fix="re-run the eval of this step, or delete the file to ignore the step") from exc
+            raise DataError(f"unreadable metrics_eval.json ({exc})", path=f, fix=_WATCHER_FIX) from None
+        if not isinstance(data, dict):
+            raise DataError(f"metrics_eval.json holds a JSON {type(data).__name__}, not the eval watcher's mapping "
+                            f"of {SR}, eval/all/* ...", path=f, fix=_WATCHER_FIX)
         step = int(step_dir.name)
         rows[step] = {EVAL_STEP: step, **{k: data.get(k) for k in (SR, MPJPE_L, MPJPE_G, OBJ_POS) if k in data}}
     return rows
 
 
-def experiment_rows(exp: str | Path) -> list[dict[str, Any]]:
+def _require_dir(path: Path, what: str, fix: str) -> None:
+    if path.is_dir():
+        return
+    problem = f"{what} is a file, not a directory" if path.exists() else f"{what} not found"
+    raise DataError(problem, path=path, fix=fix)
+
+
+_EXP_FIX = "pass SONIC's experiment dir (logs_rl/<project>/<experiment>-<timestamp>)"
+
+
+def experiment_rows(exp: str | Path, notes: list[str] | None = None) -> list[dict[str, Any]]:
     """Eval rows of a SONIC experiment dir: TensorBoard scalars, overridden by the watcher's JSON."""
     exp = Path(exp)
-    if not exp.is_dir():
-        raise DataError("experiment dir not found", path=exp,
-                        fix="pass SONIC's experiment dir (logs_rl/<project>/<experiment>-<timestamp>)")
-    rows = _tb_rows(exp)
+    _require_dir(exp, "experiment dir", _EXP_FIX)
+    rows = _tb_rows(exp, notes)
     for step, row in _watcher_rows(exp).items():
         rows.setdefault(step, {EVAL_STEP: step}).update(row)
     return [rows[s] for s in sorted(rows)]
+
+
+def check_rows(rows: list[dict[str, Any]], where: Any, notes: list[str]) -> None:
+    """Refuse values no ranking can use honestly; note the rows that cannot count.
+
+    A success rate outside [0, 1] (a percentage, a count) would outrank every true rate, and an eval
+    step that is negative or fractional names no checkpoint: both are refused. A non-finite success
+    rate (NaN from an empty eval) is not a result, so such rows are left out, and said so."""
+    nonfinite, no_step = [], 0
+    for r in rows:
+        has_sr, sr, step = SR in r and r[SR] is not None, _num(r.get(SR)), _num(r.get(EVAL_STEP))
+        if has_sr and sr is None:
+            nonfinite.append(r.get(EVAL_STEP))
+            continue
+        if sr is None:
+            continue
+        if step is None:
+            no_step += 1
+            continue
+        if not 0.0 <= sr <= 1.0:
+            raise DataError(f"{SR} at eval_step {step:g} is {sr:g}, outside [0, 1]", path=where,
+                            fix="log the success rate as a fraction (0.85, not 85); rates out of range cannot be "
+                                "ranked against the others")
+        if step < 0 or step != int(step):
+            raise DataError(f"eval_step {step:g} is not a training step (no model_step_*.pt can have it)",
+                            path=where, fix="log eval_step as the checkpoint's training iteration")
+    if nonfinite:
+        notes.append(f"{where}: {len(nonfinite)} eval row(s) with a non-finite {SR} (NaN/inf, eval_step "
+                     f"{', '.join(str(s) for s in nonfinite[:10])}) are not ranked")
+    if no_step:
+        notes.append(f"{where}: {no_step} row(s) have {SR} but no {EVAL_STEP}; they are not ranked (log "
+                     f"{EVAL_STEP} with every eval row)")
 
 
 # ----------------------------------------------------------------------------- online W&B
@@ -376,10 +423,16 @@ def _wandb_api(api: Any) -> Any:
 
 
 def _require_checkpoints(top: list[dict[str, Any]], *, path: Any, fix: str) -> None:
-    """Every selected checkpoint whose path is known must exist."""
-    missing = [e["checkpoint_path"] for e in top if e["checkpoint_path"] and not Path(e["checkpoint_path"]).is_file()]
+    """Every selected checkpoint whose path is known must exist, and hold something (an empty file is a save
+    that never finished: SONIC writes a temp file and renames it, so a 0-byte name was truncated later)."""
+    known = [e["checkpoint_path"] for e in top if e["checkpoint_path"]]
+    missing = [c for c in known if not Path(c).is_file()]
     if missing:
         raise DataError(f"{len(missing)} selected checkpoint(s) missing: {', '.join(missing)}", path=path, fix=fix)
+    empty = [c for c in known if Path(c).stat().st_size == 0]
+    if empty:
+        raise DataError(f"{len(empty)} selected checkpoint(s) are empty files: {', '.join(empty)}", path=path,
+                        fix="copy the checkpoints again from the training node (a 0-byte .pt is a truncated save)")
 
 
 def _online_source(api: Any, run: str | None, group: str | None, entity: str, project: str,
@@ -432,12 +485,14 @@ def select_top(source: str | Path | None = None, k: int = 5, hoi: bool = False, 
                step_pad: int = 6, *, run: str | None = None, group: str | None = None,
                experiment_dir: str | Path | None = None, wandb_dir: str | Path | None = None,
                entity: str = DEFAULT_ENTITY, project: str = DEFAULT_PROJECT, samples: int = 5000,
-               api: Any = None, check_files: bool = True, reader: str = "protobuf") -> dict[str, Any]:
-    """The §5.1 top-k JSON (plus ``checkpoint_path``) for one training run.
+               api: Any = None, check_files: bool = True, reader: str = "protobuf",
+               allow_fewer: bool = False) -> dict[str, Any]:
+    """The §5.1 top-k JSON (plus ``checkpoint_path`` and ``warnings``) for one training run.
 
     ``source`` is a SONIC experiment dir (same as ``experiment_dir``). With ``wandb_dir`` rows come from
     offline W&B runs there (``run``/``group`` pick one); else ``run``/``group`` use the online API
     (``api``, default ``wandb.Api()``); else the experiment dir's TensorBoard and watcher files.
+    Fewer than ``k`` rankable steps is a DataError unless ``allow_fewer``.
     """
     if source is not None:
         if experiment_dir is not None and Path(source) != Path(experiment_dir):
@@ -453,35 +508,41 @@ def select_top(source: str | Path | None = None, k: int = 5, hoi: bool = False, 
         raise ConfigError(f"--step_pad must be >= 0 (got {step_pad})")
 
     run_id = run_name = grp = None
+    notes: list[str] = []
+    if experiment_dir is not None:
+        _require_dir(Path(experiment_dir), "experiment dir", _EXP_FIX)
     if wandb_dir is not None:
         where = Path(wandb_dir)
-        chosen = _choose_offline([read_offline_run(p, reader) for p in find_offline_runs(where)], run, group, where)
-        rows = chosen.history
+        offline = [read_offline_run(p, reader) for p in find_offline_runs(where)]
+        meta_run = _meta_run_id(experiment_dir) if experiment_dir is not None else None
+        chosen = _choose_offline(offline, run or (meta_run if group is None else None), group, where)
+        rows, source_where = chosen.history, _log_file(chosen.run_dir)
+        notes += chosen.notes
         run_id = "/".join(x for x in (chosen.entity, chosen.project, chosen.id) if x)
         run_name, grp = chosen.name or None, chosen.group or None
-        cfg_dir = chosen.config.get("experiment_dir") or chosen.config.get("experiment_save_dir")
+        cfg_dir, wb_id = _config_dir(chosen.config), chosen.id
     elif run is not None or group is not None:
         online, rows = _online_source(api, run, group, entity, project, samples)
         run_id, run_name = _run_path(online), getattr(online, "name", None)
+        source_where = run_id
         grp = getattr(online, "group", None)
-        cfg = dict(getattr(online, "config", None) or {})
-        cfg_dir = cfg.get("experiment_dir") or cfg.get("experiment_save_dir")
+        cfg_dir, wb_id = _config_dir(dict(getattr(online, "config", None) or {})), getattr(online, "id", None)
     else:
-        rows = experiment_rows(experiment_dir)
-        cfg_dir = None
-    if experiment_dir is None and isinstance(cfg_dir, dict):  # W&B config values may be {"value": ...}
-        cfg_dir = cfg_dir.get("value")
+        rows = experiment_rows(experiment_dir, notes)
+        source_where, cfg_dir, wb_id = experiment_dir, None, None
+    if experiment_dir is not None and (wandb_dir is not None or run is not None or group is not None):
+        _check_run_is_experiments(Path(experiment_dir), wb_id, cfg_dir, notes)
     exp = Path(experiment_dir) if experiment_dir is not None else (Path(cfg_dir) if cfg_dir else None)
 
+    check_rows(rows, source_where, notes)
     top = rank_rows(rows, k=k, hoi=hoi, min_sr=min_sr, step_pad=step_pad)
-    if not top:
-        n = len(eval_rows(rows))
-        raise DataError(f"no eval rows to rank ({len(rows)} rows, {n} with {SR} and {EVAL_STEP}, min_sr={min_sr})",
-                        path=exp or wandb_dir,
-                        fix="wait for the eval watcher to log results, or lower --min_sr")
+    _require_enough(top, rows, k=k, min_sr=min_sr, where=exp or source_where, allow_fewer=allow_fewer)
     exp_abs = Path(os.path.abspath(exp)) if exp is not None else None
     for entry in top:
         entry["checkpoint_path"] = str(exp_abs / entry["checkpoint"]) if exp_abs else None
+    if exp_abs is None:
+        notes.append("the experiment dir is unknown (not given, not in the W&B run's config): the checkpoint files "
+                     "were not checked; pass --experiment_dir")
     if exp_abs is not None and check_files:
         _require_checkpoints(top, path=exp_abs,
                              fix="check --step_pad (0 = unpadded names) and that the experiment dir is the run's; "
@@ -492,7 +553,53 @@ def select_top(source: str | Path | None = None, k: int = 5, hoi: bool = False, 
         "k": k, "min_sr": min_sr, "step_pad": step_pad, "hoi": hoi,
         "tiebreak_key": OBJ_POS if hoi else MPJPE_L,
         "top": top,
+        "warnings": notes,
     }
+
+
+def _meta_run_id(experiment_dir: str | Path) -> str | None:
+    from ..sonic.experiment import read_meta
+
+    meta = read_meta(experiment_dir)  # garbage meta.yaml: a DataError naming it
+    value = (meta or {}).get("wandb_run")
+    return str(value) if value else None
+
+
+def _check_run_is_experiments(exp: Path, wb_id: str | None, logged_dir: str | None, notes: list[str]) -> None:
+    """The W&B rows must be this experiment's: steps of another run would map onto this dir's checkpoints
+    (every run saves model_step_000500.pt ...) and select the wrong files with exit 0."""
+    meta_run = _meta_run_id(exp)
+    if meta_run and wb_id and meta_run != wb_id:
+        raise DataError(f"meta.yaml names W&B run {meta_run!r} for this experiment, but the rows come from run "
+                        f"{wb_id!r}", path=exp / "meta.yaml",
+                        fix=f"pass --run {meta_run} (the experiment's own run), or the experiment dir that run wrote")
+    if logged_dir:
+        if Path(logged_dir).name != exp.resolve().name:
+            raise DataError(f"the W&B run logged experiment_dir {logged_dir}, not this one", path=exp,
+                            fix="pass the experiment dir the run wrote (--experiment_dir), or the run of this one")
+        if os.path.abspath(logged_dir) != str(exp.resolve()):
+            notes.append(f"the W&B run logged experiment_dir {logged_dir}; using {exp.resolve()} (same name, another "
+                         "place: a copy?)")
+    elif not meta_run:
+        notes.append(f"{exp}: neither meta.yaml nor the W&B run's config ties the run to this experiment dir; "
+                     "check that they belong together")
+
+
+def _require_enough(top: list[dict[str, Any]], rows: list[dict[str, Any]], *, k: int, min_sr: float, where: Any,
+                    allow_fewer: bool) -> None:
+    """Fewer qualifying steps than asked for is an answer to a different question: refuse it."""
+    if len(top) >= k or (top and allow_fewer):
+        return
+    n_eval = len(eval_rows(rows))
+    found = (f"{len(rows)} rows, {n_eval} with a finite {SR} and an {EVAL_STEP}, "
+             f"{len({round(_num(r[EVAL_STEP])) for r in eval_rows(rows)})} distinct steps")
+    if not top:
+        raise DataError(f"no eval rows to rank ({found}, min_sr={min_sr})", path=where,
+                        fix="wait for the eval watcher to log results, or lower --min_sr")
+    raise DataError(f"only {len(top)} checkpoint step(s) qualify, --k asks for {k} ({found}, min_sr={min_sr})",
+                    path=where, fix=f"ask for at most {len(top)} (select-top --k {len(top)}; select.k={len(top)} in "
+                                    "a plan), lower min_sr, wait for more evals, or pass --allow_fewer to take the "
+                                    f"{len(top)} there are")
 
 
 # ----------------------------------------------------------------------------- across a sweep
@@ -517,7 +624,8 @@ def group_sources(group: str, *, wandb_dirs: list[str | Path] | None = None, api
             raise DataError(f"no offline W&B run in group {group!r}", path=", ".join(str(d) for d in wandb_dirs),
                             fix=f"groups here: {', '.join(sorted({r.group or '(none)' for r in runs}))}")
         return [{"run": "/".join(x for x in (r.entity, r.project, r.id) if x), "run_name": r.name or None,
-                 "experiment_dir": _config_dir(r.config), "rows": r.history} for r in pool]
+                 "experiment_dir": _config_dir(r.config), "rows": r.history, "where": str(_log_file(r.run_dir)),
+                 "notes": r.notes} for r in pool]
     api = _wandb_api(api)
     try:
         runs = list(api.runs(f"{entity}/{project}", filters={"group": group}))
@@ -533,7 +641,7 @@ def group_sources(group: str, *, wandb_dirs: list[str | Path] | None = None, api
 
 def select_across(*, experiment_dirs: list[str | Path] | None = None, sources: list[dict[str, Any]] | None = None,
                   group: str | None = None, k: int = 5, hoi: bool = False, min_sr: float = 0.0, step_pad: int = 6,
-                  check_files: bool = True) -> dict[str, Any]:
+                  check_files: bool = True, allow_fewer: bool = False) -> dict[str, Any]:
     """The top k checkpoints over several training runs (a sweep's points), ranked together by §5.1.
 
     Each ``top`` entry also names its run and its own ``experiment_dir``; the output is otherwise
@@ -542,10 +650,14 @@ def select_across(*, experiment_dirs: list[str | Path] | None = None, sources: l
     """
     if k < 1:
         raise ConfigError(f"--k must be >= 1 (got {k})")
+    notes: list[str] = []
     sources = list(sources or []) + [{"run": None, "run_name": Path(d).name, "experiment_dir": str(d),
-                                      "rows": experiment_rows(d)} for d in experiment_dirs or []]
+                                      "rows": experiment_rows(d, notes), "where": str(d)} for d in experiment_dirs or []]
     if not sources:
         raise ConfigError("nothing to rank", fix="pass experiment dirs or W&B runs of the group")
+    for src in sources:
+        notes += src.get("notes") or []
+        check_rows(src["rows"], src.get("where") or src.get("experiment_dir") or src.get("run"), notes)
     tagged = [{**row, SOURCE: i} for i, src in enumerate(sources) for row in src["rows"]]
     # A W&B run restarted under a new id writes the same experiment dir: count its steps once.
     same_dir: dict[str, int] = {}
@@ -557,15 +669,15 @@ def select_across(*, experiment_dirs: list[str | Path] | None = None, sources: l
         if src.get("experiment_dir"):
             row[SOURCE] = same_dir[os.path.abspath(src["experiment_dir"])]
     top = rank_rows(tagged, k=k, hoi=hoi, min_sr=min_sr, step_pad=step_pad)
-    if not top:
-        raise DataError(f"no eval rows to rank in {len(sources)} run(s) (min_sr={min_sr})",
-                        path=", ".join(str(s.get("experiment_dir") or s.get("run")) for s in sources)[:500],
-                        fix="wait for the evals to log results, or lower --min_sr")
+    _require_enough(top, tagged, k=k, min_sr=min_sr, allow_fewer=allow_fewer,
+                    where=", ".join(str(s.get("experiment_dir") or s.get("run")) for s in sources)[:500])
     for entry in top:
         src = sources[entry.pop(SOURCE)]
         exp = os.path.abspath(src["experiment_dir"]) if src.get("experiment_dir") else None
         entry.update(run=src.get("run"), run_name=src.get("run_name"), experiment_dir=exp,
                      checkpoint_path=os.path.join(exp, entry["checkpoint"]) if exp else None)
+    if any(e["experiment_dir"] is None for e in top):
+        notes.append("some selected runs logged no experiment dir: their checkpoint files were not checked")
     if check_files:
         _require_checkpoints(top, path=None,
                              fix="check --step_pad and that each run's experiment dir is reachable from here")
@@ -578,6 +690,7 @@ def select_across(*, experiment_dirs: list[str | Path] | None = None, sources: l
         "runs": [{"run": s.get("run"), "run_name": s.get("run_name"), "experiment_dir": s.get("experiment_dir"),
                   "eval_rows": len(eval_rows(s["rows"]))} for s in sources],
         "top": top,
+        "warnings": notes,
     }
 
 
@@ -605,23 +718,23 @@ def _fmt(v: Any, spec: str) -> str:
 
 
 def _print_table(result: dict[str, Any]) -> None:
-    from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
+
+    from ..console import make_console
 
     across = "runs" in result
     where = f"group {result['group']}, {len(result['runs'])} runs" if across else result["run"] or result["experiment_dir"]
-    table = Table(title=f"top {len(result['top'])} checkpoints ({where})")
+    table = Table(title=escape(f"top {len(result['top'])} checkpoints ({where})"))
     for col in ("rank", *(("run",) if across else ()), "eval_step", "checkpoint", "SR", "mpjpe_l", "mpjpe_g",
                 "obj_pos_error"):
         table.add_column(col)
     for e in result["top"]:
         run = (e.get("run_name") or e.get("run") or "-",) if across else ()
-        table.add_row(str(e["rank"]), *run, str(e["eval_step"]), e["checkpoint"], _fmt(e["success_rate"], ".4f"),
+        table.add_row(str(e["rank"]), *map(escape, run), str(e["eval_step"]), escape(e["checkpoint"]),
+                      _fmt(e["success_rate"], ".4f"),
                       _fmt(e["mpjpe_l"], ".2f"), _fmt(e["mpjpe_g"], ".2f"), _fmt(e["obj_pos_error"], ".4f"))
-    console = Console(stderr=True, emoji=False)
-    if not console.is_terminal:
-        console.width = 200  # logs: do not squeeze the table to 80 columns
-    console.print(table)
+    make_console(stderr=True).print(table)  # in a log: one row per line, nothing folded
 
 
 def _run_dir_of(group: str) -> Path | None:
@@ -634,7 +747,7 @@ def _run_dir_of(group: str) -> Path | None:
 
 def _across_group(args: argparse.Namespace) -> dict[str, Any]:
     opts = {"k": args.k, "hoi": args.hoi, "min_sr": args.min_sr, "step_pad": args.step_pad,
-            "check_files": not args.no_check_files}
+            "check_files": not args.no_check_files, "allow_fewer": args.allow_fewer}
     run_dir = None if args.wandb_dir else _run_dir_of(args.group)
     if run_dir is not None:
         from ..plan import read_plan
@@ -656,9 +769,12 @@ def cmd_select_top(args: argparse.Namespace) -> int:
         result = select_top(run=args.run, group=args.group, experiment_dir=args.experiment_dir,
                             wandb_dir=args.wandb_dir[0] if args.wandb_dir else None,
                             entity=args.entity, project=args.project, k=args.k, hoi=args.hoi, min_sr=args.min_sr,
-                            step_pad=args.step_pad, samples=args.samples, check_files=not args.no_check_files)
+                            step_pad=args.step_pad, samples=args.samples, check_files=not args.no_check_files,
+                            allow_fewer=args.allow_fewer)
     if args.out:
         write_json_atomic(args.out, result)
+    for note in result["warnings"]:  # on stderr even with --json: a script's log keeps them
+        sys.stderr.write(f"warning: {note}\n")
     sys.stdout.write(json.dumps(result, indent=1) + "\n")
     if not args.json:
         _print_table(result)
@@ -691,6 +807,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                    help="with --group: GRAIL's behaviour, rank only the group's run with the most eval rows")
     p.add_argument("--no_check_files", action="store_true",
                    help="do not require the selected checkpoints to exist (experiment dir on another machine)")
+    p.add_argument("--allow_fewer", action="store_true",
+                   help="write the top list even when fewer than --k steps qualify (default: an error, exit 1)")
     p.add_argument("--json", action="store_true", help="JSON only (no table on stderr)")
     p.set_defaults(func=cmd_select_top)
     return p
