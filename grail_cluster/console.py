@@ -14,8 +14,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich.cells import cell_len
 from rich.console import Console
 from rich.rule import Rule
+from rich.text import Text
 
 # Wider than any line we print (keys, PATH_MAX paths, problem lists); rich allocates nothing per
 # column of width, so a large figure costs nothing.
@@ -41,8 +43,12 @@ class GrailConsole(Console):
     def rule(self, title: Any = "", *, characters: str = "─", style: Any = "rule.line",
              align: Any = "center") -> None:
         rule = Rule(title=title, characters=characters, style=style, align=align)
-        # A rule spans the console: in a log that would be a million dashes.
-        self.print(rule, width=RULE_WIDTH if self.for_log else None)
+        # A rule spans the console: in a log that would be a million dashes; but its title (often a
+        # path) must not be cut, so the rule grows with it.
+        width = None
+        if self.for_log:
+            width = max(RULE_WIDTH, cell_len(title.plain if isinstance(title, Text) else str(title)) + 8)
+        self.print(rule, width=width)
 
 
 def make_console(*, stderr: bool = False, **kwargs: Any) -> GrailConsole:

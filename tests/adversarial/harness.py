@@ -49,14 +49,17 @@ def run_cli(args: list[str], *, cwd: str | Path | None = None, env: dict[str, st
     return Result(proc.returncode, proc.stdout, proc.stderr)
 
 
-def snapshot(*paths: str | Path) -> dict[str, str]:
-    """Relative path -> sha256 of every file (and the mode of every entry) under ``paths``."""
+def snapshot(*paths: str | Path, ignore: tuple[str, ...] = ()) -> dict[str, str]:
+    """Relative path -> sha256 of every file (and the mode of every entry) under ``paths``; entries
+    whose name is in ``ignore`` (e.g. the library's own index cache) are left out."""
     out: dict[str, str] = {}
     for base in map(Path, paths):
         if base.is_file():
             out[str(base)] = hashlib.sha256(base.read_bytes()).hexdigest()
             continue
         for p in sorted(base.rglob("*")):
+            if p.name in ignore:
+                continue
             if p.is_symlink():
                 out[str(p)] = "link:" + os.readlink(p)
             elif p.is_file():
@@ -82,8 +85,9 @@ def assert_no_traceback(res: Result) -> None:
     assert "Traceback (most recent call last)" not in res.text, res.text
 
 
-def assert_unchanged(before: dict[str, str], *paths: str | Path) -> None:
-    after = snapshot(*paths)
+def assert_unchanged(before: dict[str, str], *paths: str | Path, ignore: tuple[str, ...] = ()) -> None:
+    after = snapshot(*paths, ignore=ignore)
+    before = {k: v for k, v in before.items() if Path(k).name not in ignore}
     changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
     assert not changed, f"inputs changed: {changed[:10]}"
 
@@ -115,3 +119,20 @@ def canary_pickle(target: str | Path, witness: str | Path, wrap_key: str | None 
     Path(target).parent.mkdir(parents=True, exist_ok=True)
     with open(target, "wb") as fh:
         pickle.dump(obj, fh, protocol=4)
+
+
+def run_cli_to_file(args: list[str], log: str | Path, *, cwd: str | Path | None = None,
+                    env: dict[str, str] | None = None, timeout: float = 300) -> Result:
+    """``grail-cluster ARGS > log``: stdout into a file (a SLURM job's output, CI, a shell redirect)."""
+    with open(log, "w") as fh:
+        proc = subprocess.run([GRAIL, *map(str, args)], cwd=cwd, env=clean_env(env), stdout=fh,
+                              stderr=subprocess.PIPE, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    return Result(proc.returncode, Path(log).read_text(encoding="utf-8"), proc.stderr)
+
+
+def assert_greppable(text: str, *needles: str) -> None:
+    """Each of ``needles`` whole on one line of ``text``: what ``grep -F NEEDLE log`` needs."""
+    lines = text.splitlines()
+    for needle in needles:
+        assert any(needle in line for line in lines), (
+            f"{needle!r} is not whole on any line (folded or missing):\n{text[:6000]}")
