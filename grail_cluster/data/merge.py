@@ -697,8 +697,11 @@ def _print_report(rep: dict[str, Any]) -> None:
               f"object_usd={c['object_usd']} vis={c['vis']} ({rep['files']} files, {rep['mode']}: "
               f"{rep['linked']} linked, {rep['copied']} copied)")
     sr = rep["success_rate"]
-    con.print(f"success rate: {rep['exported_count']}/{rep['total_motions_evaluated']}"
-              + (f" = {sr:.2%}" if sr is not None else " (nothing evaluated)"))
+    # GRAIL's manifest calls this success_rate, but it is after the export filter (min_progress,
+    # obj_pos_threshold): the success rate is not-terminated over every shard (`summarize`).
+    con.print(f"exported / evaluated: {rep['exported_count']}/{rep['total_motions_evaluated']}"
+              + (f" = {sr:.2%}" if sr is not None else " (nothing evaluated)")
+              + " (after the export filter; the success rate: grail-cluster summarize)")
     if rep["coverage"] is not None:
         con.print(f"coverage: {rep['unique_keys']}/{rep['source_motions']} = {rep['coverage']:.2%} of the source")
     if rep["terrain"]:
