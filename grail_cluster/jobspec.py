@@ -32,6 +32,9 @@ class JobSpec:
     body: list[str] = field(default_factory=list)  # shell lines doing the work
     requeue: bool = False
     comment: str = ""  # what the command does, for people reading the script
+    # job.python: checked first in the job, so a wrong interpreter fails in seconds with its own message
+    # instead of a bare ModuleNotFoundError after training ("": no check).
+    python: str = ""
 
     @property
     def name(self) -> str:

@@ -22,7 +22,10 @@ from .plan import RunPlan
 
 def job_specs(plan: RunPlan) -> list[JobSpec]:
     """One spec per planned stage, in dependency order, from ``launchers/<stage>.py``."""
-    return [importlib.import_module(f"grail_cluster.launchers.{s.name}").spec(plan) for s in plan.stages]
+    specs = [importlib.import_module(f"grail_cluster.launchers.{s.name}").spec(plan) for s in plan.stages]
+    for spec in specs:
+        spec.python = spec.python or str(plan.config["job"]["python"])
+    return specs
 
 
 def template_env() -> jinja2.Environment:

@@ -7,8 +7,14 @@ from pathlib import Path
 
 TAIL_BYTES = 64 * 1024
 
+JOB_PYTHON = "job.python cannot import grail_cluster"
+JOB_PYTHON_FIX = "job.python=/path/to/python-with-grail-cluster"
+
 # Ordered: the first that matches names the failure.
 PATTERNS = [
+    # The job template's own check, or a bare `python -m grail_cluster.entry` on an interpreter without
+    # grail-cluster (ModuleNotFoundError's wording, quoted or not, and `-m`'s "finding module specification").
+    (JOB_PYTHON, re.compile(r"cannot import grail_cluster|No module named '?grail_cluster\b")),
     ("OOM", re.compile(r"CUDA out of memory|OutOfMemoryError|oom[-_]kill|Out Of Memory|MemoryError|Killed process", re.I)),
     # bash reporting that a child died of SIGKILL (OOM killer, kill -9, cgroup limit)
     ("killed by signal 9 (SIGKILL)", re.compile(r"line \d+:\s+\d+ Killed\b")),
@@ -39,6 +45,9 @@ def signature(paths: list[Path], state: str | None = None) -> str | None:
     text = "\n".join(_tail(p) for p in paths)
     for name, pattern in PATTERNS:
         if pattern.search(text):
+            if name == JOB_PYTHON:
+                line = next(ln for ln in reversed(text.splitlines()) if pattern.search(ln))
+                return f"{JOB_PYTHON} ({line.strip()[:160]}); fix: {JOB_PYTHON_FIX}"
             last = last_error_line(text)
             terse = name in ("TIMEOUT", "CANCELLED") or name.startswith("killed")
             return f"{name}: {last}" if last and not terse else name

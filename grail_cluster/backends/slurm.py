@@ -74,6 +74,29 @@ def submission_lines(plan: RunPlan) -> list[str]:
     return lines
 
 
+# ----------------------------------------------------------------------------- partition limits
+
+# One line per node and partition: partition (default marked *), time limit, job size in nodes,
+# CPUs, memory (MB), GRES, availability.
+SINFO_FORMAT = "%P|%l|%s|%c|%m|%G|%a"
+
+
+def sinfo_nodes(timeout: float = 20.0) -> tuple[str | None, str | None]:
+    """The scheduler's view of every partition's nodes in one ``sinfo`` call: (text, None), or
+    (None, why it could not be asked) when no scheduler answers here (a laptop, another cluster)."""
+    try:
+        proc = subprocess.run(["sinfo", "--noheader", "-N", "-o", SINFO_FORMAT], capture_output=True, text=True,
+                              timeout=timeout)
+    except FileNotFoundError:
+        return None, "no `sinfo` on this machine: partition limits not checked (they are when planning on a login node)"
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return None, f"`sinfo` did not answer ({type(exc).__name__}): partition limits not checked"
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        return None, f"`sinfo` failed ({last}): partition limits not checked"
+    return proc.stdout, None
+
+
 # ----------------------------------------------------------------------------- submission and polling
 
 # SLURM job states -> shard states (COMPLETED is settled by the marker: done or missing-output).

@@ -26,6 +26,13 @@ export WANDB_JOB_TYPE=train
 export WANDB_MODE=offline
 export WANDB_RUN_GROUP=golden
 cd <TMP>/SONIC
+# job.python must import grail-cluster here, or every grail step fails (after training, for train).
+GRAIL_PYTHON=<PYTHON>
+if ! GRAIL_PY_CHECK=$("$GRAIL_PYTHON" -c 'import grail_cluster' 2>&1); then
+  echo "error: job.python=$GRAIL_PYTHON cannot import grail_cluster on $(hostname): ${GRAIL_PY_CHECK##*$'\n'}" >&2
+  echo "  fix: job.python=/path/to/python-with-grail-cluster (unset, it is the interpreter that ran grail-cluster)" >&2
+  exit 3
+fi
 
 # A requeued job continues its own run; a first start warm-starts when fine-tuning.
 if [ -f <TMP>/runs/golden/experiment/last.pt ]; then
@@ -36,5 +43,5 @@ fi
 accelerate launch --num_processes=8 gear_sonic/train_agent_trl.py +exp=manager/universal_token/hoi/advanced_manip_table num_envs=2048 headless=True ++manager_env.commands.motion.motion_lib_cfg.motion_file=<TMP>/data/pickup_table_ha/robot ++manager_env.commands.motion.motion_lib_cfg.object_motion_file=<TMP>/data/pickup_table_ha/objects ++manager_env.config.object_usd_path=<TMP>/data/pickup_table/object_usd ++manager_env.commands.motion.motion_lib_cfg.bps_dir=<TMP>/data/pickup_table/bps ++experiment_dir=<TMP>/runs/golden/experiment "${GRAIL_RESUME_ARGS[@]}"
 # Machine rank 0 checks the checkpoints and writes the stage's success marker.
 if [ "${GRAIL_MACHINE_RANK:-0}" = 0 ]; then
-  python -m grail_cluster.entry train --run-dir <TMP>/runs/golden --index "$GRAIL_INDEX" --plan-hash <PLAN_HASH>
+  <PYTHON> -m grail_cluster.entry train --run-dir <TMP>/runs/golden --index "$GRAIL_INDEX" --plan-hash <PLAN_HASH>
 fi

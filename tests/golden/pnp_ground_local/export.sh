@@ -18,5 +18,12 @@ echo "[grail] $GRAIL_STAGE index $GRAIL_INDEX attempt $GRAIL_ATTEMPT on $(hostna
 export WANDB_JOB_TYPE=export
 export WANDB_RUN_GROUP=golden
 cd <TMP>/runs/golden
+# job.python must import grail-cluster here, or every grail step fails (after training, for train).
+GRAIL_PYTHON=<PYTHON>
+if ! GRAIL_PY_CHECK=$("$GRAIL_PYTHON" -c 'import grail_cluster' 2>&1); then
+  echo "error: job.python=$GRAIL_PYTHON cannot import grail_cluster on $(hostname): ${GRAIL_PY_CHECK##*$'\n'}" >&2
+  echo "  fix: job.python=/path/to/python-with-grail-cluster (unset, it is the interpreter that ran grail-cluster)" >&2
+  exit 3
+fi
 
-python -m grail_cluster.entry export --run-dir <TMP>/runs/golden --index "$GRAIL_INDEX" --plan-hash <PLAN_HASH>
+<PYTHON> -m grail_cluster.entry export --run-dir <TMP>/runs/golden --index "$GRAIL_INDEX" --plan-hash <PLAN_HASH>

@@ -1,10 +1,10 @@
 #!/bin/bash
-# golden:eval: SONIC eval: 2 checkpoint(s) x 3 shard(s), sonic_block sharding
+# golden:eval: SONIC eval: 1 checkpoint(s) x 3 shard(s), sonic_block sharding
 # Rendered by grail-cluster 0.1.0 from plan <PLAN>. This file is submitted as is;
 # dependencies, array subsets (resubmits) and GRAIL_ATTEMPT are given on the sbatch command line.
 #SBATCH --job-name=golden:eval
 #SBATCH --comment=golden:eval
-#SBATCH --array=0-5%6
+#SBATCH --array=0-2%3
 #SBATCH --nodes=1
 #SBATCH --ntasks-per-node=1
 #SBATCH --cpus-per-task=16
@@ -36,5 +36,12 @@ export WANDB_JOB_TYPE=eval
 export WANDB_MODE=offline
 export WANDB_RUN_GROUP=golden
 cd <TMP>/SONIC
+# job.python must import grail-cluster here, or every grail step fails (after training, for train).
+GRAIL_PYTHON=<PYTHON>
+if ! GRAIL_PY_CHECK=$("$GRAIL_PYTHON" -c 'import grail_cluster' 2>&1); then
+  echo "error: job.python=$GRAIL_PYTHON cannot import grail_cluster on $(hostname): ${GRAIL_PY_CHECK##*$'\n'}" >&2
+  echo "  fix: job.python=/path/to/python-with-grail-cluster (unset, it is the interpreter that ran grail-cluster)" >&2
+  exit 3
+fi
 
-python -m grail_cluster.entry eval --run-dir <TMP>/runs/golden --index "$GRAIL_INDEX" --plan-hash <PLAN_HASH>
+<PYTHON> -m grail_cluster.entry eval --run-dir <TMP>/runs/golden --index "$GRAIL_INDEX" --plan-hash <PLAN_HASH>

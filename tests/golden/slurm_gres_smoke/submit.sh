@@ -9,13 +9,13 @@ JOB_train_0=$(sbatch --parsable --job-name=golden:train:0 --comment=golden:train
 echo "train 0: $JOB_train_0"
 JOB_select_0=$(sbatch --parsable --job-name=golden:select:0 --comment=golden:select:0 "--dependency=afterok:$JOB_train_0" --export=ALL,GRAIL_INDEX_OFFSET=0,GRAIL_ATTEMPT=0 select.sh)
 echo "select 0: $JOB_select_0"
-JOB_eval_0=$(sbatch --parsable --job-name=golden:eval:0 --comment=golden:eval:0 --array=0-5%6 "--dependency=afterok:$JOB_select_0" --export=ALL,GRAIL_INDEX_OFFSET=0,GRAIL_ATTEMPT=0 eval.sh)
+JOB_eval_0=$(sbatch --parsable --job-name=golden:eval:0 --comment=golden:eval:0 --array=0-2%3 "--dependency=afterok:$JOB_select_0" --export=ALL,GRAIL_INDEX_OFFSET=0,GRAIL_ATTEMPT=0 eval.sh)
 echo "eval 0: $JOB_eval_0"
-JOB_render_0=$(sbatch --parsable --job-name=golden:render:0 --comment=golden:render:0 --array=0-5%6 "--dependency=aftercorr:$JOB_eval_0" --export=ALL,GRAIL_INDEX_OFFSET=0,GRAIL_ATTEMPT=0 render.sh)
+JOB_render_0=$(sbatch --parsable --job-name=golden:render:0 --comment=golden:render:0 --array=0-2%3 "--dependency=aftercorr:$JOB_eval_0" --export=ALL,GRAIL_INDEX_OFFSET=0,GRAIL_ATTEMPT=0 render.sh)
 echo "render 0: $JOB_render_0"
-JOB_export_0=$(sbatch --parsable --job-name=golden:export:0 --comment=golden:export:0 --array=0-5%6 "--dependency=aftercorr:$JOB_render_0" --export=ALL,GRAIL_INDEX_OFFSET=0,GRAIL_ATTEMPT=0 export.sh)
+JOB_export_0=$(sbatch --parsable --job-name=golden:export:0 --comment=golden:export:0 --array=0-2%3 "--dependency=aftercorr:$JOB_render_0" --export=ALL,GRAIL_INDEX_OFFSET=0,GRAIL_ATTEMPT=0 export.sh)
 echo "export 0: $JOB_export_0"
-JOB_merge_0=$(sbatch --parsable --job-name=golden:merge:0 --comment=golden:merge:0 --array=0-1%2 "--dependency=afterok:$JOB_export_0" --export=ALL,GRAIL_INDEX_OFFSET=0,GRAIL_ATTEMPT=0 merge.sh)
+JOB_merge_0=$(sbatch --parsable --job-name=golden:merge:0 --comment=golden:merge:0 --array=0%1 "--dependency=afterok:$JOB_export_0" --export=ALL,GRAIL_INDEX_OFFSET=0,GRAIL_ATTEMPT=0 merge.sh)
 echo "merge 0: $JOB_merge_0"
 JOB_web_0=$(sbatch --parsable --job-name=golden:web:0 --comment=golden:web:0 "--dependency=afterok:$JOB_merge_0" --export=ALL,GRAIL_INDEX_OFFSET=0,GRAIL_ATTEMPT=0 web.sh)
 echo "web 0: $JOB_web_0"
