@@ -229,8 +229,9 @@ def _plan_from_overrides(overrides: list[str], *, multirun: bool = False, sweep_
     index = _progress_scan(c["data"]["motion_lib"], layout=layout, usd_dir=c["data"].get("object_usd_dir"),
                            bps_dir=c["data"].get("bps_dir"))
     plan = build_plan(c, index, provenance=sources(c, index.bps_dir), sweep=sweep)
-    from .plan_checks import check_cluster  # the scheduler's limits (one sinfo call), before anything is written
+    from .plan_checks import check_cluster
 
+    # The scheduler's limits (one sinfo call), before anything is written or queued.
     for note in check_cluster(plan):
         err.print(f"note: {escape(note)}", highlight=False)
     return plan
