@@ -42,6 +42,28 @@ class Sweep:
         return " ".join(swept)
 
 
+_FILE_EXAMPLE = "e.g. params: {train.seed: '1,2,3', ++train.overrides.algo.config.learning_rate: [1e-3, 3e-4]}"
+
+
+def _sweep_value(item: Any, key: str, path: Path) -> str:
+    """One value of a YAML list as Hydra reads it: YAML null is Hydra's null (not the string "None"), and
+    a string holding a comma is quoted so that it stays one value instead of becoming several points."""
+    if item is None:
+        return "null"
+    if isinstance(item, bool):
+        return "true" if item else "false"
+    if isinstance(item, int | float):
+        return repr(item)
+    if isinstance(item, str):
+        if not any(c in item for c in ",'\"()[]{}= "):
+            return item
+        if "'" not in item:
+            return f"'{item}'"
+    raise ConfigError(f"params.{key}: the value {item!r} cannot be passed to Hydra as one sweep value", path=path,
+                      fix="use numbers, plain strings (quoted strings may hold commas but not quotes), true/false "
+                          "or null; nested lists and mappings are not sweep values")
+
+
 def _file_overrides(path: str) -> list[str]:
     """``params:`` (key -> "a,b" or a list, as Hydra's ``hydra.sweeper.params``) and ``overrides:``."""
     import yaml
@@ -49,21 +71,41 @@ def _file_overrides(path: str) -> list[str]:
     p = Path(path)
     try:
         data = yaml.safe_load(p.read_text())
+    except IsADirectoryError:
+        raise ConfigError("the sweep file is a directory", path=p, fix=f"pass a YAML file: {_FILE_EXAMPLE}") from None
     except OSError as exc:
-        raise ConfigError(f"cannot read the sweep file: {exc.strerror}", path=p) from None
+        raise ConfigError(f"cannot read the sweep file: {exc.strerror}", path=p,
+                          fix="pass the path of a YAML sweep file (--sweep-file FILE)") from None
+    except UnicodeDecodeError:
+        raise ConfigError("the sweep file is not text", path=p, fix=f"pass a YAML file: {_FILE_EXAMPLE}") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"the sweep file is not valid YAML: {exc}", path=p) from None
+        where = getattr(exc, "problem_mark", None)
+        at = f" (line {where.line + 1}, column {where.column + 1})" if where is not None else ""
+        raise ConfigError(f"the sweep file is not valid YAML{at}: {getattr(exc, 'problem', None) or exc}", path=p,
+                          fix=f"fix the YAML; {_FILE_EXAMPLE}") from None
     if not isinstance(data, dict) or not set(data) <= {"params", "overrides"} or not data:
         raise ConfigError("a sweep file holds `params:` (key: a,b,c) and optionally `overrides:` (a list)", path=p,
-                          fix="e.g. params: {train.seed: '1,2,3', ++train.overrides.algo.config.learning_rate: '1e-3,3e-4'}")
+                          fix=_FILE_EXAMPLE)
     params = data.get("params") or {}
     fixed = data.get("overrides") or []
     if not isinstance(params, dict) or not isinstance(fixed, list):
-        raise ConfigError("`params` must be a mapping and `overrides` a list", path=p)
-    out = [str(o) for o in fixed]
+        raise ConfigError("`params` must be a mapping and `overrides` a list", path=p, fix=_FILE_EXAMPLE)
+    bad = [o for o in fixed if not isinstance(o, str)]
+    if bad:
+        raise ConfigError(f"`overrides` entries must be strings like key=value, got {bad[0]!r}", path=p,
+                          fix="quote each entry: overrides: ['pipeline=pnp_ground', 'train.seed=1']")
+    out = list(fixed)
     for key, value in params.items():
+        if not isinstance(key, str) or not key or "=" in key:
+            raise ConfigError(f"params key {key!r} is not a config key", path=p, fix=_FILE_EXAMPLE)
         if isinstance(value, list):
-            value = ",".join(str(v) for v in value)
+            if not value:
+                raise ConfigError(f"params.{key} is an empty list: a sweep over nothing", path=p,
+                                  fix=f"give {key} at least one value, or remove it")
+            value = ",".join(_sweep_value(v, key, p) for v in value)
+        elif value is None or isinstance(value, dict) or (isinstance(value, str) and not value.strip()):
+            raise ConfigError(f"params.{key} has no values ({value!r})", path=p,
+                              fix=f"{key}: 'a,b,c' or a YAML list [a, b, c]")
         out.append(f"{key}={value}")
     return out
 
@@ -79,12 +121,15 @@ def expand(overrides: list[str], sweep_file: str | None = None) -> Sweep:
         parsed = OverridesParser.create().parse_overrides(every)
         batches = BasicSweeper.split_arguments(parsed, None)
     except HydraException as exc:
-        raise ConfigError(f"cannot expand the sweep: {str(exc).splitlines()[0]}",
+        raise ConfigError(f"cannot expand the sweep: {str(exc).splitlines()[0]}", path=sweep_file,
                           fix="sweep values as Hydra takes them: key=a,b,c or key=range(1,4) or key=choice(a,b)") from None
     points = batches[0] if batches else [[]]
     # Hydra keeps one value per key (the last override of a key wins), so match by key, not position.
     swept_keys = {o.get_key_element() for o in parsed if o.is_sweep_override()}
     if not swept_keys:
+        if sweep_file:
+            raise ConfigError("the sweep file's params give one value each: nothing to sweep", path=sweep_file,
+                              fix="give a param several values (train.seed: '1,2,3'), or run without --sweep-file")
         raise ConfigError("-m was given but no override sweeps (nothing like key=a,b)",
                           fix="add a comma list or range(), e.g. train.seed=1,2,3; or drop -m for a single run")
     base = [ov for ov in points[0] if ov.split("=", 1)[0] not in swept_keys]
