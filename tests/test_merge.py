@@ -327,3 +327,23 @@ def test_cli_main_integration(pool, tmp_path, capsys):
     exp = tmp_path / "exp"
     make_shards(pool, exp, [range(0, 3)])
     assert cli.main(["merge", "--exp_dir", str(exp), "--step", str(STEP), "--num_shards", "1"]) == 0
+
+
+def test_unsound_merge_never_lands_at_merged_unless_allowed(pool, tmp_path):
+    exp = tmp_path / "exp"
+    make_shards(pool, exp, [range(0, 5), range(5, 10)])
+    assert merge_step(exp, STEP, num_shards=2)["sound"]
+    shutil.rmtree(step_dir(exp) / "shard_1")
+    rep = merge_step(exp, STEP, num_shards=2)
+    # the old merged/ was built from a shard that is gone: moved aside, not left looking current
+    assert not rep["sound"] and rep["output"] == str(step_dir(exp) / "merged.unsound")
+    assert rep["previous"]["action"] == "moved" and not (step_dir(exp) / "merged").exists()
+    assert (step_dir(exp) / "merged.superseded" / "export_manifest.json").is_file()
+    rep = merge_step(exp, STEP, num_shards=2, allow_unsound=True)
+    man = json.loads((step_dir(exp) / "merged" / "export_manifest.json").read_text())
+    assert rep["published"] == "final" and man["sound"] is False and man["allowed_unsound"] is True
+    assert not (step_dir(exp) / "merged.unsound").exists()
+    # the second superseded merge does not overwrite the first
+    shutil.rmtree(step_dir(exp) / "shard_0")
+    merge_step(exp, STEP, num_shards=2)
+    assert (step_dir(exp) / "merged.superseded.2").is_dir() and (step_dir(exp) / "merged.superseded").is_dir()
