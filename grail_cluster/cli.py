@@ -138,6 +138,10 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
+    if getattr(args, "cluster", False):
+        from .probe import cmd_probe
+
+        return cmd_probe(args)
     from .doctor import diagnose, has_errors, parse_allow, report
     from .sonic.root import sonic_problems
 
@@ -413,6 +417,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="check what this pipeline needs (pnp_table, pnp_ground, advanced_manip_table, "
                         "advanced_manip_ground, terrain_tracking); with sonic.root=DIR (and "
                         "train.finetune.checkpoint=FILE|release) also the SONIC checkout")
+    p.add_argument("--cluster", action="store_true",
+                   help="instead: submit a short probe job with these run overrides (cluster=slurm|local, "
+                        "data.motion_lib=..., sonic.root=...; probe.wait=S, probe.gpus=N) and report what a compute "
+                        "node sees: interpreter, GPUs, paths, Isaac Lab, W&B credentials; exit 1 on any error")
     p.set_defaults(func=cmd_doctor)
 
     for name, func, helptext in (

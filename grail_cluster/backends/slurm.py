@@ -33,12 +33,16 @@ def slurm_mem(gb: float) -> str:
 
 
 def render_script(plan: RunPlan, spec: JobSpec, env: jinja2.Environment) -> str:
-    cluster = plan.config["cluster"]
+    return render_job(plan.config["cluster"], f"{plan.paths['logs_dir']}/{spec.stage}", spec, env)
+
+
+def render_job(cluster: dict, log_dir: str, spec: JobSpec, env: jinja2.Environment) -> str:
+    """One sbatch script; also the `doctor --cluster` probe's, so it gets exactly the stages' directives."""
     return env.get_template("slurm/job.sh.j2").render(
         spec=spec, r=spec.resources, cluster=cluster,
         parallelism=int(cluster.get("array_parallelism") or spec.size),
         mem=slurm_mem(spec.resources.mem_gb), time=slurm_time(spec.resources.time_min),
-        log_dir=f"{plan.paths['logs_dir']}/{spec.stage}",
+        log_dir=log_dir,
     )
 
 
@@ -224,7 +228,11 @@ class SlurmBackend:
             raise GrailError("rendered script missing", path=script_path, fix="re-run `grail-cluster run` to render it")
         flags = submit_flags(name=name, array_spec=group.array_spec, dependency=dependency, offset=group.offset,
                              attempt=attempt)
-        folder = spec_dir / ".submitit"
+        return self.sbatch(script_path, flags)
+
+    def sbatch(self, script_path: Path, flags: list[str]) -> str:
+        """Submit a rendered script byte for byte through submitit; the job id."""
+        folder = script_path.parent / ".submitit"
         folder.mkdir(parents=True, exist_ok=True)
         executor = _executor_class()(folder)
         self.calls["sbatch"] += 1
