@@ -38,12 +38,13 @@ def test_numbers_by_hand(exp):
     e, k = exp
     out = sm.summarize(e)
     s1, s2 = out["steps"]
+    s1_dir = e / "eval" / "step_1000"
     assert s1["step"] == 1000
     assert (s1["total_motions"], s1["total_success"], s1["unique_motions"]) == (4, 3, 4)
     assert s1["real_success_rate"] == pytest.approx(0.75)
     assert [s["status"] for s in s1["shards"]] == ["ok", "missing", "parse_error"]
     assert s1["shards"][0] == {"rank": 0, "status": "ok", "n_motions": 4, "n_success": 3, "shard_sr": 0.75,
-                               "wandb_sr": 0.9}
+                               "wandb_sr": 0.9, "path": str(s1_dir / "phase1_shard_0" / "metrics_eval.json")}
     assert s1["mean_mpjpe_l"] == pytest.approx(10.0) and s1["mean_obj_pos_error"] == pytest.approx(0.04)
 
     assert (s2["total_motions"], s2["total_success"], s2["unique_motions"]) == (10, 9, 6)
@@ -55,13 +56,21 @@ def test_numbers_by_hand(exp):
     assert s2["shards"][1]["shard_sr"] == pytest.approx(0.5)
 
     assert [r["step"] for r in out["ranked_by_real_sr"]] == [2000, 1000]
-    assert out["problems"] == ["step 1000 shard 1: missing", "step 1000 shard 2: parse_error"]
+    # every problem names its file (and why); step 2000's shard 2 repeats shard 0's four keys
+    assert out["problems"][0] == f"step 1000 shard 1: missing ({s1_dir / 'phase1_shard_1' / 'metrics_eval.json'})"
+    assert out["problems"][1].startswith(f"step 1000 shard 2: parse_error ({s1_dir / 'phase1_shard_2'}")
+    assert "invalid JSON" in out["problems"][1]
+    assert (s1["duplicate_motions"], s2["duplicate_motions"]) == (0, 4)
+    assert out["problems"][2].startswith("step 2000: 4 motion key(s) evaluated in more than one shard")
+    assert len(out["problems"]) == 3
 
 
 def test_steps_compare_fatal_and_cli(exp, tmp_path, capsys):
     e, _ = exp
     assert [s["step"] for s in sm.summarize(e, steps=[2000])["steps"]] == [2000]
-    assert sm.summarize(e, steps=[2000], missing_shards_fatal=True)["problems"] == []
+    assert sm.summarize(e, steps=[2000])["problems"][0].startswith("step 2000: 4 motion key(s)")
+    with pytest.raises(DataError, match="more than one shard"):
+        sm.summarize(e, steps=[2000], missing_shards_fatal=True)
     with pytest.raises(DataError, match="missing"):
         sm.summarize(e, missing_shards_fatal=True)
 

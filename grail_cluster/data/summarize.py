@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from ..errors import EXIT_OK, EXIT_PROBLEMS, DataError
-from .io import dumps_json, write_json
+from .io import dumps_json, finite_or_none, write_json
 
 _STEP_RE = re.compile(r"^step_(\d+)$")
 _SHARD_RE = re.compile(r"^phase1_shard_(\d+)$")
@@ -23,26 +23,38 @@ _MEANS = ("mpjpe_l", "mpjpe_g", "obj_pos_error")
 
 
 def _read_shard(path: Path) -> dict:
-    """One shard's row; status parse_error when the JSON or its motion lists are unusable."""
+    """One shard's row; status parse_error when the JSON or its motion lists are unusable.
+
+    The per-motion lists go through export's reader (one strict reading of §4.2 for every tool): a
+    ``terminated`` entry that is not a boolean (null, "false", NaN) is an error, never guessed at
+    (``bool(None)`` counted a motion as a success, ``bool("false")`` as a failure). The success count
+    needs the ``terminated`` list itself; a shard without it is unreadable, not all-successful."""
+    from .export import read_metrics
+
+    def error(text: str) -> dict:
+        return {"status": "parse_error", "error": text, "n_motions": 0, "n_success": 0, "shard_sr": None,
+                "wandb_sr": None, "keys": []}
+
     try:
+        table = read_metrics(path)
         data = json.loads(path.read_text())
-        table = data["eval/all_metrics_dict"]
-        keys = list(table["motion_keys"])
-        terminated = [bool(t) for t in table["terminated"]]
-        if len(terminated) != len(keys):
-            raise ValueError(f"{len(terminated)} terminated flags for {len(keys)} motion_keys")
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        return {"status": "parse_error", "error": f"{type(exc).__name__}: {exc}", "n_motions": 0, "n_success": 0,
-                "shard_sr": None, "wandb_sr": None, "keys": []}
-    n, n_succ = len(keys), len(keys) - sum(terminated)
+    except DataError as exc:
+        return error(exc.problem)
+    except (OSError, ValueError) as exc:
+        return error(f"{type(exc).__name__}: {exc}")
+    if "terminated" in table.get("absent_columns", []):
+        return error("eval/all_metrics_dict has no terminated list: the successes cannot be counted")
+    keys = table["motion_keys"]
+    n, n_succ = len(keys), len(keys) - sum(bool(t) for t in table["terminated"])
     row = {"status": "ok", "n_motions": n, "n_success": n_succ, "shard_sr": n_succ / n if n else None,
-           "wandb_sr": data.get("eval/success/success_rate"), "keys": keys}
+           "wandb_sr": finite_or_none(data.get("eval/success/success_rate")), "keys": keys}
     for name in _MEANS:
-        row[name] = data.get(f"eval/all/{name}")
+        row[name] = finite_or_none(data.get(f"eval/all/{name}"))
     return row
 
 
 def _mean(values) -> float | None:
+    # Shard scalars are already finite or None (NaN from an empty mean is not a number to average).
     vals = [float(v) for v in values if v is not None]
     return sum(vals) / len(vals) if vals else None
 
@@ -71,8 +83,18 @@ def summarize_step(step: int, shards: dict[int, Path], num_shards: int) -> dict:
             row = {"status": "missing", "n_motions": 0, "n_success": 0, "shard_sr": None, "wandb_sr": None, "keys": []}
         else:
             row = _read_shard(metrics)
-        rows.append({"rank": rank, **row})
+        rows.append({"rank": rank, "path": str(metrics) if metrics is not None else None, **row})
     ok = [r for r in rows if r["status"] == "ok"]
+    # A key in two shards (stale shards of another num_shards, a copied dir) is counted twice in the
+    # total: the rate is then not over the library's motions. Said per step, never silently summed.
+    first_shard: dict[str, int] = {}
+    duplicates: dict[str, list[int]] = {}
+    for r in ok:
+        for k in r["keys"]:
+            if k in first_shard:
+                duplicates.setdefault(k, [first_shard[k]]).append(r["rank"])
+            else:
+                first_shard[k] = r["rank"]
     total = sum(r["n_motions"] for r in ok)
     success = sum(r["n_success"] for r in ok)
     out = {
@@ -87,6 +109,8 @@ def summarize_step(step: int, shards: dict[int, Path], num_shards: int) -> dict:
         "shards_parse_error": sum(r["status"] == "parse_error" for r in rows),
         # A rate over some shards is not the checkpoint's: every reader must say so.
         "partial": len(ok) < len(rows) or not rows,
+        "duplicate_motions": len(duplicates),
+        "duplicate_examples": {k: v for k, v in sorted(duplicates.items())[:5]},
         "shards": [{k: v for k, v in r.items() if k != "keys" and k not in _MEANS} for r in rows],
     }
     for name in _MEANS:
@@ -110,10 +134,10 @@ def _compare(path: Path, by_step: dict[int, dict]) -> list[dict]:
     rows = []
     for step, t in entries:
         real = by_step.get(step, {}).get("real_success_rate")
-        wandb = t.get("success_rate")
+        wandb = finite_or_none(t.get("success_rate"))
         rows.append({"wandb_rank": t.get("rank"), "step": step, "checkpoint": t.get("checkpoint"),
                      "wandb_subset_sr": wandb, "real_success_rate": real,
-                     "delta": None if real is None or wandb is None else real - float(wandb),
+                     "delta": None if real is None or wandb is None else real - wandb,
                      "evaluated": step in by_step})
     return rows
 
@@ -146,7 +170,16 @@ def summarize(exp_dir: str | Path, steps: list[int] | None = None, *, compare: s
     }
     if compare is not None:
         out["compare"] = _compare(Path(compare), {r["step"]: r for r in rows})
-    bad = [f"step {r['step']} shard {s['rank']}: {s['status']}" for r in rows for s in r["shards"] if s["status"] != "ok"]
+    bad = [f"step {r['step']} shard {s['rank']}: {s['status']} ({s['path'] or 'no shard dir'}"
+           + (f": {s['error']}" if s.get("error") else "") + ")"
+           for r in rows for s in r["shards"] if s["status"] != "ok"]
+    for r in rows:
+        paths = {s["rank"]: s["path"] for s in r["shards"]}
+        if r["duplicate_motions"]:
+            key, ranks = next(iter(r["duplicate_examples"].items()))
+            bad.append(f"step {r['step']}: {r['duplicate_motions']} motion key(s) evaluated in more than one shard, "
+                       f"counted twice in the total (e.g. {key} in {', '.join(str(paths[x]) for x in ranks)}); "
+                       "fix: delete the stale shard dirs and re-run the eval with one num_shards")
     out["problems"] = bad
     if missing_shards_fatal and bad:
         raise DataError("shards missing or unreadable: " + "; ".join(bad), path=exp_dir / "eval",
