@@ -68,11 +68,31 @@ def compose(overrides: list[str]) -> DictConfig:
         elif "Could not override" in text:
             fix = ("that key is not in grail-cluster's config: check the spelling (`grail-cluster plan --help`); "
                    "SONIC training keys go under ++train.overrides.<key>=...")
+        bad = _unparsable(overrides)
+        if bad:
+            # Hydra's parser names the input fragment, not which override it came from.
+            raise ConfigError(f"cannot parse the override {bad!r}: {_first_line(exc)}",
+                              fix="write key=value; lists as key=[a,b] (balanced brackets); quote values holding "
+                                  "spaces, brackets or commas: key='a,b'") from None
         raise ConfigError(f"cannot apply the overrides: {_first_line(exc)}", fix=fix) from None
     finally:
         GlobalHydra.instance().clear()
     check_unread(list(overrides), compose)  # added keys nothing reads, deleted keys the code needs
     return cfg
+
+
+def _unparsable(overrides: list[str]) -> str | None:
+    """The first override Hydra's grammar rejects on its own, if any."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    parser = OverridesParser.create()
+    for item in overrides:
+        try:
+            parser.parse_override(item)
+        except (HydraException, OmegaConfBaseException, ValueError):
+            return item
+    return None
 
 
 def _first_line(exc: BaseException) -> str:
