@@ -125,7 +125,7 @@ def cmd_index(args: argparse.Namespace) -> int:
     out.print(table)
     if len(shown) < len(index.motions):
         out.print(f"… {len(index.motions) - len(shown)} more (--all to list every motion, --json for scripts)")
-    out.print(f"index {index.cache} ({index.parsed} parsed) in {elapsed:.3f} s; fingerprint {index.fingerprint()[:16]}")
+    out.print(escape(f"index {index.cache} ({index.parsed} parsed) in {elapsed:.3f} s; fingerprint {index.fingerprint()[:16]}"))
     if findings:
         # Never a silent skip: every file the index could not use is named, one line each.
         bad = sorted({(f["motion"], f["file"]) for f in findings})
@@ -264,7 +264,7 @@ def _plan_summary(plan) -> dict[str, Any]:
 
 
 def _print_plan(plan, plan_path: Path | None) -> None:
-    table = Table(title=f"run {plan.run_id} ({plan.pipeline['name']}, {plan.library['num_motions']} motions, cluster={plan.backend})")
+    table = Table(title=escape(f"run {plan.run_id} ({plan.pipeline['name']}, {plan.library['num_motions']} motions, cluster={plan.backend})"))
     for col in ("stage", "jobs", "after", "nodes x GPUs", "CPUs", "mem", "time"):
         table.add_column(col)
     for s in plan.stages:
@@ -280,7 +280,7 @@ def _print_plan(plan, plan_path: Path | None) -> None:
         for col in ("point", "overrides", "experiment dir"):
             points.add_column(col, overflow="fold")
         for p in plan.train["points"]:
-            points.add_row(p["name"], escape(" ".join(p["overrides"])), p["experiment_dir"])
+            points.add_row(p["name"], escape(" ".join(p["overrides"])), escape(p["experiment_dir"]))
         out.print(points)
         out.print(f"select ranks the checkpoints of every point; the top {plan.eval['num_checkpoints']} are "
                   "evaluated, rendered, exported and merged once for the sweep")
@@ -289,9 +289,9 @@ def _print_plan(plan, plan_path: Path | None) -> None:
         sizes = [len(r["motion_keys"]) for r in ranks]
         out.print(f"train: {plan.train['world_size']} ranks ({plan.train['slicing']}), {min(sizes)}-{max(sizes)} motions per rank")
     for w in plan.warnings:
-        err.print(f"[yellow]warning:[/] {w}")
+        err.print(f"[yellow]warning:[/] {escape(w)}")
     if plan_path:
-        out.print(f"plan written to {plan_path} (hash {plan.plan_hash[:12]})")
+        out.print(escape(f"plan written to {plan_path} (hash {plan.plan_hash[:12]})"))
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -319,7 +319,7 @@ def cmd_render(args: argparse.Namespace) -> int:
         _print_json({**_plan_summary(plan), "files": [str(p) for p in written]})
     else:
         _print_plan(plan, None)
-        out.print(f"rendered {len(written)} file(s) for cluster={plan.backend} into {out_dir / plan.backend}")
+        out.print(escape(f"rendered {len(written)} file(s) for cluster={plan.backend} into {out_dir / plan.backend}"))
     return EXIT_OK
 
 
@@ -348,7 +348,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             for line in submission_lines(plan):
                 out.print(line, markup=False, highlight=False)
         _print_plan(plan, plan_path)
-        out.print(f"dry run: nothing submitted; {len(written)} file(s) in {spec_dir}")
+        out.print(escape(f"dry run: nothing submitted; {len(written)} file(s) in {spec_dir}"))
         return EXIT_OK
     from .control import submit_run
 
@@ -362,15 +362,15 @@ def cmd_run(args: argparse.Namespace) -> int:
                      "adopted": result.adopted})
         return EXIT_OK
     _print_plan(plan, plan_path)
-    table = Table(title=f"queued run {plan.run_id}")
+    table = Table(title=escape(f"queued run {plan.run_id}"))
     for col in ("stage", "job id", "indices", "array", "after"):
         table.add_column(col)
     for j in result.jobs:
         table.add_row(j["stage"], j["job_id"], str(j["indices"]), j["array"] or "-", j["dependency"] or "-")
     out.print(table)
-    out.print(f"watch:  grail-cluster watch {plan.run_dir}\nstatus: grail-cluster status {plan.run_dir}\n"
-              f"logs:   grail-cluster logs {plan.run_dir} --stage eval --failed\n"
-              f"repair: grail-cluster resubmit {plan.run_dir}")
+    out.print(escape(f"watch:  grail-cluster watch {plan.run_dir}\nstatus: grail-cluster status {plan.run_dir}\n"
+                     f"logs:   grail-cluster logs {plan.run_dir} --stage eval --failed\n"
+                     f"repair: grail-cluster resubmit {plan.run_dir}"))
     return EXIT_OK
 
 

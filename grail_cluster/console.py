@@ -42,12 +42,14 @@ class GrailConsole(Console):
 
     def rule(self, title: Any = "", *, characters: str = "─", style: Any = "rule.line",
              align: Any = "center") -> None:
+        if not isinstance(title, Text):
+            title = Text(str(title))  # rule titles are paths and names: literal, never markup
         rule = Rule(title=title, characters=characters, style=style, align=align)
         # A rule spans the console: in a log that would be a million dashes; but its title (often a
         # path) must not be cut, so the rule grows with it.
         width = None
         if self.for_log:
-            width = max(RULE_WIDTH, cell_len(title.plain if isinstance(title, Text) else str(title)) + 8)
+            width = max(RULE_WIDTH, cell_len(title.plain) + 8)
         self.print(rule, width=width)
 
 

@@ -80,6 +80,8 @@ def checkpoint_headline(eval_step_dir: str | Path, *, step: int | None = None, n
         "shards_missing": row["shards_missing"],
         "shards_parse_error": row["shards_parse_error"],
         "partial": partial,
+        # Keys evaluated in two shards (stale shards of another num_shards) are counted twice.
+        "duplicate_motions": row.get("duplicate_motions", 0),
         "eval_dir": str(eval_step_dir),
         "merged": str(merged) if merged is not None else None,
     }
@@ -162,8 +164,11 @@ def headline_text(h: dict[str, Any]) -> str:
     if h.get("exported") is not None:
         text += f", exported {h['exported']}"
     text += f" ({h['shards_ok']}/{h['num_shards']} shards)"
-    partial = partial_text(h)
-    return f"{text}; {partial}" if partial else text
+    notes = [partial_text(h)]
+    if h.get("duplicate_motions"):
+        notes.append(f"{h['duplicate_motions']} motion(s) evaluated in more than one shard are counted twice "
+                     "(`grail-cluster summarize` names them)")
+    return "; ".join([text, *filter(None, notes)])
 
 
 def evaluated_headlines(plan) -> list[dict[str, Any]]:

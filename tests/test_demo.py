@@ -32,7 +32,8 @@ def _check_demo(out: Path, result: dict) -> None:
         evaluated = sum(len(t["motion_keys"]) for t in table)
         tracked = sum(not term for t in table for term in t["terminated"])
         assert ck["evaluated"] == evaluated == 6
-        assert ck["exported"] == tracked
+        assert ck["succeeded"] == tracked and ck["partial"] is False and ck["shards_ok"] == ck["num_shards"] == 2
+        assert ck["exported"] == tracked  # no export filter in the demo: every tracked motion is exported
         assert ck["success_rate"] == pytest.approx(tracked / evaluated)
         merged = Path(ck["merged"])
         assert len(list((merged / "robot").glob("*.pkl"))) == tracked

@@ -30,7 +30,7 @@ shutil.copytree(os.path.join(os.environ["GRAIL_TEST_STAGED"], os.path.basename(o
 THRESHOLD = 0.05
 
 
-def _count(metrics_files: list[Path]) -> tuple[int, int]:
+def count_metrics(metrics_files: list[Path]) -> tuple[int, int]:
     """(evaluated, succeeded) read straight from metrics_eval.json files: success = not terminated."""
     evaluated = succeeded = 0
     for path in metrics_files:
@@ -49,15 +49,13 @@ def _exportable(metrics_files: list[Path]) -> int:
     return n
 
 
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
+def build_finished_run(tmp: Path) -> dict:
     """A finished local run of 24 motions in 3 eval shards: 6 terminated, 2 successes over the threshold."""
     from grail_cluster import config
     from grail_cluster.library import scan_library
     from grail_cluster.plan import build_plan
     from tests.conftest import make_sonic_root
 
-    tmp = tmp_path_factory.mktemp("headline")
     _, ha = make_ha_pair(tmp / "data", "pickup_table", 24, fast=True)
     sonic = make_sonic_root(tmp / "SONIC")
     (sonic / "gear_sonic" / "eval_agent_trl.py").write_text(STAND_IN_EVALUATOR)
@@ -83,13 +81,18 @@ def finished_run(tmp_path_factory):
             "merged": Path(plan.paths["experiment_dir"]) / "exported" / "step_001000" / "merged"}
 
 
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    return build_finished_run(tmp_path_factory.mktemp("headline"))
+
+
 def _pct(n: int, d: int) -> str:
     return f"{100 * n / d:.1f}%"
 
 
 def test_the_scenario_is_the_issue_s(finished_run):
     """The scenario as issue 13 states it: 24 evaluated, 18 succeeded, fewer exported."""
-    evaluated, succeeded = _count(finished_run["metrics"])
+    evaluated, succeeded = count_metrics(finished_run["metrics"])
     assert len(finished_run["metrics"]) == 3
     assert (evaluated, succeeded) == (24, 18)
     assert _exportable(finished_run["metrics"]) == 16 < succeeded
@@ -98,7 +101,7 @@ def test_the_scenario_is_the_issue_s(finished_run):
 
 
 def test_web_index_and_headers_show_the_real_rate(finished_run):
-    evaluated, succeeded = _count(finished_run["metrics"])
+    evaluated, succeeded = count_metrics(finished_run["metrics"])
     exported = _exportable(finished_run["metrics"])
     web = finished_run["web"]
     index = json.loads((web / "manifest.json").read_text())
@@ -118,7 +121,7 @@ def test_web_index_and_headers_show_the_real_rate(finished_run):
 
 
 def test_status_says_the_same(finished_run):
-    evaluated, succeeded = _count(finished_run["metrics"])
+    evaluated, succeeded = count_metrics(finished_run["metrics"])
     res = run_cli(["status", finished_run["run_dir"]], cwd=finished_run["tmp"])
     assert res.code == 0, res.text
     lines = [ln for ln in res.stdout.splitlines() if ln.startswith("checkpoint step 1000:")]
@@ -132,7 +135,7 @@ def test_status_says_the_same(finished_run):
 
 
 def test_summarize_says_the_same(finished_run):
-    evaluated, succeeded = _count(finished_run["metrics"])
+    evaluated, succeeded = count_metrics(finished_run["metrics"])
     res = run_cli(["summarize", "--exp_dir", finished_run["exp"], "--json"])
     assert res.code == 0, res.text
     (step,) = json.loads(res.stdout)["steps"]
@@ -149,7 +152,7 @@ def test_missing_shard_makes_every_headline_partial(finished_run, tmp_path):
     gone.unlink()
     try:
         kept = finished_run["metrics"][:2]
-        evaluated, succeeded = _count(kept)
+        evaluated, succeeded = count_metrics(kept)
         pct = _pct(succeeded, evaluated)
         status = run_cli(["status", finished_run["run_dir"]], cwd=finished_run["tmp"]).stdout
         line = next(ln for ln in status.splitlines() if ln.startswith("checkpoint step 1000:"))

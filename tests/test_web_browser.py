@@ -358,3 +358,42 @@ def test_large_manifest_renders_only_visible_cards(page, server, tmp_path_factor
         srv.shutdown()
         srv.server_close()
         thread.join(5)
+
+
+# ----------------------------------------------------------------------------- the run's headline
+
+
+def test_header_shows_the_checkpoints_real_rate_not_the_librarys(browser, tmp_path_factory):
+    """A merged library holds only the exported successes; the header must show the checkpoint's eval
+    (every shard's metrics_eval.json), and say PARTIAL once a shard's metrics are gone."""
+    from tests.test_headline import build_finished_run, count_metrics
+
+    run = build_finished_run(tmp_path_factory.mktemp("headline-browser"))
+    evaluated, succeeded = count_metrics(run["metrics"])
+    run["metrics"][2].unlink()  # a scratch clean-up took one shard's metrics
+    partial = tmp_path_factory.mktemp("partial-site") / "site"
+    gen.generate(run["merged"], partial)
+    kept_evaluated, kept_succeeded = count_metrics(run["metrics"][:2])
+    for site, want, is_partial in (
+            (run["web"] / "step_001000", f"succeeded {succeeded}/{evaluated} = {100 * succeeded / evaluated:.1f}%", False),
+            (partial, f"succeeded {kept_succeeded}/{kept_evaluated} = {100 * kept_succeeded / kept_evaluated:.1f}%",
+             True)):
+        srv = make_server(site, 0)
+        thread = threading.Thread(target=srv.serve_forever, daemon=True)
+        thread.start()
+        ctx = browser.new_context(viewport=VIEWPORT, bypass_csp=True)
+        try:
+            page = ctx.new_page()
+            open_viewer(page, srv)
+            head = page.locator("#headline")
+            assert head.is_visible()
+            text = head.text_content()
+            assert want in text and "step 1000" in text
+            assert ("PARTIAL: the rate covers 2 of 3 shards only" in text) is is_partial
+            assert ("partial" in (head.get_attribute("class") or "")) is is_partial
+            assert "100.0%" not in page.locator("#counts").text_content()
+        finally:
+            ctx.close()
+            srv.shutdown()
+            srv.server_close()
+            thread.join(5)

@@ -180,8 +180,8 @@ def test_dry_run_rules_keep_long_spec_paths_whole(tmp_path):
     """`run --dry-run` prints each job file under a rule titled with its path: the title stays whole."""
     _, ha = make_ha_pair(tmp_path / "data", "pickup_table", 6, fast=True)
     sonic = make_sonic_root(tmp_path / "SONIC")
-    root = tmp_path / DEEP / "run root"
-    overrides = [*base_overrides(tmp_path, ha.root, sonic, "run.id=dry", "eval.num_shards=2"), f"run.root={root}"]
+    root = tmp_path / DEEP / "run root [red]x[bold]"  # the rule titles must print it literally
+    overrides = [*base_overrides(tmp_path, ha.root, sonic, "run.id=dry", "eval.num_shards=2"), f"run.root='{root}'"]
     log = tmp_path / "dry.log"
     res = run_cli_to_file(["run", *overrides, "--dry-run"], log, cwd=tmp_path)
     assert res.code == 0, res.text
