@@ -180,3 +180,69 @@ def test_a_submitted_runs_plan_is_never_replaced_by_another(tmp_path, hoi_pair, 
         write_plan(other)
     assert path.read_bytes() == before and submitted_plan_hash(plan.run_dir) == plan.plan_hash
     write_plan(plan)  # the same plan again is fine
+
+
+# ----------------------------------------------------------------------------- plan-time checks (issue 13 §3)
+
+
+def test_checkpoint_count_follows_the_rendered_command_line():
+    from grail_cluster.plan import checkpoints_written, training_schedule
+
+    pipeline = {"iterations": 20000, "save_frequency": 500}
+    assert training_schedule(["x.py", "num_envs=4"], pipeline) == (20000, 500, "release config")
+    argv = ["++algo.config.num_learning_iterations=150", "++algo.config.save_frequency=50"]
+    assert training_schedule(argv, pipeline)[:2] == (150, 50)
+    # SONIC's own key and the reference's both present: the smaller period bounds the count from above.
+    both = argv + ["++callbacks.model_save.save_frequency=25"]
+    assert training_schedule(both, pipeline)[:2] == (150, 25)
+    assert [checkpoints_written(i, p) for i, p in ((150, 50), (160, 50), (3, 500), (20000, 500))] == [3, 4, 1, 40]
+
+
+def test_k_within_the_schedule_plans(tmp_path, hoi_pair, sonic_root):
+    _, ha = hoi_pair
+    plan = make_plan(tmp_path, ha.root, sonic_root, "train.iterations=1000", "train.save_frequency=500", "select.k=2")
+    assert plan.eval["num_checkpoints"] == 2
+    with pytest.raises(ConfigError, match=r"select.k=3 .* at most 2 checkpoint"):
+        make_plan(tmp_path, ha.root, sonic_root, "train.iterations=1000", "train.save_frequency=500", "select.k=3")
+    # Explicit checkpoints: nothing is trained, so the schedule does not apply.
+    ckpt = tmp_path / "model_step_000500.pt"
+    ckpt.write_bytes(b"x")
+    make_plan(tmp_path, ha.root, sonic_root, "train.iterations=10", f"select.checkpoints=[{ckpt}]", "select.k=9")
+
+
+SINFO = """debug*|infinite|1-infinite|16|16000|gpu:8|up
+gpu|1-00:00:00|1-2|64|512000|gpu:h100:8(S:0-1),shard:h100:16|up
+gpu|1-00:00:00|1-2|64|512000|gpu:h100:4(S:0)|up
+short|30:00|1|8|32000|(null)|down
+"""
+
+
+def test_sinfo_is_read_as_sinfo_documents_it():
+    from grail_cluster.plan_checks import parse_sinfo
+
+    parts = parse_sinfo(SINFO)
+    assert parts["debug"].default and parts["debug"].time_min is None and parts["debug"].max_nodes is None
+    assert parts["gpu"].time_min == 1440 and parts["gpu"].max_nodes == 2
+    assert parts["gpu"].nodes == [(64, 512000, 8), (64, 512000, 4)]  # the shard GRES is not a GPU
+    assert parts["short"].time_min == 30 and parts["short"].nodes == [(8, 32000, 0)] and parts["short"].avail == "down"
+
+
+def test_partition_check_names_each_key(tmp_path, hoi_pair, sonic_root):
+    from grail_cluster.plan_checks import check_partition
+
+    _, ha = hoi_pair
+    fits = [f"resources.{s}.{k}={v}" for s in ("train", "select", "eval", "render", "export", "merge", "web")
+            for k, v in (("time", 60), ("mem", 8), ("cpus", 4))]
+    plan = make_plan(tmp_path, ha.root, sonic_root, "cluster=slurm", "cluster.partition=gpu", *fits)
+    assert check_partition(plan, SINFO) == []
+    # Two 8-GPU nodes exist only once: one has 8, the other 4.
+    two = make_plan(tmp_path, ha.root, sonic_root, "cluster=slurm", "cluster.partition=gpu", "train.nodes=2", *fits)
+    with pytest.raises(ConfigError, match="fits no 2 node"):
+        check_partition(two, SINFO)
+    slow = make_plan(tmp_path, ha.root, sonic_root, "cluster=slurm", "cluster.partition=short", "train.device=cpu",
+                     *fits)
+    with pytest.raises(ConfigError) as exc:
+        check_partition(slow, SINFO)
+    text = exc.value.render()
+    assert "resources.train.time=60" in text and "resources.train.time=30" in text
+    assert "resources.eval.gpus=1" in text and "fix:" in text
