@@ -163,8 +163,8 @@ def _check_quat_norm(out: list, path: str, name: str, q: np.ndarray) -> None:
 
 
 def _positive_number(v: Any) -> bool:
-    if isinstance(v, bool):
-        return False
+    if isinstance(v, bool | str | bytes):
+        return False  # "30" would pass float() here and fail in SONIC's arithmetic
     try:
         f = float(v)
     except (TypeError, ValueError):
