@@ -148,8 +148,10 @@ def select_for_resubmit(plan: RunPlan, ledger: Ledger, *, stages: list[str] | No
                 continue
             if state in states or (state == "unsubmitted" and "missing" in states):
                 seeds.setdefault(st.name, set()).add(idx)
-    # A shard whose marker is valid is done, whatever the scheduler said: never run it again.
-    selected = {st: {i for i in idx if not validate_marker(plan.run_dir, st, i, plan.plan_hash, roots=roots)}
+    # A shard whose marker is valid is done, whatever the scheduler said: never run it again. Valid by
+    # hash, not only by size: a shard that `status --verify` found changed keeps its size.
+    selected = {st: {i for i in idx if not validate_marker(plan.run_dir, st, i, plan.plan_hash, roots=roots,
+                                                           deep=True)}
                 for st, idx in downstream_closure(plan, seeds, not_done).items()}
     real_seeds = {st: idx & selected.get(st, set()) for st, idx in seeds.items()}
     for st, idx in consumers(plan, {k: v for k, v in real_seeds.items() if v}).items():
@@ -177,13 +179,13 @@ def resubmit(plan: RunPlan, *, stages: list[str] | None = None, indices: list[in
         if dry_run or not groups:
             return Submitted(round_, [{"stage": g.stage, "indices": g.indices, "array": g.array_spec,
                                        "name": g.name(plan.run_id, round_)} for g in groups])
-        # Done work that consumed a re-run shard: its marker is set aside (renamed) so the job does not
-        # skip it as done and no refresh counts the old evidence while it waits.
+        # Every re-run shard's old marker (a consumer's valid one, a changed shard's stale one) is set
+        # aside (renamed) so the job does not skip it as done and no refresh counts it while it waits.
         for st, idx in selected.items():
             for i in idx:
-                row = ledger.shard(st, i)
-                if row is not None and row.state == "done" and (old := retire_marker(plan.run_dir, st, i, round_)):
-                    ledger.event("marker-retired", st, i, row.attempt, path=str(old))
+                if old := retire_marker(plan.run_dir, st, i, round_):
+                    row = ledger.shard(st, i)
+                    ledger.event("marker-retired", st, i, row.attempt if row else None, path=str(old))
         ledger.event("resubmit", attempt=round_, selected={k: sorted(v) for k, v in selected.items()})
         return _submit_groups(plan, ledger, backend, groups, round_)
 

@@ -63,6 +63,9 @@ def slurm_jobs(plan: RunPlan, backend: Any) -> list[FoundJob]:
 
     pattern = name_pattern(plan.run_id)
     jobs: dict[str, FoundJob] = {}
+    # Run ids repeat across run roots (and test sessions): a job is this run's only if its script
+    # lies under this run dir's specs/ (the submit line and squeue's command both show the path).
+    specs = os.path.join(os.path.abspath(plan.paths["specs_dir"]), "")
 
     def job_of(jid: str, name: str) -> tuple[FoundJob, int | None] | None:
         m = pattern.match(name.strip())
@@ -87,11 +90,15 @@ def slurm_jobs(plan: RunPlan, backend: Any) -> list[FoundJob]:
         if len(parts) < 6:
             continue
         jid, name, state, exit_code, elapsed, node = parts[:6]
+        if not pattern.match(name.strip()):
+            continue
+        if "SubmitLine" in fields and specs not in "|".join(parts[6:]):
+            continue
         found = job_of(jid, name)
         if found is None:
             continue
-        job, task = found
         submit_line = "|".join(parts[6:])
+        job, task = found
         if job.offset is None and (m := re.search(r"GRAIL_INDEX_OFFSET=(\d+)", submit_line)):
             job.offset = int(m.group(1))
         word = state.split()[0] if state else "PENDING"
@@ -100,12 +107,14 @@ def slurm_jobs(plan: RunPlan, backend: Any) -> list[FoundJob]:
         for t in (expand_task_ids(task) if task else [None]):
             job.tasks[t] = info
     # The queue is authoritative for what has not ended (accounting may lag it by seconds).
-    out = backend._run(["squeue", "--me", "-h", "-r", "-o", "%i|%j|%T|%M|%N"], check=False).stdout
+    out = backend._run(["squeue", "--me", "-h", "-r", "-o", "%i|%j|%T|%M|%N|%o"], check=False).stdout
     for line in out.splitlines():
         parts = line.split("|")
-        if len(parts) < 5:
+        if len(parts) < 6:
             continue
         jid, name, state, elapsed, node = parts[:5]
+        if not pattern.match(name.strip()) or not "|".join(parts[5:]).startswith(specs):
+            continue
         found = job_of(jid, name)
         if found is None:
             continue

@@ -57,7 +57,8 @@ def recheck_done(plan: RunPlan, ledger: Ledger, *, deep: bool = False) -> list[t
                 ledger.event("evidence-lost", s.stage, s.idx, s.attempt, problem=problem, deep=deep)
                 demoted.append((s.stage, s.idx, problem))
         elif s.state == "missing-output" and (s.signature or "").startswith("was done, but"):
-            if marker_problem(plan.run_dir, s.stage, s.idx, plan.plan_hash, deep=deep, roots=roots) is None:
+            # Restored files are re-hashed (few shards): a change only --verify saw keeps its size.
+            if marker_problem(plan.run_dir, s.stage, s.idx, plan.plan_hash, deep=True, roots=roots) is None:
                 ledger.update_shard(s.stage, s.idx, "done", signature=None)
                 ledger.event("evidence-restored", s.stage, s.idx, s.attempt)
     return demoted

@@ -256,3 +256,116 @@ def test_a_crashed_submitter_is_reconciled_not_doubled(world):
     assert next(j for j in result.jobs if j["stage"] == "select")["dependency"] == f"afterok:{orphan}"
     cancel(plan)
     wait_settled(plan, timeout=120)
+
+
+def _status_json(plan, *flags: str) -> tuple[int, dict]:
+    proc = subprocess.run([sys.executable, "-m", "grail_cluster", "status", plan.run_dir, "--json", *flags],
+                          capture_output=True, text=True, timeout=120)
+    return proc.returncode, json.loads(proc.stdout)
+
+
+def _attempts(plan) -> dict[tuple[str, int], int]:
+    with Ledger(plan.run_dir) as ledger:
+        return {(s.stage, s.idx): s.attempt for s in ledger.shards()}
+
+
+def _failures(data: dict, stage: str) -> dict[int, dict]:
+    return {f["index"]: f for s in data["stages"] if s["name"] == stage for f in s["failures"]}
+
+
+def test_done_stays_true_lost_evidence_is_repaired_with_dependants(world):
+    """A finished run loses an eval marker, then an export output is truncated, then an eval output
+    changes at the same size: each is caught (the last only by --verify), named, and resubmit re-runs
+    exactly that shard and the done work made from it, on the real cluster."""
+    root, _ = world
+    plan = make(root, "evidence")
+    submit_run(plan)
+    stages = wait_settled(plan)
+    assert all(s.counts == {"done": s.size} for s in stages.values())
+    n = plan.eval["num_shards"]
+    base = _attempts(plan)
+
+    # 1. eval 3's marker is deleted (a scratch clean-up).
+    (Path(plan.run_dir) / "markers" / "eval" / "3" / "_SUCCESS.json").unlink()
+    code, data = _status_json(plan)
+    assert code == 1 and not data["ok"]
+    assert {s["name"]: s["counts"] for s in data["stages"]}["eval"] == {"done": 2 * n - 1, "missing-output": 1}
+    assert "markers/eval/3/_SUCCESS.json" in _failures(data, "eval")[3]["signature"]
+    result = resubmit(plan)
+    rerun = {j["stage"]: j["indices"] for j in result.jobs}
+    assert rerun == {"eval": 1, "render": 1, "export": 1, "merge": 1, "web": 1}, result.jobs
+    stages = wait_settled(plan)
+    assert all(s.counts == {"done": s.size} for s in stages.values()), {k: s.counts for k, s in stages.items()}
+    after = _attempts(plan)
+    changed = {k for k in after if after[k] != base[k]}
+    assert changed == {("eval", 3), ("render", 3), ("export", 3), ("merge", 0), ("web", 0)}
+    # The re-run dependants did their work again (not skipped on their old markers, which are kept aside).
+    assert (Path(plan.run_dir) / "markers" / "render" / "3" / f"_SUCCESS.json.retired-r{result.round}").exists()
+    assert json.loads((Path(plan.run_dir) / "markers" / "merge" / "0" / "_SUCCESS.json").read_text())["attempt"] \
+        == result.round
+    assert _status_json(plan)[0] == 0
+
+    # 2. An output of export n+1 (checkpoint 1) is truncated.
+    marker = json.loads((Path(plan.run_dir) / "markers" / "export" / str(n + 1) / "_SUCCESS.json").read_text())
+    rel = next(iter(marker["outputs"]))
+    out = Path(plan.run_dir) / rel
+    out.write_bytes(out.read_bytes()[:10])
+    code, data = _status_json(plan)
+    assert code == 1 and rel in _failures(data, "export")[n + 1]["signature"]
+    before = _attempts(plan)
+    result = resubmit(plan)
+    assert {j["stage"] for j in result.jobs} == {"export", "merge", "web"}
+    stages = wait_settled(plan)
+    assert all(s.counts == {"done": s.size} for s in stages.values())
+    after = _attempts(plan)
+    assert {k for k in after if after[k] != before[k]} == {("export", n + 1), ("merge", 1), ("web", 0)}
+
+    # 3. eval 2's output changes content at the same size: a stat cannot see it, --verify can.
+    marker = json.loads((Path(plan.run_dir) / "markers" / "eval" / "2" / "_SUCCESS.json").read_text())
+    rel = next(iter(marker["outputs"]))
+    out = Path(plan.run_dir) / rel
+    data = bytearray(out.read_bytes())
+    data[-3] = ord("0") if data[-3] != ord("0") else ord("1")
+    out.write_bytes(bytes(data))
+    assert _status_json(plan)[0] == 0
+    code, data = _status_json(plan, "--verify")
+    assert code == 1 and "changed content" in _failures(data, "eval")[2]["signature"]
+    result = resubmit(plan)
+    assert {j["stage"] for j in result.jobs} == {"eval", "render", "export", "merge", "web"}
+    wait_settled(plan)
+    code, data = _status_json(plan, "--verify")
+    assert code == 0 and data["ok"]
+
+
+def test_repair_ledger_reattaches_queued_jobs_by_name(world):
+    """The ledger of a run still in the queue is destroyed; repair-ledger finds the run's jobs by name
+    with one squeue and one sacct, re-attaches them, and the run finishes under the rebuilt ledger."""
+    root, _ = world
+    plan = make(root, "relost", "eval.num_shards=2", "select.k=1", "rehearsal.work_seconds=4")
+    submit_run(plan)
+    with Ledger(plan.run_dir) as ledger:
+        original = {j.name: j.job_id for j in ledger.jobs()}
+    ledger_path = Path(plan.run_dir) / "ledger.sqlite"
+    for side in ("-wal", "-shm"):
+        Path(f"{ledger_path}{side}").unlink(missing_ok=True)
+    ledger_path.write_bytes(b"\x00garbage after a full disk\x00" * 100)
+    proc = subprocess.run([sys.executable, "-m", "grail_cluster", "status", plan.run_dir], capture_output=True,
+                          text=True)
+    assert proc.returncode == 1 and "repair-ledger" in proc.stderr and "Traceback" not in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "grail_cluster", "repair-ledger", plan.run_dir, "--json"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert {j["name"]: j["job_id"] for j in report["jobs_found"]} == original
+    calls = report["scheduler_calls"]
+    # One query each; scontrol (MaxArraySize) only when accounting has not yet seen a job's submit line.
+    assert calls["sacct"] == 1 and calls["squeue"] == 1 and calls.get("scontrol", 0) <= 1, calls
+    assert report["attached"], report  # still queued or running when repaired
+    assert Path(report["kept_aside"]).read_bytes().startswith(b"\x00garbage")
+    with Ledger(plan.run_dir) as ledger:
+        assert {j.name: j.job_id for j in ledger.jobs()} == original
+    stages = wait_settled(plan)
+    assert all(s.counts == {"done": s.size} for s in stages.values()), {k: s.counts for k, s in stages.items()}
+    # A later resubmit round is numbered above every round the scheduler knows.
+    with Ledger(plan.run_dir) as ledger:
+        assert ledger.next_round() >= 1
