@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import joblib
 import pytest
@@ -117,3 +118,12 @@ def test_bad_arguments_exit_2_without_traceback(hoi_pair, capsys, arg):
     rc = main(["doctor", str(plain.root), arg])
     err = capsys.readouterr().err
     assert rc == 2 and "Traceback" not in err and "error:" in err
+
+
+def test_every_check_is_documented():
+    """docs/doctor-checks.md lists every check doctor can report, with its severity."""
+    from grail_cluster.motion_checks import CHECKS
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "doctor-checks.md").read_text()
+    missing = [name for name in CHECKS if f"| `{name}` |" not in doc]
+    assert not missing, f"checks missing from docs/doctor-checks.md: {missing}"
