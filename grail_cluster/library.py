@@ -187,7 +187,8 @@ def parse_motion(root: str, key: str, robot: str, objects: str | None, meta: str
     raw = _load(robot_path, findings)
     inner = None if raw is _UNREADABLE else motion_checks.unwrap(raw, key, robot_path, findings, "robot")
     if inner is None:
-        out["error"] = findings[0]["problem"] + "\n  fix: " + findings[0]["fix"]
+        first = findings[0]
+        out["error"] = f"{first['file']}: {first['problem']}\n  fix: {first['fix']}"
     else:
         frames, fps, kind = motion_checks.check_robot(inner, robot_path, findings)
         out["frames"] = frames if frames is not None else _frames(inner)

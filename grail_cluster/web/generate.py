@@ -504,7 +504,9 @@ def build_manifest(motion_lib: str | Path, *, title: str | None = None, metrics:
     }
     stats = {"index_cache": index.cache, "index_parsed": index.parsed, "meta_parsed": meta_parsed,
              "frames_read": frames_read, "warnings": info["warnings"],
-             "errors": sum(1 for m in motions if "error" in m), **{k: round(v, 4) for k, v in timings.items()}}
+             "errors": sum(1 for m in motions if "error" in m),
+             "error_motions": [{"motion": m["name"], "error": m["error"].split("\n")[0]} for m in motions if "error" in m],
+             **{k: round(v, 4) for k, v in timings.items()}}
     return manifest, {k: videos[k] for k in (m["name"] for m in motions) if k in videos}, stats
 
 
@@ -780,6 +782,15 @@ def _cmd_web(args: argparse.Namespace) -> int:
               f"= {100 * summary['success_rate']:.1f}%")
     for w in summary["warnings"]:
         print(f"warning: {w}", file=sys.stderr)
+    if summary.get("error_motions"):
+        # Shown in the viewer with their error, and named here: nothing is dropped silently.
+        bad = summary["error_motions"]
+        print(f"warning: {len(bad)} motion(s) have unreadable or refused files (listed in the viewer with the error):",
+              file=sys.stderr)
+        for row in bad[:20]:
+            print(f"  {row['motion']}: {row['error']}", file=sys.stderr)
+        if len(bad) > 20:
+            print(f"  … {len(bad) - 20} more; `grail-cluster doctor` names each file with its fix", file=sys.stderr)
     print(f"view it: grail-cluster serve {summary['output']}")
     return EXIT_OK
 

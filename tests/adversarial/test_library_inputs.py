@@ -423,3 +423,19 @@ def test_canary_pickles_never_run(sub, lib, tmp_path):
         assert res.code == 1 and str(target) in res.text and "not an allowed type" in res.text, res.text
     assert not witness.exists(), "pickle code ran"
     assert_unchanged(before, lib.parent, ignore=(INDEX_CACHE,))
+
+
+@pytest.mark.parametrize("case", ["robot-text-file", "robot-truncated-joblib", "robot-two-keys"])
+def test_web_counts_and_names_unusable_motions(case, lib, tmp_path):
+    """The viewer still lists the motion (with its error), and the command names it: no silent drop."""
+    bad_file, _, _ = CASES[case](lib)
+    witness = tmp_path / "pwned"
+    canary_pickle(lib / "robot" / f"{KEYS[1]}.pkl", witness, wrap_key=KEYS[1])
+    res = run_cli(["web", "--motion_lib", lib, "--output", tmp_path / "web"])
+    assert_no_traceback(res)
+    assert "2 motion(s) have unreadable or refused files" in res.stderr, res.text
+    assert K0 in res.stderr and KEYS[1] in res.stderr and "not an allowed type" in res.stderr, res.stderr
+    manifest = json.loads((tmp_path / "web" / "manifest.json").read_text())
+    errors = {m["name"]: m["error"] for m in manifest["motions"] if "error" in m}
+    assert set(errors) == {K0, KEYS[1]} and str(bad_file) in errors[K0]
+    assert not witness.exists()
