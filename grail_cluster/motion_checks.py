@@ -239,11 +239,29 @@ def check_robot(inner: dict, path: str, out: list) -> tuple[int | None, float | 
     return frames, fps, _hand_actions(inner, path, frames, out)
 
 
-def hand_action_kind(values: np.ndarray) -> str:
-    """``discrete`` (the -1 open / +1 closed signal of the fork and this project) or ``continuous``
-    (GRAIL's upstream release: the mean absolute hand joint position)."""
-    v = np.asarray(values, dtype=np.float64)
-    return "discrete" if bool(np.all(np.abs(np.abs(v) - 1.0) < 1e-6)) else "continuous"
+# The closed finger primitive's mean |joint| (contracts §1.8: L [-1.4286,-2.1429,-1.4286,-2.1429,0,1,1],
+# R mirrored): what GRAIL's upstream continuous signal reads for a fully closed hand.
+CLOSED_MEAN_ABS = (1.4286 + 2.1429 + 1.4286 + 2.1429 + 0.0 + 1.0 + 1.0) / 7
+
+
+def hand_action_kind(*arrays: Any) -> str:
+    """``discrete`` when every finite value is -1 or +1 (the public fork's open/closed signal, and this
+    project's), ``continuous`` otherwise (GRAIL's upstream release writes the mean absolute hand joint
+    position), ``none`` without values. Neither is turned into the other; readers record which one
+    they saw."""
+    vals = np.concatenate([np.asarray(a, np.float64).reshape(-1) for a in arrays]) if arrays else np.zeros(0)
+    vals = vals[np.isfinite(vals)]
+    if vals.size == 0:
+        return "none"
+    return "discrete" if bool(np.all(np.abs(np.abs(vals) - 1.0) <= 1e-6)) else "continuous"
+
+
+def hand_closed(values: Any, kind: str) -> np.ndarray:
+    """Per frame, is the hand closed? Discrete: +1. Continuous: more than half way to the closed
+    primitive's mean |joint| (reading a continuous value with the discrete rule, > 0, would call
+    every frame of a slightly bent hand closed)."""
+    v = np.asarray(values, np.float64)
+    return v > 0 if kind == "discrete" else v > 0.5 * CLOSED_MEAN_ABS
 
 
 def _hand_actions(inner: dict, path: str, frames: int | None, out: list) -> str | None:

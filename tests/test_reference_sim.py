@@ -160,3 +160,31 @@ def test_shard_outputs_have_sonics_schema(stand_lib, tmp_path):
     mujoco_order = traj["dof_pos"][:, :29][:, list(G1_ISAACLAB_TO_MUJOCO_DOF)]
     np.testing.assert_allclose(mujoco_order[0], _stand_dof(), atol=1e-5)
     assert F == pytest.approx(preps[1].motion.frames / 2, abs=1)
+
+
+def test_continuous_hand_actions_read_by_their_own_rule(tmp_path):
+    """GRAIL's upstream export writes the mean |hand joint| (>= 0): `> 0` would close the hand on every
+    frame of a slightly bent hand; it is closed only past half the closed primitive's mean |joint|."""
+    import joblib
+    import numpy as np
+
+    from grail_cluster.motion_checks import CLOSED_MEAN_ABS
+    from sonic.reference.motion import load_motion
+
+    T = 60
+    right = np.where(np.arange(T) >= 40, CLOSED_MEAN_ABS, 0.05).astype(np.float32)  # bent, then closed
+    robot = {"dof": np.zeros((T, 29), np.float32), "root_trans_offset": np.tile([0, 0, 0.79], (T, 1)).astype(np.float32),
+             "pose_aa": np.zeros((T, 30, 3), np.float32), "root_rot": np.tile([1, 0, 0, 0], (T, 1)).astype(np.float32),
+             "fps": 30, "hand_action_left": np.full(T, 0.05, np.float32), "hand_action_right": right}
+    path = tmp_path / "m.pkl"
+    joblib.dump({"m": robot}, path)
+    motion = load_motion("m", path, None, None, None)
+    closed = motion.hand_closed
+    assert not closed[:, 0].any(), "a slightly bent left hand read as closed"
+    n = len(closed)
+    assert not closed[: int(0.6 * n), 1].any() and closed[-5:, 1].all()
+    robot["hand_action_right"] = np.where(np.arange(T) >= 40, 1.0, -1.0).astype(np.float32)
+    robot["hand_action_left"] = np.full(T, -1.0, np.float32)
+    joblib.dump({"m": robot}, path)
+    discrete = load_motion("m", path, None, None, None).hand_closed
+    assert (discrete == closed).all()

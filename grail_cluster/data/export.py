@@ -23,6 +23,7 @@ import numpy as np
 
 from .. import safe_pickle
 from ..errors import EXIT_OK, EXIT_PROBLEMS, ConfigError, DataError, GrailError
+from ..motion_checks import hand_action_kind
 from ..quaternions import wxyz_to_xyzw
 from . import g1
 from .io import atomic_dir, dumps_json, finite_or_none, sha256_file, write_json, write_pickle
@@ -245,17 +246,6 @@ def output_defects(entries: dict[str, Any]) -> list[str]:
     for name, entry in entries.items():
         walk(entry, name)
     return out
-
-
-def hand_action_kind(*arrays: Any) -> str:
-    """``discrete`` when every value is -1 or +1 (the public fork's open/closed signal, and this
-    project's), ``continuous`` otherwise (GRAIL's upstream release writes the mean absolute hand
-    joint position). Neither is turned into the other; readers record which one they saw."""
-    vals = np.concatenate([np.asarray(a, np.float64).reshape(-1) for a in arrays]) if arrays else np.zeros(0)
-    vals = vals[np.isfinite(vals)]
-    if vals.size == 0:
-        return "none"
-    return "discrete" if bool(np.all(np.abs(np.abs(vals) - 1.0) <= 1e-6)) else "continuous"
 
 
 # ----------------------------------------------------------------------------------------------

@@ -69,8 +69,9 @@ import numpy as np
 from .. import safe_pickle
 from ..data import g1
 from ..data.bps import USD_SUFFIXES
-from ..data.export import find_metrics, find_trajectory, hand_action_kind, load_trajectory, read_metrics
+from ..data.export import find_metrics, find_trajectory, load_trajectory, read_metrics
 from ..errors import EXIT_OK, EXIT_PROBLEMS, ConfigError, DataError, GrailError
+from ..motion_checks import hand_action_kind
 from ..quaternions import detect_root_rot_convention, xyzw_to_wxyz
 
 DEFAULT_RESOLUTION = "1280x720"

@@ -16,6 +16,7 @@ import numpy as np
 from grail_cluster import safe_pickle
 from grail_cluster.data.bps import read_usd_mesh
 from grail_cluster.errors import DataError
+from grail_cluster.motion_checks import hand_action_kind, hand_closed
 from grail_cluster.quaternions import rotvec_to_wxyz
 
 from . import scene as S
@@ -94,6 +95,8 @@ def load_motion(key: str, robot_path: Path, objects_path: Path | None, meta_path
         raise DataError(f"robot motion has shape {dof.shape}; need >= 2 frames of 29 DOF", path=robot_path)
     n = int(np.floor((T_src - 1) / fps * POLICY_FPS + 1e-9)) + 1
     hands = np.stack([np.asarray(robot.get(f"hand_action_{s}", -np.ones(T_src)), np.float64) for s in ("left", "right")], 1)
+    # Discrete -1/+1 (process.py) or GRAIL's upstream continuous mean |hand joint|: each read by its own rule.
+    closed = hand_closed(hands, hand_action_kind(hands)).astype(np.float64)
 
     obj_pos = obj_quat = None
     scale = 1.0
@@ -122,7 +125,7 @@ def load_motion(key: str, robot_path: Path, objects_path: Path | None, meta_path
     return ReferenceMotion(
         key=key, fps_source=fps,
         root_pos=_resample(trans, n, fps), root_quat=_resample_quat(rotvec_to_wxyz(root_rv), n, fps),
-        dof=_resample(dof, n, fps), hand_closed=_nearest(hands, n, fps) > 0,
+        dof=_resample(dof, n, fps), hand_closed=_nearest(closed, n, fps) > 0.5,
         object_pos=obj_pos, object_quat=obj_quat, scene=spec, object_radius=radius,
     )
 
