@@ -7,6 +7,7 @@ hashes, so a later check can tell an intact output from one that changed or vani
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -59,8 +60,13 @@ def read_marker(run_dir: str | Path, stage: str, index: int) -> dict[str, Any] |
     return data if isinstance(data, dict) else None
 
 
-def _inside(path: Path, roots: list[Path]) -> bool:
-    return any(path == r or r in path.parents for r in roots)
+def _inside(path: str, roots: tuple[str, ...]) -> bool:
+    return any(path == r or path.startswith(r.rstrip(os.sep) + os.sep) for r in roots)
+
+
+@functools.lru_cache(maxsize=64)
+def _abs_roots(roots: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(os.path.abspath(r) for r in roots)
 
 
 def marker_problem(run_dir: str | Path, stage: str, index: int, plan_hash: str | None = None, *,
@@ -70,12 +76,12 @@ def marker_problem(run_dir: str | Path, stage: str, index: int, plan_hash: str |
     The marker must be a JSON object for this stage, index and plan, and every output it lists must
     still exist with the recorded size (with ``deep``, also the recorded hash). Relative output
     paths are relative to the run dir and may not leave it; with ``roots`` an absolute path must lie
-    under one of them (the run's output dirs), so a marker cannot vouch for files elsewhere."""
-    run_dir = Path(run_dir)
-    path = marker_path(run_dir, stage, index)
-    rel_marker = os.path.relpath(path, run_dir)
+    under one of them (the run's output dirs), so a marker cannot vouch for files elsewhere.
+    Plain string paths on purpose: a status refresh runs this for every done shard (10,000 and more)."""
+    base = os.path.abspath(run_dir)
+    rel_marker = f"markers/{stage}/{index}/{MARKER}"
     try:
-        with open(path, "rb") as fh:
+        with open(os.path.join(base, rel_marker), "rb") as fh:
             raw = fh.read()
     except FileNotFoundError:
         return f"its success marker {rel_marker} is missing"
@@ -94,18 +100,20 @@ def marker_problem(run_dir: str | Path, stage: str, index: int, plan_hash: str |
     outputs = marker.get("outputs") or {}
     if not isinstance(outputs, dict):
         return f"its success marker {rel_marker} lists outputs that are not an object"
-    allowed = [Path(os.path.abspath(r)) for r in (roots or [])]
-    base = Path(os.path.abspath(run_dir))
+    allowed = _abs_roots(tuple(str(r) for r in roots)) if roots else ()
     for rel, info in outputs.items():
-        full = Path(os.path.abspath(rel if os.path.isabs(rel) else base / rel))
-        if not os.path.isabs(rel) and not _inside(full, [base]):
-            return f"its success marker {rel_marker} lists {rel}, outside the run dir"
-        if os.path.isabs(rel) and allowed and not _inside(full, allowed):
-            return f"its success marker {rel_marker} lists {rel}, outside the run's output dirs"
+        if os.path.isabs(rel):
+            full = os.path.normpath(rel)
+            if allowed and not _inside(full, allowed):
+                return f"its success marker {rel_marker} lists {rel}, outside the run's output dirs"
+        else:
+            full = os.path.normpath(os.path.join(base, rel))
+            if not _inside(full, (base,)):
+                return f"its success marker {rel_marker} lists {rel}, outside the run dir"
         if not isinstance(info, dict) or not isinstance(info.get("size"), int):
             return f"its success marker {rel_marker} lists {rel} without a recorded size"
         try:
-            size = full.stat().st_size
+            size = os.stat(full).st_size
         except OSError:
             return f"output {rel} (listed by {rel_marker}) is missing"
         if size != info["size"]:

@@ -11,7 +11,7 @@ from grail_cluster.errors import GrailError
 from grail_cluster.ledger import Ledger, submit_lock
 from grail_cluster.library import scan_library
 from grail_cluster.plan import build_plan
-from grail_cluster.submission import compress_ranges, downstream_closure, plan_groups
+from grail_cluster.submission import compress_ranges, consumers, downstream_closure, plan_groups
 from tests.conftest import base_overrides
 
 
@@ -94,3 +94,35 @@ def test_downstream_closure(plan):
     not_done = {"eval": {3}, "render": {3}, "export": {3}, "merge": {0}, "web": {0}}
     out = downstream_closure(plan, {"eval": {3}}, not_done)
     assert out == {"eval": {3}, "render": {3}, "export": {3}, "merge": {0}, "web": {0}}
+
+
+def test_consumers_of_a_rerun_shard_include_done_work(plan):
+    """eval 3 (checkpoint 0 of 2, 6 shards each) re-runs: its render/export, checkpoint 0's merge
+    and the web stage read it; checkpoint 1's merge does not."""
+    assert consumers(plan, {"eval": {3}}) == {"eval": {3}, "render": {3}, "export": {3}, "merge": {0}, "web": {0}}
+    assert consumers(plan, {"export": {7}})["merge"] == {1}
+
+
+def test_damaged_ledgers_are_refused_not_recreated(tmp_path):
+    from grail_cluster.errors import DataError
+    from grail_cluster.ledger import SCHEMA_VERSION
+
+    with Ledger(tmp_path) as ledger:
+        assert ledger.meta("schema_version") == SCHEMA_VERSION
+    path = tmp_path / "ledger.sqlite"
+    good = path.read_bytes()
+    for damage, needle in ((b"", "empty"), (b"not a database at all" * 50, "damaged")):
+        path.write_bytes(damage)
+        with pytest.raises(DataError) as exc:
+            Ledger(tmp_path)  # even the creating constructor refuses an existing damaged file
+        assert needle in str(exc.value) and "repair-ledger" in str(exc.value)
+        assert path.read_bytes() == damage  # left as found
+    path.write_bytes(good)
+    with Ledger(tmp_path) as ledger:
+        ledger.set_meta("schema_version", SCHEMA_VERSION + 1)
+    with pytest.raises(DataError) as exc:
+        Ledger(tmp_path, create=False)
+    assert f"schema version {SCHEMA_VERSION + 1}" in str(exc.value)
+    with pytest.raises(DataError) as exc:
+        Ledger(tmp_path / "never-submitted", create=False)
+    assert "no ledger.sqlite" in str(exc.value)
