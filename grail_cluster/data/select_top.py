@@ -515,6 +515,11 @@ def select_top(source: str | Path | None = None, k: int = 5, hoi: bool = False, 
         where = Path(wandb_dir)
         offline = [read_offline_run(p, reader) for p in find_offline_runs(where)]
         meta_run = _meta_run_id(experiment_dir) if experiment_dir is not None else None
+        if run is None and group is None and meta_run and meta_run not in {r.id for r in offline}:
+            raise DataError(f"meta.yaml names W&B run {meta_run!r} for this experiment; no offline run with that id "
+                            f"is under {where}", path=Path(experiment_dir) / "meta.yaml",
+                            fix=f"pass the W&B dir that holds run-{meta_run}.wandb (ids under {where}: "
+                                f"{', '.join(sorted(r.id for r in offline))}), or the experiment dir of those runs")
         chosen = _choose_offline(offline, run or (meta_run if group is None else None), group, where)
         rows, source_where = chosen.history, _log_file(chosen.run_dir)
         notes += chosen.notes
@@ -591,7 +596,9 @@ def _require_enough(top: list[dict[str, Any]], rows: list[dict[str, Any]], *, k:
     if len(top) >= k or (top and allow_fewer):
         return
     n_eval = len(eval_rows(rows))
-    found = (f"{len(rows)} rows, {n_eval} with a finite {SR} and an {EVAL_STEP}, "
+    n_nonfinite = sum(1 for r in rows if r.get(SR) is not None and _num(r.get(SR)) is None)
+    found = (f"{len(rows)} rows, {n_eval} with a finite {SR} and an {EVAL_STEP}, {n_nonfinite} with a non-finite "
+             f"(NaN/inf) or non-numeric {SR}, "
              f"{len({round(_num(r[EVAL_STEP])) for r in eval_rows(rows)})} distinct steps")
     if not top:
         raise DataError(f"no eval rows to rank ({found}, min_sr={min_sr})", path=where,
