@@ -51,8 +51,10 @@ METRIC_COLUMNS = ("terminated", "progress", "obj_pos_error", "obj_ori_error", "m
 def read_metrics(path: Path) -> dict[str, list]:
     """The per-motion parallel lists of ``eval/all_metrics_dict`` (validated).
 
-    A column that is absent takes its default (``terminated`` False, ``progress`` 1.0: SONIC forces
-    progress to 1 for a motion that did not terminate, contracts §4.2; the others None). A column
+    ``terminated`` is required: it is the success test itself, and every writer (SONIC's evaluator,
+    the ``prepare_vis_shard`` stub) has it; reading its absence as "nothing terminated" would export
+    every motion as a success. Another absent column takes its default (``progress`` 1.0: SONIC
+    forces progress to 1 for a motion that did not terminate, contracts §4.2; the others None). A column
     that is present must have one entry per motion key, of the right type (numbers may be null or
     NaN: :func:`judge` decides what a non-finite value means).
     """
@@ -79,6 +81,9 @@ def read_metrics(path: Path) -> dict[str, list]:
     for name, default in (("terminated", False), ("progress", 1.0), ("obj_pos_error", None),
                           ("obj_ori_error", None), ("mpjpe_g", None), ("mpjpe_l", None)):
         col = table.get(name)
+        if col is None and name == "terminated":
+            raise DataError("malformed metrics_eval.json: eval/all_metrics_dict has no `terminated` list, so no "
+                            "motion's success can be told", path=path, fix=fix)
         if col is None:
             col = [default] * n
         if not isinstance(col, list) or len(col) != n:

@@ -613,3 +613,17 @@ def test_merge_stage_does_not_mark_an_unsound_merge_done(tmp_path, sonic_root, h
     assert "Traceback" not in proc.stderr and "merged.unsound" in proc.stderr and "fix:" in proc.stderr
     assert not marker_path(plan.run_dir, "merge", 0).exists()
     assert_absent(step_dir / "merged")
+
+
+def test_metrics_without_terminated_are_refused_not_read_as_all_successes(tmp_path):
+    """A metrics_eval.json whose all_metrics_dict has no `terminated` list cannot tell a success: it is
+    refused by name (exporting every motion as a success would be a wrong answer with exit 0)."""
+    shard = tmp_path / "eval" / "step_1000" / "phase1_shard_0"
+    shard.mkdir(parents=True)
+    metrics = shard / "metrics_eval.json"
+    metrics.write_text(json.dumps({"eval/all_metrics_dict": {"motion_keys": ["a", "b"], "progress": [1.0, 0.4]}}))
+    before = snapshot(shard)
+    res = run_cli(["export", "--eval_dir", shard, "--source_data", tmp_path / "src", "--output_dir", tmp_path / "out"])
+    assert_refused(res, code=(1, 2), names=[str(metrics), "terminated"])
+    assert_unchanged(before, shard)
+    assert_absent(tmp_path / "out")
