@@ -53,7 +53,11 @@ def _open_ledger(plan):
     """The run's ledger, which must exist, be sound and belong to this plan (never created here)."""
     from .ledger import Ledger
 
-    ledger = Ledger(plan.run_dir, create=False)
+    # A run that was only planned (no job files, logs or markers: nothing was ever submitted) has no
+    # ledger yet and every shard is unsubmitted; anything else without a ledger lost it.
+    run_dir = Path(plan.run_dir)
+    planned_only = not any((run_dir / sub).exists() for sub in ("specs", "logs", "markers"))
+    ledger = Ledger(plan.run_dir, create=planned_only)
     try:
         ledger.check_plan(plan.plan_hash, Path(plan.run_dir) / "plan.json")
     except BaseException:
@@ -304,10 +308,10 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     from .control import cancel
 
     plan = _load_run(args.run)
-    _open_ledger(plan).close()
     points = _points(plan, args.point)
     if points is not None and args.stage not in (None, "train"):
         raise ConfigError("--point cancels training points; it does not combine with --stage")
+    _open_ledger(plan).close()
     ids = cancel(plan, stage="train" if points is not None else args.stage, indices=points)
     if args.json:
         _print_json({"cancelled_jobs": ids})
@@ -321,11 +325,11 @@ def cmd_resubmit(args: argparse.Namespace) -> int:
     from .control import resubmit
 
     plan = _load_run(args.run)
-    _open_ledger(plan).close()
     indices = [int(x) for x in args.indices.split(",")] if args.indices else None
     states = args.states.split(",") if args.states else None
     stages = args.stage.split(",") if args.stage else None
     points = _points(plan, args.point)
+    _open_ledger(plan).close()
     if points is not None:
         if stages or indices:
             raise ConfigError("--point picks training points; it does not combine with --stage/--indices")
