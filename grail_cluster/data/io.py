@@ -37,17 +37,25 @@ def atomic_dir(out: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    old = None
-    if out.exists():
-        # os.replace cannot overwrite a non-empty directory: move the old one aside first.
-        old = out.parent / f"{out.name}.old-{os.getpid()}"
-        os.replace(out, old)
     try:
-        os.replace(tmp, out)
+        replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def replace_dir(tmp: Path, dest: Path) -> None:
+    """Rename the finished tree ``tmp`` to ``dest``, replacing what was there only once it is complete."""
+    old = None
+    if dest.exists():
+        # os.replace cannot overwrite a non-empty directory: move the old one aside first.
+        old = dest.parent / f".{dest.name}.old-{os.getpid()}"
+        os.replace(dest, old)
+    try:
+        os.replace(tmp, dest)
     except BaseException:
         if old is not None:
-            os.replace(old, out)
-        shutil.rmtree(tmp, ignore_errors=True)
+            os.replace(old, dest)
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)

@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import EXIT_OK, EXIT_PROBLEMS, ConfigError, DataError
-from .io import sha256_file, write_json
+from .io import replace_dir, sha256_file, write_json
 
 MANIFEST = "export_manifest.json"
 SUBDIRS = ("robot", "objects", "meta", "object_usd", "vis")
@@ -331,23 +331,6 @@ def _free_name(path: Path) -> Path:
         n += 1
         cand = path.with_name(f"{path.name}.{n}")
     return cand
-
-
-def _publish(tmp: Path, dest: Path) -> None:
-    """Rename the finished tree ``tmp`` to ``dest``, replacing what was there only once it is complete."""
-    old = None
-    if dest.exists():
-        # os.replace cannot overwrite a non-empty directory: move the old one aside first.
-        old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
-        os.replace(dest, old)
-    try:
-        os.replace(tmp, dest)
-    except BaseException:
-        if old is not None:
-            os.replace(old, dest)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _settle_previous(final: Path, step_dir: Path) -> dict[str, Any] | None:
@@ -646,7 +629,7 @@ def merge_step(
         else:
             dest = unsound_dir
             previous = _settle_previous(final, step_dir)
-        _publish(tmp, dest)
+        replace_dir(tmp, dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
