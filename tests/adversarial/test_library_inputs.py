@@ -439,3 +439,17 @@ def test_web_counts_and_names_unusable_motions(case, lib, tmp_path):
     errors = {m["name"]: m["error"] for m in manifest["motions"] if "error" in m}
     assert set(errors) == {K0, KEYS[1]} and str(bad_file) in errors[K0]
     assert not witness.exists()
+
+
+def test_plan_honours_data_allow(lib, tmp_path):
+    """`data.allow=[quat-norm]` plans a library whose only problem is an allowable check; `finite` stays refused."""
+    CASES["root-rot-not-unit"](lib)
+    sonic = make_sonic_root(tmp_path / "SONIC")
+    base = ["plan", "pipeline=pnp_table", f"data.motion_lib={lib}", f"sonic.root={sonic}", f"run.root={tmp_path / 'runs'}",
+            "trainer=reference", "eval.num_shards=1"]
+    refused = run_cli(base)
+    assert_refused(refused, code=1, names=["quat-norm" if "quat-norm" in refused.text else "not unit norm"])
+    allowed = run_cli([*base, "data.allow=[quat-norm]"])
+    assert allowed.code == 0, allowed.text
+    bad = run_cli([*base, "data.allow=[finite]"])
+    assert_refused(bad, code=2, names=["finite"])
