@@ -159,7 +159,7 @@ def _frames(inner: dict) -> int | None:
 
 
 def _load(path: str, findings: list) -> Any:
-    """The pickle's content, or None with a ``readable`` finding naming the file."""
+    """The pickle's content, or ``_UNREADABLE`` with a ``readable`` finding naming the file."""
     try:
         return safe_pickle.load(path)
     except GrailError as exc:
@@ -233,20 +233,31 @@ def _cache_candidates(root: Path) -> list[Path]:
     return [root / CACHE_NAME, base / f"{digest}.json"]
 
 
-def _load_cache(root: Path) -> dict[str, Any]:
+_ENTRY_KEYS = frozenset(("sig", "robot", "frames", "fps", "object_name", "hand_actions", "hand_action_kind",
+                         "contacts", "root_rot", "error", "findings"))
+
+
+def _load_cache(root: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(motion entries, shared-file verdicts) of the first readable cache for this root. The cache is
+    a file in someone else's library: anything malformed in it is ignored (the motion is re-read)."""
     for path in _cache_candidates(root):
         try:
             with open(path) as fh:
                 data = json.load(fh)
-            if data.get("version") == CACHE_VERSION and data.get("root") == str(root):
-                return data.get("motions", {})
+            if not isinstance(data, dict) or data.get("version") != CACHE_VERSION or data.get("root") != str(root):
+                continue
+            motions, shared = data.get("motions"), data.get("shared")
+            motions = {k: v for k, v in motions.items() if isinstance(v, dict) and _ENTRY_KEYS <= v.keys()} \
+                if isinstance(motions, dict) else {}
+            return motions, shared if isinstance(shared, dict) else {}
         except (OSError, ValueError):
             continue
-    return {}
+    return {}, {}
 
 
-def _save_cache(root: Path, motions: dict[str, Any]) -> None:
-    payload = json.dumps({"version": CACHE_VERSION, "root": str(root), "motions": motions}, separators=(",", ":"))
+def _save_cache(root: Path, motions: dict[str, Any], shared: dict[str, Any]) -> None:
+    payload = json.dumps({"version": CACHE_VERSION, "root": str(root), "motions": motions, "shared": shared},
+                         separators=(",", ":"))
     for path in _cache_candidates(root):
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -357,11 +368,21 @@ def scan_library(
     metas, _ = _by_stem(meta_files)
     usds, _ = _by_stem(usd_files)
     shared_usd = str(usd_path / next(iter(usd_files))) if len(usd_files) == 1 and len(robots) > 1 else None
-    # Shared files are checked once per scan (a handful of files), not once per motion.
-    for shared in filter(None, (shared_usd, placeholder)):
-        motion_checks.check_usd(shared, lib_findings)
 
-    cache = _load_cache(root) if use_cache else {}
+    cache, shared_cache = _load_cache(root) if use_cache else ({}, {})
+    # Files every motion shares (one USD for all, the terrain placeholder) are checked once, and
+    # their verdict cached like a motion's: a warm scan never opens a USD.
+    new_shared: dict[str, Any] = {}
+    for shared in filter(None, (shared_usd, placeholder)):
+        st = os.stat(shared)
+        sig = [st.st_size, st.st_mtime_ns]
+        hit = shared_cache.get(shared)
+        if not (isinstance(hit, dict) and hit.get("sig") == sig and isinstance(hit.get("findings"), list)):
+            found: list[dict[str, str]] = []
+            motion_checks.check_usd(shared, found)
+            hit = {"sig": sig, "findings": found}
+        new_shared[shared] = hit
+        lib_findings.extend(hit["findings"])
     new_cache: dict[str, Any] = {}
     todo: list[tuple] = []
     sigs: dict[str, list] = {}
@@ -388,8 +409,8 @@ def scan_library(
         for job, parsed in zip(todo, results, strict=True):
             key = job[0]
             new_cache[key] = {"sig": sigs[key], "robot": robots[key], **parsed}
-    if use_cache and (todo or len(new_cache) != len(cache)):
-        _save_cache(root, new_cache)
+    if use_cache and (todo or len(new_cache) != len(cache) or new_shared != shared_cache):
+        _save_cache(root, new_cache, new_shared)
 
     motions = []
     for key in sorted(robots):

@@ -112,3 +112,32 @@ def test_quaternion_convention_without_pose_aa_uses_uprightness():
     # Identity in xyzw is also a 180-degree yaw in wxyz: genuinely ambiguous without pose_aa.
     assert detect_root_rot_convention(np.tile([0.0, 0.0, 0.0, 1.0], (10, 1))) == "ambiguous"
     assert detect_root_rot_convention(np.zeros((3, 3))) == "unknown"
+
+
+def test_warm_scan_opens_no_usd_and_a_shared_file_verdict_is_cached(tmp_path):
+    """The terrain placeholder (shared by every env) is checked once; a warm scan in a fresh process
+    is a stat pass that never imports usd-core, and a broken placeholder keeps its finding."""
+    import subprocess
+    import sys
+
+    info = make_terrain_library(tmp_path / "terrain", 4)
+    assert scan_library(info.root).findings == []
+    probe = ("import sys; from grail_cluster.library import scan_library; "
+             f"i = scan_library({str(info.root)!r}); assert i.cache == 'hit', i.cache; "
+             "print('pxr' in sys.modules, len(i.findings))")
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.split() == \
+        ["False", "0"]
+    (info.root / "flat_placeholder.usd").write_text("not a usd\n")
+    index = scan_library(info.root)
+    assert [f["check"] for f in index.findings] == ["usd"] and "flat_placeholder" in index.findings[0]["file"]
+    assert scan_library(info.root).findings == index.findings  # warm: the cached verdict
+
+
+@pytest.mark.parametrize("garbage", ['{"version": 3, "root": "ROOT", "motions": [1, 2]}',
+                                     '{"version": 3, "root": "ROOT", "motions": {"k": 5}, "shared": 7}',
+                                     '[1, 2, 3]', '{"version": 3, "root": "ROOT", "motions": {"k": {"sig": 1}}}'])
+def test_a_malformed_index_cache_is_ignored_not_trusted(tmp_path, garbage):
+    info = make_library(tmp_path / "lib", 3, fast=True)
+    (info.root / CACHE_NAME).write_text(garbage.replace("ROOT", str(info.root.resolve())))
+    index = scan_library(info.root)
+    assert index.cache == "miss" and len(index.motions) == 3 and all(m.frames for m in index.motions)
