@@ -61,7 +61,7 @@ def _finding_problems(findings: list[dict[str, str]], allow: frozenset[str], mot
         by_check.setdefault(f["check"], []).append(f)
     out: list[Problem] = []
     for check, items in by_check.items():
-        severity = "warn" if check in allow else "error"
+        severity = "warn" if check in allow else CHECKS[check].severity
         for f in items[:SHOW_KEYS]:
             out.append(Problem(severity, check, f["file"], f["problem"], f["fix"], motion=motion_of.get(id(f), ""),
                                key=f["key"]))
@@ -100,9 +100,12 @@ def diagnose(index: LibraryIndex, needs: dict[str, str] | None = None, pipeline:
 
 def all_findings(index: LibraryIndex, allow: frozenset[str] = frozenset()) -> list[dict[str, str]]:
     """Every content finding with its motion and severity (for ``--json``), not only the first few."""
-    rows = [{"severity": "warn" if f["check"] in allow else "error", "motion": "", **f} for f in index.findings]
+    def severity(check: str) -> str:
+        return "warn" if check in allow else CHECKS[check].severity
+
+    rows = [{"severity": severity(f["check"]), "motion": "", **f} for f in index.findings]
     for m in index.motions:
-        rows += [{"severity": "warn" if f["check"] in allow else "error", "motion": m.key, **f} for f in m.findings]
+        rows += [{"severity": severity(f["check"]), "motion": m.key, **f} for f in m.findings]
     return rows
 
 

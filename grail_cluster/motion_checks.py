@@ -33,6 +33,7 @@ class Check:
     allowable: bool  # may ``--allow NAME`` downgrade it to a warning?
     what: str
     why: str  # what SONIC (or the lifecycle) does with such data
+    severity: str = "error"  # before --allow; a few facts of real GRAIL data are only worth a warning
 
 
 CHECKS: dict[str, Check] = {c.name: c for c in (
@@ -61,8 +62,12 @@ CHECKS: dict[str, Check] = {c.name: c for c in (
     Check("hand-action-values", True, "hand_action_left/right come as a pair, are (T,) and either discrete -1/+1 or "
           "continuous >= 0 (GRAIL's upstream export)",
           "use_motion_hand_actions feeds them as the policy's hand command"),
-    Check("contact-frames", True, "contact dicts map frame indices in [0, T) to (N,3) finite arrays",
-          "contact rewards look up the frame; an index past the motion never fires, a NaN point poisons the reward"),
+    Check("contact-frames", True, "contact dicts map integer frame indices >= 0 to (N,3) finite arrays",
+          "contact rewards look up the frame; a NaN point poisons the reward, a malformed dict fails at start-up"),
+    Check("contact-frame-range", True, "contact frame indices lie inside the motion, [0, T)",
+          "an index past the motion never fires a contact reward; GRAIL's export copies the source's contact dicts "
+          "verbatim (contracts §5.4), so every exported library indexes them in the source's timeline: a warning",
+          severity="warn"),
     Check("meta-types", True, "meta: object_name str, table_pos 3 numbers, table_quat 4 numbers of unit norm, "
           "table_size 3 positive numbers, scene_scale/smpl_height numbers",
           "the table is placed from table_pos/table_quat; a string or a 2-vector crashes scene building"),
@@ -330,13 +335,17 @@ def _check_contacts(d: Any, name: str, path: str, frames: int | None, out: list)
         out.append(finding("contact-frames", path, name, f"`{name}` is a {type(d).__name__}, not a dict frame -> (N,3) points",
                            "write {frame_index: float32 array (N,3)} (process.py --include_contact_points)"))
         return False
-    bad_keys = [k for k in d if isinstance(k, bool) or not isinstance(k, int | np.integer)
-                or k < 0 or (frames is not None and k >= frames)]
+    bad_keys = [k for k in d if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 0]
     if bad_keys:
         out.append(finding("contact-frames", path, name,
-                           f"`{name}` has {len(bad_keys)} frame indices outside [0, {frames}) or not integers "
-                           f"(first: {bad_keys[0]!r})",
+                           f"`{name}` has {len(bad_keys)} frame indices that are not integers >= 0 (first: {bad_keys[0]!r})",
                            "contact frames index the motion's own frames; re-run process on the retargeted motion"))
+    elif frames is not None and (late := [k for k in d if k >= frames]):
+        out.append(finding("contact-frame-range", path, name,
+                           f"`{name}` has {len(late)} frame indices at or past the motion's {frames} frames "
+                           f"(first: {min(late)})",
+                           "expected in a library exported by GRAIL (contacts copied in the source's timeline); "
+                           "otherwise re-run process on the retargeted motion"))
     for k, pts in d.items():
         arr = np.asarray(pts) if isinstance(pts, np.ndarray | list | tuple) else None
         if arr is None or arr.dtype.kind not in "fiu" or arr.ndim != 2 or arr.shape[1] != 3:

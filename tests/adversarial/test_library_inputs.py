@@ -291,8 +291,6 @@ CASES: dict[str, Callable[[Path], tuple[Path, str, str]]] = {
     "hand-actions-negative-continuous": _robot("hand-action-values", "hand_action_right",
                                                hand_action_right=np.full(T, -0.5, np.float32)),
     # contact labels
-    "contacts-frame-past-end": _objects("contact-frames", "contact_points_right_hand",
-                                        contact_points_right_hand={T + 10: np.zeros((2, 3), np.float32)}),
     "contacts-negative-frame": _objects("contact-frames", "contact_points_right_hand",
                                         contact_points_right_hand={-1: np.zeros((2, 3), np.float32)}),
     "contacts-string-keys": _objects("contact-frames", "contact_points_right_hand",
@@ -453,3 +451,28 @@ def test_plan_honours_data_allow(lib, tmp_path):
     assert allowed.code == 0, allowed.text
     bad = run_cli([*base, "data.allow=[finite]"])
     assert_refused(bad, code=2, names=["finite"])
+
+
+def test_contact_frames_past_the_motion_are_a_warning(lib):
+    """GRAIL's export copies contact dicts in the source's timeline (contracts §5.4): every library it
+    exports has frames past the motion. doctor says so, by name, without refusing the library."""
+    path = _edit(lib, "objects", K0, _set(contact_points_right_hand={T + 10: np.zeros((2, 3), np.float32)}))
+    res = run_cli(["doctor", lib, "pipeline=pnp_table", "--json"])
+    assert res.code == 0, res.text
+    rows = [f for f in json.loads(res.stdout)["findings"] if f["check"] == "contact-frame-range"]
+    assert rows and rows[0]["severity"] == "warn" and rows[0]["file"] == str(path)
+
+
+def test_our_export_of_a_ha_library_passes_doctor(tmp_path):
+    """A second reading of the exporter's output: doctor (written from the contracts) finds no error in it."""
+    from grail_cluster.data import export as ex
+    from tests.evalgen import make_eval_shard
+    from tests.libgen import make_ha_pair
+
+    _, src = make_ha_pair(tmp_path, "lib", 6, fast=True)
+    shard = make_eval_shard(tmp_path / "shard", src, src.keys)
+    ex.export_shard(shard.shard_dir, src.root, tmp_path / "out")
+    res = run_cli(["doctor", tmp_path / "out", "--json"])
+    rep = json.loads(res.stdout)
+    assert res.code == 0 and not [f for f in rep["findings"] if f["severity"] == "error"], rep["findings"]
+    assert rep["root_rot"] == {"xyzw": 6} and rep["hand_action_kind"] == {"discrete": 6}
