@@ -308,7 +308,7 @@ BAD_SHARDS = {
     "terminated_null": (metrics(["a", "b"], [None, False]), "terminated[0]"),
     "terminated_strings": (metrics(["a", "b"], ["false", "false"]), "terminated[0]"),
     "terminated_nan": ('{"eval/all_metrics_dict": {"motion_keys": ["a"], "terminated": [NaN]}}', "terminated[0]"),
-    "no_terminated": ({"eval/all_metrics_dict": {"motion_keys": ["a", "b"]}}, "no terminated list"),
+    "no_terminated": ({"eval/all_metrics_dict": {"motion_keys": ["a", "b"]}}, "no `terminated` list"),
     "progress_strings": (metrics(["a"], [False], progress=["done"]), "progress[0]"),
     "keys_twice": (metrics(["a", "a"], [False, True]), "twice"),
 }
