@@ -46,6 +46,7 @@ bench: setup browser
 	$(PY) bench/bench_merge.py
 	$(PY) bench/bench_data.py
 	$(PY) bench/bench_web.py
+	$(PY) bench/bench_recheck.py
 	bash $(SLURM_UP)
 	$(PY) bench/bench_submit.py
 

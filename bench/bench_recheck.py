@@ -9,6 +9,8 @@ the marker format (stage, index, plan_hash, outputs). Then times, in this proces
 - ``verify``: the same with ``deep=True`` (``status --verify``: re-hash every output);
 - ``refresh``: ``status.refresh`` on the settled run with the local backend (no scheduler call),
   which is what ``grail-cluster status`` adds to opening the ledger;
+- ``floor``: the least a re-check can do, by hand (read each marker's JSON, stat each output): the
+  peer the pass is compared with (``recheck_vs_floor``);
 - ``open``: opening the ledger (sqlite ``quick_check`` + table checks) of the N-shard ledger.
 
 Each figure is the median of ``--repeat`` runs on a warm page cache (the second and later reads);
@@ -108,8 +110,18 @@ def main() -> int:
             with Ledger(run_dir, create=False) as ledger:
                 refresh(plan, ledger, LocalBackend(spawn=False))
 
+        def floor():
+            # The least any re-check can do, by hand: read each marker's JSON and stat each output it
+            # lists (no ledger, no plan-hash or path checks). The pass is measured against it.
+            for i in range(args.shards):
+                with open(os.path.join(run_dir, "markers", "eval", str(i), "_SUCCESS.json")) as fh:
+                    marker = json.load(fh)
+                for rel in marker["outputs"]:
+                    os.stat(os.path.join(run_dir, rel))
+
         result = {
             "shards": args.shards, "repeat": args.repeat, "build_s": round(build_s, 2),
+            "floor": timed(floor, args.repeat),
             "open": timed(open_ledger, args.repeat),
             "recheck": timed(pass_(False), args.repeat),
             "verify": timed(pass_(True), max(1, args.repeat // 2)),
@@ -124,6 +136,7 @@ def main() -> int:
         assert [(s, i) for s, i, _ in demoted] == [("eval", victim)] and state == "missing-output", demoted
         result["demoted_after_delete"] = len(demoted)
     result["per_shard_us"] = round(result["recheck"]["median_s"] / args.shards * 1e6, 1)
+    result["recheck_vs_floor"] = round(result["recheck"]["median_s"] / result["floor"]["median_s"], 2)
     result["wall_s"] = round(time.perf_counter() - t_start, 2)
     result["machine"] = machine()
     print(json.dumps({k: v for k, v in result.items() if k != "machine"}, indent=1))
