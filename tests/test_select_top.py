@@ -303,18 +303,32 @@ def test_offline_bad_log(tmp_path):
 
 
 class FakeRun:
-    """Stand-in for wandb.apis.public.Run (the online API is unreachable in tests)."""
+    """Stand-in for wandb.apis.public.Run (the online API is unreachable in tests).
+
+    ``rows`` are what the run logged, one dict per ``wandb.log`` call; W&B numbers them with ``_step``.
+    ``history(keys=[...])`` behaves as the real one does (wandb 0.31 ``Run.history`` -> ``sampledHistory``
+    with spec keys ``[x_axis] + keys``): it returns only the rows that hold *every* requested key,
+    projected onto those keys and ``_step`` (wandb/wandb issues 2266, 1742, 5391; ``scan_history``'s
+    docstring says the same). Server-side down-sampling is not modelled, so a test asking for fewer
+    samples than there are matching rows is refused here rather than silently answered in full."""
 
     def __init__(self, run_id, rows, state="finished", config=None, group="g"):
         self.id, self.name, self.group, self.state = run_id, f"exp/{run_id}", group, state
         self.path = ["nv-gear", "TRL_G1_Track", run_id]
         self.config = config if config is not None else {}
-        self._rows = rows
+        self._rows = [{"_step": i, **r} for i, r in enumerate(rows)]
         self.calls = []
 
-    def history(self, samples=500, pandas=True, keys=None):
+    def history(self, samples=500, keys=None, x_axis="_step", pandas=True, stream="default"):
         self.calls.append({"samples": samples, "pandas": pandas, "keys": keys})
-        return [{k: r.get(k) for k in keys} if keys else dict(r) for r in self._rows]
+        if pandas:
+            raise NotImplementedError("the stand-in returns lists only; select-top must ask for pandas=False")
+        if not keys:
+            return [dict(r) for r in self._rows]
+        spec = [x_axis, *keys]
+        found = [{k: r[k] for k in spec} for r in self._rows if all(k in r for k in spec)]
+        assert len(found) <= samples, "the stand-in does not down-sample like the W&B server"
+        return found
 
 
 class FakeApi:
@@ -339,16 +353,21 @@ class FakeApi:
 
 def test_online_run_and_group(tmp_path):
     exp = make_experiment(tmp_path)
-    rows = [r for r in ROWS if EVAL_STEP in r]
+    rows = list(ROWS)  # every row as logged, the training row and the NaN success rate included
     a = FakeRun("a", rows, config={"experiment_dir": str(exp)})
     b = FakeRun("b", rows[:2], config={"experiment_save_dir": str(exp)})
     c = FakeRun("c", rows[:2], state="crashed")
     api = FakeApi([a, b, c])
     res = select_top(run="a", api=api, k=2, samples=123)
     assert api.asked == [("run", "nv-gear/TRL_G1_Track/a")]
-    assert a.calls == [{"samples": 123, "pandas": False, "keys": [SR, MPJPE_L, MPJPE_G, OBJ_POS, EVAL_STEP]}]
+    # One query for the rows that can rank, then one per tiebreak metric (each with the rows' own keys).
+    assert a.calls == [{"samples": 123, "pandas": False, "keys": keys}
+                       for keys in ([SR, EVAL_STEP], [SR, EVAL_STEP, MPJPE_L], [SR, EVAL_STEP, MPJPE_G],
+                                    [SR, EVAL_STEP, OBJ_POS])]
     assert res["run"] == "nv-gear/TRL_G1_Track/a" and res["run_name"] == "exp/a" and res["group"] == "g"
+    # 2000 logs no tiebreak metric at all: a single five-key query would never see the best row.
     assert [t["eval_step"] for t in res["top"]] == [2000, 1500]
+    assert res["top"][0]["mpjpe_l"] is None and res["top"][1]["mpjpe_l"] == 30.0
     assert res["experiment_dir"] == str(exp.resolve())
 
     select_top(run="ent/proj/a", api=api, k=1)
@@ -364,6 +383,31 @@ def test_online_run_and_group(tmp_path):
     # no experiment dir in the config: no paths, no file check
     res = select_top(run="c", api=api, k=1)
     assert res["experiment_dir"] is None and res["top"][0]["checkpoint_path"] is None
+
+
+def test_stand_in_drops_rows_without_every_key():
+    # The stand-in itself, against what W&B documents: rows lacking a requested key are left out.
+    run = FakeRun("x", [{SR: 0.5, EVAL_STEP: 1}, {SR: 0.6}, {"train/loss": 1.0}])
+    assert run.history(pandas=False, keys=[SR, EVAL_STEP]) == [{"_step": 0, SR: 0.5, EVAL_STEP: 1}]
+    assert run.history(pandas=False, keys=[SR]) == [{"_step": 0, SR: 0.5}, {"_step": 1, SR: 0.6}]
+    assert run.history(pandas=False, keys=[SR, OBJ_POS]) == []
+    assert len(run.history(pandas=False)) == 3
+
+
+def test_online_run_without_object_errors_still_ranks(tmp_path):
+    # A terrain tracker never logs eval/all/obj_pos_error. The real API then answers GRAIL's five-key
+    # query with no rows at all; asked per metric, the run ranks on its success rate and mpjpe_l.
+    logged = [{"train/loss": 2.0, "global_step": 100}]
+    for step, sr, mpjpe_l in ((500, 0.60, 41.0), (1000, 0.75, 38.0), (1500, 0.75, 33.5), (2000, 0.70, 30.0)):
+        logged += [{EVAL_STEP: step, SR: sr, MPJPE_L: mpjpe_l, MPJPE_G: mpjpe_l + 20}, {"train/loss": 1.0}]
+    run = FakeRun("terrain", logged, config={})
+    assert run.history(pandas=False, keys=[SR, MPJPE_L, MPJPE_G, OBJ_POS, EVAL_STEP]) == []
+    res = select_top(run="terrain", api=FakeApi([run]), k=3)
+    assert [(t["eval_step"], t["success_rate"], t["mpjpe_l"], t["mpjpe_g"], t["obj_pos_error"]) for t in res["top"]] \
+        == [(1500, 0.75, 33.5, 53.5, None), (1000, 0.75, 38.0, 58.0, None), (2000, 0.70, 30.0, 50.0, None)]
+    # With --hoi the missing object error is +inf for every row: SR alone orders, history order breaks ties.
+    res = select_top(run="terrain", api=FakeApi([run]), k=2, hoi=True)
+    assert [t["eval_step"] for t in res["top"]] == [1000, 1500]
 
 
 def test_online_errors():

@@ -402,8 +402,31 @@ def _run_path(run: Any) -> str:
     return "/".join(str(x) for x in (getattr(run, "entity", ""), getattr(run, "project", ""), run.id))
 
 
+W_STEP = "_step"  # W&B's own row counter: the API puts it (its default x axis) in every history row
+_TIEBREAKS = (MPJPE_L, MPJPE_G, OBJ_POS)
+
+
 def _online_history(run: Any, samples: int) -> list[dict[str, Any]]:
-    return [dict(r) for r in run.history(samples=samples, pandas=False, keys=list(HISTORY_KEYS))]
+    """Eval rows of an online run: the success rate and eval step, each tiebreak metric joined on ``_step``.
+
+    ``Run.history(keys=[...])`` returns only the rows that hold *every* requested key (wandb/wandb issues
+    2266, 1742, 5391; its own ``scan_history`` docstring says so). GRAIL's single five-key query therefore
+    finds no rows at all for a run that never logs one metric (a terrain run has no ``obj_pos_error``).
+    So the rows that can rank (success rate + eval step) are asked for alone, and each tiebreak metric
+    with them in a query of its own; a metric a run never logs is then just missing, as offline."""
+    def query(keys: list[str]) -> list[dict[str, Any]]:
+        return [dict(r) for r in run.history(samples=samples, pandas=False, keys=keys)]
+
+    def join_key(r: dict[str, Any]) -> Any:
+        # Without _step (an API that leaves it out) the eval step is the next best join key.
+        return r.get(W_STEP, r.get(EVAL_STEP))
+
+    rows = {join_key(r): r for r in query([SR, EVAL_STEP])}
+    for metric in _TIEBREAKS:
+        for r in query([SR, EVAL_STEP, metric]):
+            if join_key(r) in rows and metric in r:
+                rows[join_key(r)][metric] = r[metric]
+    return list(rows.values())
 
 
 def _wandb_api(api: Any) -> Any:
