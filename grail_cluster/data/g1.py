@@ -39,7 +39,8 @@ G1_MUJOCO_JOINTS: tuple[str, ...] = (
     + tuple(f"left_{n}_joint" for n in _ARM)
     + tuple(f"right_{n}_joint" for n in _ARM)
 )
-G1_ISAACLAB_JOINTS: tuple[str, ...] = tuple(G1_MUJOCO_JOINTS[i] for i in G1_ISAACLAB_TO_MUJOCO_DOF)
+# isaac = mujoco[:, M2I], so the IsaacLab name list is the MuJoCo one taken through M2I (not I2M).
+G1_ISAACLAB_JOINTS: tuple[str, ...] = tuple(G1_MUJOCO_JOINTS[i] for i in G1_MUJOCO_TO_ISAACLAB_DOF)
 _HAND = ("index_0", "index_1", "middle_0", "middle_1", "thumb_0", "thumb_1", "thumb_2")
 G1_HAND_JOINTS: tuple[str, ...] = tuple(f"left_hand_{n}_joint" for n in _HAND) + tuple(
     f"right_hand_{n}_joint" for n in _HAND
