@@ -4,7 +4,7 @@ import pytest
 
 from grail_cluster.errors import DataError
 from grail_cluster.library import CACHE_NAME, scan_library
-from grail_cluster.quaternions import detect_root_rot_convention, rotvec_to_wxyz, wxyz_to_xyzw
+from grail_cluster.quaternions import detect_root_rot_convention, rotvec_to_wxyz
 from tests.libgen import make_library, make_terrain_library
 
 
@@ -92,23 +92,96 @@ def test_not_a_library_is_a_clear_error(tmp_path):
         scan_library(tmp_path / "nope")
 
 
+# Inputs for the convention detector, built without grail_cluster.quaternions: rotation matrices from
+# roll/pitch/yaw, then the quaternion (Shepperd's method) and the rotation vector (matrix log) of each.
+
+
+def _rpy_matrices(roll, pitch, yaw):
+    """R = Rz(yaw) @ Ry(pitch) @ Rx(roll), element by element, (T,3,3)."""
+    cr, sr, cp, sp, cy, sy = np.cos(roll), np.sin(roll), np.cos(pitch), np.sin(pitch), np.cos(yaw), np.sin(yaw)
+    return np.stack([
+        np.stack([cy * cp, cy * sp * sr - sy * cr, cy * sp * cr + sy * sr], -1),
+        np.stack([sy * cp, sy * sp * sr + cy * cr, sy * sp * cr - cy * sr], -1),
+        np.stack([-sp, cp * sr, cp * cr], -1),
+    ], -2)
+
+
+def _matrix_to_wxyz(R):
+    out = []
+    for m in R:
+        tr = np.trace(m)
+        if tr > 0:
+            s = 2.0 * np.sqrt(1.0 + tr)
+            q = [0.25 * s, (m[2, 1] - m[1, 2]) / s, (m[0, 2] - m[2, 0]) / s, (m[1, 0] - m[0, 1]) / s]
+        else:
+            i = int(np.argmax(np.diag(m)))
+            j, k = (i + 1) % 3, (i + 2) % 3
+            s = 2.0 * np.sqrt(1.0 + m[i, i] - m[j, j] - m[k, k])
+            v = np.zeros(3)
+            v[i], v[j], v[k] = 0.25 * s, (m[j, i] + m[i, j]) / s, (m[k, i] + m[i, k]) / s
+            q = [(m[k, j] - m[j, k]) / s, *v]
+        out.append(q)
+    return np.array(out)
+
+
+def _matrix_to_rotvec(R):
+    angle = np.arccos(np.clip((np.trace(R, axis1=1, axis2=2) - 1) / 2, -1, 1))
+    axis = np.stack([R[:, 2, 1] - R[:, 1, 2], R[:, 0, 2] - R[:, 2, 0], R[:, 1, 0] - R[:, 0, 1]], -1)
+    return axis / (2 * np.sin(angle))[:, None] * angle[:, None]
+
+
+def _as_xyzw(wxyz):
+    return wxyz[:, [1, 2, 3, 0]]
+
+
+def test_independent_builders_agree_on_known_rotations():
+    # A pure yaw of theta is (cos theta/2, 0, 0, sin theta/2) in wxyz, and rotvec (0, 0, theta).
+    theta = np.array([0.3, 1.2, -2.0])
+    R = _rpy_matrices(np.zeros(3), np.zeros(3), theta)
+    np.testing.assert_allclose(_matrix_to_wxyz(R), np.stack([np.cos(theta / 2), 0 * theta, 0 * theta,
+                                                             np.sin(theta / 2)], -1), atol=1e-12)
+    np.testing.assert_allclose(_matrix_to_rotvec(R), np.stack([0 * theta, 0 * theta, theta], -1), atol=1e-12)
+    # And the product's rotvec_to_wxyz, which the detector relies on, gives the same rotations.
+    roll, pitch, yaw = np.array([0.1, -0.05, 0.2]), np.array([0.04, 0.1, -0.2]), np.array([0.5, -2.5, 2.9])
+    R = _rpy_matrices(roll, pitch, yaw)
+    q = _matrix_to_wxyz(R)
+    ours = rotvec_to_wxyz(_matrix_to_rotvec(R))
+    np.testing.assert_allclose(np.abs(np.sum(ours * q, axis=1)), 1.0, atol=1e-9)
+    assert np.all(np.abs(ours[:, 0] - q[:, 0] * np.sign(np.sum(ours * q, axis=1))) < 1e-9)
+
+
 @pytest.mark.parametrize("yaw", [0.0, 0.7, 1.5707963, 3.0, -2.2])
 def test_quaternion_convention_from_pose_aa(yaw):
     t = np.linspace(0, 1, 40)
-    rotvec = np.stack([0.05 * np.sin(5 * t), 0.03 * np.cos(3 * t), yaw + 0.5 * t], axis=1)
-    q = rotvec_to_wxyz(rotvec)
+    R = _rpy_matrices(0.05 * np.sin(5 * t), 0.03 * np.cos(3 * t), yaw + 0.5 * t)
+    q = _matrix_to_wxyz(R)
     pose_aa = np.zeros((40, 30, 3))
-    pose_aa[:, 0] = rotvec
+    pose_aa[:, 0] = _matrix_to_rotvec(R)
     assert detect_root_rot_convention(q, pose_aa) == "wxyz"
-    assert detect_root_rot_convention(wxyz_to_xyzw(q), pose_aa) == "xyzw"
+    assert detect_root_rot_convention(_as_xyzw(q), pose_aa) == "xyzw"
+
+
+def test_pose_aa_decides_where_uprightness_cannot():
+    # A robot lying on its side (roll 90 degrees) turning through 3 rad: uprightness does not hold, pose_aa does.
+    t = np.linspace(0, 1, 40)
+    R = _rpy_matrices(np.full(40, np.pi / 2), 0.1 * t, -2.2 + 3 * t)
+    q, pose_aa = _matrix_to_wxyz(R), np.zeros((40, 30, 3))
+    pose_aa[:, 0] = _matrix_to_rotvec(R)
+    assert detect_root_rot_convention(q, pose_aa) == "wxyz"
+    assert detect_root_rot_convention(_as_xyzw(q), pose_aa) == "xyzw"
+    # (0.5, 0.5, 0.5, 0.5) reads the same in both orders: no honest answer exists, and none is claimed.
+    R = _rpy_matrices(np.full(40, np.pi / 2), np.zeros(40), np.full(40, np.pi / 2))
+    q = _matrix_to_wxyz(R)
+    np.testing.assert_allclose(q, 0.5, atol=1e-12)
+    pose_aa[:, 0] = _matrix_to_rotvec(R)
+    assert detect_root_rot_convention(q, pose_aa) == "ambiguous"
 
 
 def test_quaternion_convention_without_pose_aa_uses_uprightness():
     t = np.linspace(0, 1, 50)
-    rotvec = np.stack([0.02 * t, 0.02 * t, 0.3 + 2 * t], axis=1)
-    q = rotvec_to_wxyz(rotvec)
+    q = _matrix_to_wxyz(_rpy_matrices(0.02 * t, 0.02 * t, 0.3 + 2 * t))
     assert detect_root_rot_convention(q) == "wxyz"
-    assert detect_root_rot_convention(wxyz_to_xyzw(q)) == "xyzw"
+    assert detect_root_rot_convention(_as_xyzw(q)) == "xyzw"
     # Identity in xyzw is also a 180-degree yaw in wxyz: genuinely ambiguous without pose_aa.
     assert detect_root_rot_convention(np.tile([0.0, 0.0, 0.0, 1.0], (10, 1))) == "ambiguous"
     assert detect_root_rot_convention(np.zeros((3, 3))) == "unknown"

@@ -307,19 +307,48 @@ def test_refuses_to_replace_foreign_dirs(tmp_path, review):
     gen.generate(review["lib"], tmp_path / "empty")  # an empty dir is fine
 
 
-def test_warm_run_reads_no_pickles(tmp_path, review):
-    site = tmp_path / "site"
-    cold = gen.generate(review["lib"], site)
-    assert cold["meta_parsed"] == len(review["keys"])
-    warm = gen.generate(review["lib"], site)
+def _cold_build(lib: Path, site: Path, cache_home: Path, monkeypatch, **kw) -> dict:
+    """A build of ``lib`` from empty caches: a fresh cache home, and the library's own index cache set
+    aside for the duration (then put back, so the warm builds keep theirs)."""
+    from grail_cluster.library import CACHE_NAME
+
+    warm_home = os.environ["XDG_CACHE_HOME"]
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache_home))
+    own, aside = lib / CACHE_NAME, lib.parent / f"{CACHE_NAME}.aside"
+    had_own = own.exists()
+    if had_own:
+        own.rename(aside)
+    try:
+        return gen.generate(lib, site, **kw)
+    finally:
+        (lib / CACHE_NAME).unlink(missing_ok=True)
+        if had_own:
+            aside.rename(own)
+        monkeypatch.setenv("XDG_CACHE_HOME", warm_home)
+
+
+def test_warm_build_equals_a_cold_build(tmp_path, review, monkeypatch):
+    # Both sites sit beside each other, so even the relative vis/ links must come out the same.
+    lib, warm_site, metrics = review["lib"], tmp_path / "warm", [review["metrics"]]
+    first = gen.generate(lib, warm_site, metrics=metrics)
+    assert first["meta_parsed"] == len(review["keys"])
+    warm = gen.generate(lib, warm_site, metrics=metrics)
     assert warm["index_cache"] == "hit" and warm["index_parsed"] == 0 and warm["meta_parsed"] == 0
-    assert load_manifest(site)["motions"] == json.loads((site / "manifest.json").read_text())["motions"]
-    # A changed meta file is re-read (size/mtime key).
+    cold = _cold_build(lib, tmp_path / "cold", tmp_path / "cache-a", monkeypatch, metrics=metrics)
+    assert cold["index_cache"] != "hit" and cold["index_parsed"] == cold["meta_parsed"] == len(review["keys"])
+    warm_man, cold_man = load_manifest(warm_site), load_manifest(tmp_path / "cold")
+    assert warm_man["motions"] and warm_man == cold_man
+
+    # A changed meta file: the warm build re-reads just that one, and still equals a cold build.
     k = review["keys"][1]
-    joblib.dump({"object_name": "changed"}, review["lib"] / "meta" / f"{k}.pkl")
-    again = gen.generate(review["lib"], site)
+    joblib.dump({"object_name": "changed", "table_pos": [0.25, -0.5, 0.75]}, lib / "meta" / f"{k}.pkl")
+    again = gen.generate(lib, warm_site, metrics=metrics)
     assert again["meta_parsed"] == 1
-    assert {m["name"]: m for m in load_manifest(site)["motions"]}[k]["meta"] == {"object_name": "changed"}
+    _cold_build(lib, tmp_path / "cold2", tmp_path / "cache-b", monkeypatch, metrics=metrics)
+    warm_man, cold_man = load_manifest(warm_site), load_manifest(tmp_path / "cold2")
+    assert warm_man == cold_man
+    assert {m["name"]: m for m in warm_man["motions"]}[k]["meta"] == {"object_name": "changed",
+                                                                     "table_pos": [0.25, -0.5, 0.75]}
 
 
 # ----------------------------------------------------------------------------- CLI
