@@ -27,8 +27,17 @@ class GrailLauncherConf:
     # is submitted (JobReturn.status UNKNOWN) and print where the results will appear.
     wait: bool = True
     # true: a re-run of the same sweep (same hydra.sweep.dir) returns the jobs recorded as done
-    # without running them, waits on the ones still queued/running and submits only the rest.
+    # without running them, waits on the ones still queued/running and submits only the rest. A
+    # recorded result is reused only when the app config (without hydra), the job's overrides and
+    # the code (code_key) are all unchanged. Force a re-run: resume=false, or remove
+    # <hydra.sweep.dir>/.grail.
     resume: bool = True
+    # What "the code" is in that key. tree: the task function's source file and every module of
+    # the same project its imports reach (sha256 of each), plus the git commit and uncommitted
+    # changes to tracked files of the checkout holding the task; source: those source digests
+    # only (a new commit or an edit elsewhere in the checkout keeps results); off: config and
+    # overrides only (a result of older code is reused: only for tasks you know did not change).
+    code_key: str = "tree"
     # Ledger, payloads, results and scheduler logs of this sweep.
     state_dir: str = "${hydra.sweep.dir}/.grail"
     # The interpreter that runs each job (null: the one running the launcher).

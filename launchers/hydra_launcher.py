@@ -6,10 +6,16 @@ once) and records every job in a ledger under ``hydra.launcher.state_dir``
 (``${hydra.sweep.dir}/.grail``): ``ledger.jsonl``, ``payloads/``, ``results/``, ``logs/``.
 
 Resume (hydra #1407, #3328: the submitit launcher cannot). A job is its number in the sweep plus a
-key, the SHA-256 of the app's composed config (without ``hydra``) and the job's overrides. Running
+key: the SHA-256 of the app's composed config (without ``hydra``), the job's overrides and the code
+(``code_key``, default ``tree``): the task function's source file and every module of the same
+project its imports reach (source digests, :mod:`grail_cluster.code_digest`), plus the git commit
+of the checkout holding the task and a digest of its uncommitted changes to tracked files. Running
 the same command again with the same ``hydra.sweep.dir`` returns the jobs whose result says done
-without running them, waits on (``wait=false``: reports) the ones still queued or running, and
-submits only the failed, lost and never-submitted ones. ``resume=false`` submits every job again.
+under the same key without running them, waits on (``wait=false``: reports) the ones still queued
+or running, and submits the failed, lost, never-submitted and changed ones. ``resume=false`` (or
+removing ``<sweep dir>/.grail``) submits every job again. Not seen by the key: data files the task
+reads, modules imported dynamically or from installed packages, and code edited while the jobs
+of a sweep are still queued (a job imports its modules when it starts).
 
 Crossing into the job: pickle in, JSON out.
 
@@ -84,6 +90,8 @@ RESULT_TICK_MAX_S = 0.5
 # result is renamed into place before the job exits, the second look covers a slow shared filesystem.
 GONE_REFRESHES = 2
 # sbatch options the launcher sets itself; additional_parameters may not set them.
+# hydra.launcher.code_key: what code a reused result must have come from (see code_identity).
+CODE_KEYS = ("tree", "source", "off")
 _OWN_SBATCH = {"array": "array_parallelism", "job-name": "name", "time": "time", "partition": "partition",
                "cpus-per-task": "cpus_per_task", "mem": "mem_gb", "nodes": "nodes", "ntasks": None,
                "output": None, "error": None, "chdir": None}
@@ -248,6 +256,7 @@ class GrailLauncher(Launcher):
         self.config: DictConfig | None = None
         self.hydra_context: HydraContext | None = None
         self.task_function: TaskFunction | None = None
+        self.code: dict[str, Any] | None = None
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config = config
@@ -262,6 +271,10 @@ class GrailLauncher(Launcher):
         if not str(p.get("state_dir") or "").strip():
             raise LauncherConfigError("hydra.launcher.state_dir is empty",
                                       fix="leave the default (${hydra.sweep.dir}/.grail) or give a directory")
+        if p.get("code_key", "tree") not in CODE_KEYS:
+            raise LauncherConfigError(f"hydra.launcher.code_key={p.get('code_key')}: must be one of "
+                                      f"{', '.join(CODE_KEYS)}",
+                                      fix="leave the default (tree), or give source or off")
         python = p.get("python")
         if python is not None and not shutil.which(python):  # a path or a name on PATH
             raise LauncherConfigError(f"hydra.launcher.python={python}: no such executable",
@@ -292,7 +305,9 @@ class GrailLauncher(Launcher):
         state.mkdir(parents=True, exist_ok=True)
         ledger = SweepLedger(state)
         base = config_key(self.config)
-        jobs = [SweepJob(initial_job_idx + i, list(o), job_key(base, o)) for i, o in enumerate(job_overrides)]
+        self.code = code_identity(self.task_function, str(self.params.get("code_key", "tree")))
+        code = self.code["sha256"] if self.code else ""
+        jobs = [SweepJob(initial_job_idx + i, list(o), job_key(base, o, code)) for i, o in enumerate(job_overrides)]
         log.info(f"grail_{self.backend}: {len(jobs)} jobs, sweep dir {sweep_dir}, launcher state {state}")
         with ledger.locked():
             done, waiting, to_submit = self.reconcile(jobs, ledger)
@@ -319,8 +334,11 @@ class GrailLauncher(Launcher):
         to_submit: list[SweepJob] = []
         unsettled: list[SweepJob] = []
         events = []
+        other_code = 0
         for job in jobs:
             job.record = rec = current.get(job.num)
+            if rec is not None and rec.get("key") != job.key and self.params["resume"]:
+                other_code += rec.get("code_sha256") != (self.code or {}).get("sha256")
             if not self.params["resume"] or rec is None or rec.get("key") != job.key or not rec.get("result"):
                 to_submit.append(job)
                 continue
@@ -348,6 +366,9 @@ class GrailLauncher(Launcher):
                     to_submit.append(job)
         ledger.append(events)
         to_submit.sort(key=lambda j: j.num)
+        if other_code:
+            log.info(f"grail_{self.backend}: {other_code} job(s) recorded under other code "
+                     f"({describe_code(self.code)}): run again, not reused")
         if current and self.params["resume"]:
             log.info(f"grail_{self.backend}: resuming: {len(done)} done (returned from the ledger, not "
                      f"rerun), {len(waiting)} still queued or running, {len(to_submit)} to submit")
@@ -395,6 +416,7 @@ class GrailLauncher(Launcher):
     def record(self, job: SweepJob, sub: str, index: int, sched_id: str, **extra: Any) -> dict[str, Any]:
         attempt = int(job.record.get("attempt", 0)) + 1 if job.record else 1
         return {"t": time.time(), "num": job.num, "key": job.key, "overrides": job.overrides,
+                "code_sha256": (self.code or {}).get("sha256"), "code": self.code,
                 "state": "submitted", "attempt": attempt, "backend": self.backend, "sub": sub, "index": index,
                 "sched_id": sched_id, "result": str(result_file(f"results/{sub}", index)), **extra}
 
@@ -690,8 +712,40 @@ def config_key(config: DictConfig) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def job_key(config_digest: str, overrides: Sequence[str]) -> str:
-    return hashlib.sha256(json.dumps([config_digest, list(overrides)]).encode()).hexdigest()[:32]
+def job_key(config_digest: str, overrides: Sequence[str], code_digest: str = "") -> str:
+    return hashlib.sha256(json.dumps([config_digest, list(overrides), code_digest]).encode()).hexdigest()[:32]
+
+
+def code_identity(task_function: Any, mode: str) -> dict[str, Any] | None:
+    """The code a job's result is keyed on (``hydra.launcher.code_key``): ``tree`` the task's
+    sources (its module and the project modules it imports) plus the git commit and uncommitted
+    tracked changes of the checkout holding it; ``source`` the sources only; ``off`` nothing."""
+    if mode == "off":
+        return None
+    from grail_cluster.code_digest import git_state, task_sources
+
+    if task_function is None:
+        out: dict[str, Any] = {"task": None, "sources": None}
+    else:
+        out = {"task": None, "sources": task_sources(task_function)}
+        out["task"] = out["sources"].pop("task")
+    root = (out["sources"] or {}).get("root")
+    out["git"] = git_state(root) if mode == "tree" and root else None
+    body = {k: out[k] for k in ("task", "sources", "git")}
+    out["sha256"] = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+    return out
+
+
+def describe_code(code: dict[str, Any] | None) -> str:
+    if not code:
+        return "code_key=off"
+    src = code.get("sources") or {}
+    text = f"task {code.get('task')}, {src.get('files', 0)} source file(s) {str(src.get('sha256'))[:12]}"
+    git = code.get("git")
+    if git:
+        text += f", commit {git['commit'][:12]}" + (f" + uncommitted changes {git['diff_sha256'][:12]}"
+                                                    if git.get("dirty") else " (clean)")
+    return text
 
 
 def decode_value(encoded: dict[str, Any]) -> Any:

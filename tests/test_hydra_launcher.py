@@ -84,19 +84,9 @@ class TestGrailLocalBatched(BatchedSweeperTestSuite):
     pass
 
 
-class _Integration(IntegrationTestSuite):
-    def test_to_absolute_path_multirun(self, tmpdir: Path, task_launcher_cfg: Any, extra_flags: list[str]
-                                       ) -> None:
-        # Hydra's test runs two different task.py programs with the same sweep dir, config and
-        # overrides. With resume on, the second program's job is, by design, the first one's
-        # recorded result (the ledger cannot see code changes), so this test runs with resume off.
-        flags = [*extra_flags, "hydra.launcher.resume=false"]
-        super().test_to_absolute_path_multirun(tmpdir, task_launcher_cfg, flags)
-
-
 @pytest.mark.parametrize("task_launcher_cfg, extra_flags", [(
     {}, ["-m", "hydra/hydra_logging=disabled", "hydra/job_logging=disabled", "hydra/launcher=grail_local"])])
-class TestGrailLocalIntegration(_Integration):
+class TestGrailLocalIntegration(IntegrationTestSuite):
     pass
 
 
@@ -120,7 +110,7 @@ class TestGrailSlurmBatched(BatchedSweeperTestSuite):
          *SLURM_FIT])])
 @pytest.mark.slurm
 @pytest.mark.usefixtures("slurm_cluster")
-class TestGrailSlurmIntegration(_Integration):
+class TestGrailSlurmIntegration(IntegrationTestSuite):
     pass
 
 
@@ -460,3 +450,115 @@ def test_sbatch_script_carries_resources_and_setup() -> None:
         assert want in lines
     assert not any("qos" in line for line in lines)
     assert lines[-1] == "exec python -m x"
+
+
+# ----------------------------------------------------------------------------- resume sees code
+
+# A user's app, run the way users run it: the script by absolute path, the venv's interpreter by
+# absolute path, the venv not on PATH, output to pipes. The task imports a helper module beside it
+# and reads a tracked data file; each start is appended to ``starts`` outside the sweep dir.
+APP = '''import hydra
+from helper import scale
+
+
+@hydra.main(version_base=None, config_path=None, config_name=None)
+def main(cfg):
+    with open({starts!r}, "a") as fh:
+        fh.write(f"{{cfg.a}}\\n")
+    return cfg.a * {factor} * scale()
+
+
+if __name__ == "__main__":
+    main()
+'''
+
+
+def _write_app(root: Path, factor: int, scale: int) -> None:
+    (root / "app.py").write_text(APP.format(starts=str(root / "starts"), factor=factor))
+    (root / "helper.py").write_text(f"def scale():\n    return {scale}\n")
+
+
+def _sweep_app(root: Path, *extra: str) -> dict[int, Any]:
+    """Run the app's sweep a=1,2,3 on grail_local; each job's recorded return value."""
+    from tests.adversarial.harness import clean_env
+
+    proc = subprocess.run([sys.executable, str(root / "app.py"), "-m", "hydra/launcher=grail_local",
+                           f"hydra.sweep.dir={root / 'sweep'}", "+a=1,2,3", *extra],
+                          cwd=root, env=clean_env(), capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    return {n: j["return"]["json"] for n, j in sweep_status(root / "sweep" / ".grail").items()}
+
+
+def _starts(root: Path) -> int:
+    path = root / "starts"
+    return len(path.read_text().split()) if path.exists() else 0
+
+
+def test_changed_task_code_reruns_every_point_unchanged_code_is_reused(tmp_path: Path) -> None:
+    _write_app(tmp_path, factor=10, scale=1)
+    assert _sweep_app(tmp_path) == {0: 10, 1: 20, 2: 30}
+    assert _starts(tmp_path) == 3
+    assert _sweep_app(tmp_path) == {0: 10, 1: 20, 2: 30}
+    assert _starts(tmp_path) == 3  # same code, config and overrides: every point from the ledger
+
+    _write_app(tmp_path, factor=100, scale=1)  # "fix a bug" in the task function
+    assert _sweep_app(tmp_path) == {0: 100, 1: 200, 2: 300}
+    assert _starts(tmp_path) == 6
+    _write_app(tmp_path, factor=100, scale=7)  # the module the task imports, not the task's file
+    assert _sweep_app(tmp_path) == {0: 700, 1: 1400, 2: 2100}
+    assert _starts(tmp_path) == 9
+    assert _sweep_app(tmp_path) == {0: 700, 1: 1400, 2: 2100}
+    assert _starts(tmp_path) == 9
+    assert _sweep_app(tmp_path, "hydra.launcher.resume=false") == {0: 700, 1: 1400, 2: 2100}
+    assert _starts(tmp_path) == 12  # the documented way to force a re-run
+
+
+def _git(root: Path, *args: str) -> None:
+    subprocess.run(["git", "-C", str(root), "-c", "user.name=t", "-c", "user.email=t@t", *args],
+                   check=True, capture_output=True)
+
+
+def test_committed_and_uncommitted_code_of_the_checkout_invalidates(tmp_path: Path) -> None:
+    """What the source digests cannot see (a tracked file the task does not import) the commit and
+    the digest of the uncommitted changes do; code_key=source ignores them, as documented."""
+    _write_app(tmp_path, factor=10, scale=1)
+    (tmp_path / "notes.yaml").write_text("lr: 1\n")
+    _git(tmp_path, "init", "-q")
+    _git(tmp_path, "add", "app.py", "helper.py", "notes.yaml")
+    _git(tmp_path, "commit", "-q", "-m", "one")
+    _sweep_app(tmp_path)
+    _sweep_app(tmp_path)
+    assert _starts(tmp_path) == 3  # the sweep's own outputs (untracked) change nothing
+
+    (tmp_path / "notes.yaml").write_text("lr: 2\n")  # dirty
+    _sweep_app(tmp_path)
+    assert _starts(tmp_path) == 6
+    (tmp_path / "notes.yaml").write_text("lr: 3\n")  # dirty again, differently: another code
+    _sweep_app(tmp_path)
+    assert _starts(tmp_path) == 9
+    _git(tmp_path, "commit", "-q", "-am", "two")  # same files, now a commit: another code
+    _sweep_app(tmp_path)
+    assert _starts(tmp_path) == 12
+    _sweep_app(tmp_path)
+    assert _starts(tmp_path) == 12
+
+    _sweep_app(tmp_path, "hydra.launcher.code_key=source")  # a new key kind: runs once
+    assert _starts(tmp_path) == 15
+    (tmp_path / "notes.yaml").write_text("lr: 4\n")
+    _sweep_app(tmp_path, "hydra.launcher.code_key=source")
+    assert _starts(tmp_path) == 15
+    status = json.loads(subprocess.run(
+        [sys.executable, "-m", "grail_cluster.launchers.hydra_launcher", str(tmp_path / "sweep"), "--json"],
+        capture_output=True, text=True, check=True).stdout)
+    assert status["0"]["state"] == "done"
+
+
+def test_bad_code_key_is_refused(tmp_path: Path) -> None:
+    _write_app(tmp_path, factor=1, scale=1)
+    proc = subprocess.run([sys.executable, str(tmp_path / "app.py"), "-m", "hydra/launcher=grail_local",
+                           f"hydra.sweep.dir={tmp_path / 'sweep'}", "+a=1", "hydra.launcher.code_key=none"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "hydra.launcher.code_key=none: must be one of tree, source, off" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert _starts(tmp_path) == 0
