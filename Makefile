@@ -26,10 +26,11 @@ render-deps:
 	bash tests/infra/render/setup.sh
 
 # The full suite: unit, golden and property tests, plus the real local SLURM cluster
-# (started here, stopped afterwards unless KEEP_SLURM=1) and the viewer in a real Chromium.
+# (started here, stopped afterwards unless KEEP_SLURM=1) and the viewer in a real Chromium. The cluster,
+# Chromium and every Python dependency are required here: missing, their tests fail instead of skipping.
 test: setup browser render-deps
 	bash $(SLURM_UP)
-	status=0; GRAIL_REQUIRE_SLURM=1 GRAIL_REQUIRE_BROWSER=1 $(PY) -m pytest -q $(PYTEST_ARGS) || status=$$?; \
+	status=0; GRAIL_REQUIRE_SLURM=1 GRAIL_REQUIRE_BROWSER=1 GRAIL_REQUIRE_DEPS=1 $(PY) -m pytest -q $(PYTEST_ARGS) || status=$$?; \
 	if [ -z "$$KEEP_SLURM" ]; then bash $(SLURM_DOWN); fi; \
 	exit $$status
 

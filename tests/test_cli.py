@@ -40,8 +40,14 @@ def test_run_dry_run_writes_and_prints_the_exact_files(tmp_path, hoi_pair, sonic
     runs = list((tmp_path / "runs").iterdir())
     assert len(runs) == 1
     spec_dir = runs[0] / "specs" / "slurm"
-    train = (spec_dir / "train.sh").read_text()
-    assert train.strip().splitlines()[-1] in out  # printed what was written, byte for byte
+    # Printed what was written, byte for byte: every file it shows (all but the eval command list, which
+    # the eval array script sources), whole, each under a rule naming its path.
+    shown = sorted(p for p in spec_dir.rglob("*") if p.is_file() and p.name != "eval_commands.sh")
+    assert {p.name for p in shown} >= {"train.sh", "eval.sh"}
+    for path in shown:
+        text = path.read_text()
+        assert text.strip() and text.rstrip("\n") in out, f"{path} is not printed as written"
+        assert str(path) in out
     assert (runs[0] / "plan.json").exists()
 
 

@@ -10,7 +10,7 @@ from grail_cluster.markers import validate_marker
 from tests.evalgen import evaluated_run
 
 
-def test_export_and_merge_stages_build_the_merged_library(tmp_path, hoi_pair, sonic_root):
+def test_export_and_merge_stages_build_the_merged_library(tmp_path, hoi_pair, sonic_root, capsys):
     _, ha = hoi_pair
     plan, failed = evaluated_run(tmp_path, ha, sonic_root, "web.enabled=false")
     for index in range(plan.stage("export").size):
@@ -26,5 +26,12 @@ def test_export_and_merge_stages_build_the_merged_library(tmp_path, hoi_pair, so
     assert m1["exported_count"] == len(ha.keys) and m0["exported_count"] == len(ha.keys) - 1
     assert sorted(p.stem for p in (merged0 / "robot").glob("*.pkl")) == sorted(set(ha.keys) - failed)
     assert scan_library(merged1).by_key()[ha.keys[0]].root_rot == "xyzw"  # exports are xyzw
-    # Re-running a done shard is a no-op.
+    # Re-running a done shard is a no-op: it says so and rewrites nothing (bytes, mtimes, inodes), marker included.
+    from grail_cluster.markers import marker_path
+    from tests.adversarial.harness import untouched_state
+
+    before = untouched_state(merged0, marker_path(plan.run_dir, "merge", 0))
     assert entry(["merge", "--run-dir", plan.run_dir, "--index", "0"]) == 0
+    assert "already done" in capsys.readouterr().out
+    assert untouched_state(merged0, marker_path(plan.run_dir, "merge", 0)) == before
+    assert validate_marker(plan.run_dir, "merge", 0, plan.plan_hash)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import joblib
 import pytest
 
 from grail_cluster.cli import main as cli_main
@@ -38,9 +39,21 @@ def _check_demo(out: Path, result: dict) -> None:
         merged = Path(ck["merged"])
         assert len(list((merged / "robot").glob("*.pkl"))) == tracked
         assert len(list((merged / "vis").glob("*.mp4"))) == tracked  # every tracked motion has its replay video
+    # The viewer against the library: one site per checkpoint, each listing exactly the merged library's
+    # motions with their frame counts and a video that opens, and counts that add up.
     web = Path(result["web"])
-    manifests = list(web.rglob("manifest.json"))
-    assert manifests and (web / "index.html").is_file()
+    assert (web / "index.html").is_file()
+    top = json.loads((web / "manifest.json").read_text())
+    assert sorted(s["step"] for s in top["sites"]) == sorted(ck["step"] for ck in result["checkpoints"])
+    for ck in result["checkpoints"]:
+        man = json.loads((web / f"step_{ck['step']:06d}" / "manifest.json").read_text())
+        robots = sorted((Path(ck["merged"]) / "robot").glob("*.pkl"))
+        assert [m["name"] for m in man["motions"]] == [r.stem for r in robots]
+        assert man["num_motions"] == ck["exported"] == man["num_with_video"]
+        for m, r in zip(man["motions"], robots, strict=True):
+            assert m["frames"] == len(joblib.load(r)[r.stem]["dof"])
+            assert (web / f"step_{ck['step']:06d}" / m["video"]).resolve().is_file()
+    assert top["num_motions"] == sum(ck["exported"] for ck in result["checkpoints"])
     assert "grail-cluster serve" in result["serve"]
 
 

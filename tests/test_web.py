@@ -444,9 +444,9 @@ def test_serve_cli_prints_url_and_stops_on_ctrl_c(tmp_path, review):
 # ----------------------------------------------------------------------------- the web stage
 
 
-def test_web_stage_builds_one_viewer_per_checkpoint(tmp_path, hoi_pair, sonic_root, mp4):
+def test_web_stage_builds_one_viewer_per_checkpoint(tmp_path, hoi_pair, sonic_root, mp4, capsys):
     from grail_cluster.entry import main as entry
-    from grail_cluster.markers import validate_marker
+    from grail_cluster.markers import marker_path, validate_marker
     from tests.evalgen import evaluated_run
 
     _, ha = hoi_pair
@@ -475,5 +475,17 @@ def test_web_stage_builds_one_viewer_per_checkpoint(tmp_path, hoi_pair, sonic_ro
             link = web / f"step_{step:06d}" / m["video"]
             assert link.is_symlink() and not os.path.isabs(os.readlink(link)) and link.is_file()
         assert not ({m["name"] for m in man["motions"]} & failed) or step == 2000
-    # A done web job is a no-op; the marker stays valid.
+        # The viewer against the library it shows: the merged library's motions, each with its frame count.
+        merged = Path(plan.paths["experiment_dir"]) / "exported" / f"step_{step:06d}" / "merged"
+        robots = sorted((merged / "robot").glob("*.pkl"))
+        assert [m["name"] for m in man["motions"]] == [r.stem for r in robots]
+        for m, r in zip(man["motions"], robots, strict=True):
+            assert m["frames"] == len(joblib.load(r)[r.stem]["dof"])
+    # A done web job is a no-op: it says so, rewrites nothing (bytes, mtimes, inodes) and its marker stays valid.
+    from tests.adversarial.harness import untouched_state
+
+    before = untouched_state(web, marker_path(plan.run_dir, "web", 0))
     assert entry(["web", "--run-dir", plan.run_dir, "--index", "0"]) == 0
+    assert "already done" in capsys.readouterr().out
+    assert untouched_state(web, marker_path(plan.run_dir, "web", 0)) == before
+    assert validate_marker(plan.run_dir, "web", 0, plan.plan_hash, deep=True)

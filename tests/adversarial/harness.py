@@ -136,3 +136,18 @@ def assert_greppable(text: str, *needles: str) -> None:
     for needle in needles:
         assert any(needle in line for line in lines), (
             f"{needle!r} is not whole on any line (folded or missing):\n{text[:6000]}")
+
+
+def untouched_state(*paths: str | Path) -> dict[str, tuple]:
+    """Relative path -> (sha256, mtime_ns, inode) of every file under ``paths`` (symlinks by target):
+    equal before and after means nothing was rewritten, not only that the bytes came out the same,
+    which is what a no-op claims."""
+    out: dict[str, tuple] = {}
+    for base in map(Path, paths):
+        for p in ([base] if base.is_file() else sorted(base.rglob("*"))):
+            if p.is_symlink():
+                out[str(p)] = ("link", os.readlink(p))
+            elif p.is_file():
+                st = p.stat()
+                out[str(p)] = (hashlib.sha256(p.read_bytes()).hexdigest(), st.st_mtime_ns, st.st_ino)
+    return out
