@@ -91,6 +91,7 @@ def _status_data(plan, refresh_first: bool = True, verify: bool = False) -> dict
             refresh(plan, ledger, backend, verify=verify)
         stages = summarise(plan, ledger)
         points = _sweep_points(plan, ledger) if plan.is_sweep else []
+        slices = _slice_audits(plan, ledger)
     calls = dict(getattr(backend, "calls", {}))
     return {
         "run_id": plan.run_id, "run_dir": plan.run_dir, "backend": plan.backend, "plan_hash": plan.plan_hash,
@@ -102,7 +103,20 @@ def _status_data(plan, refresh_first: bool = True, verify: bool = False) -> dict
         "provenance": read_provenance(plan.run_dir),
         "notes": list(getattr(backend, "notes", [])),  # e.g. a Kubernetes driver Job that owns the ledger
         "points": points,
+        "slices": slices,  # per stage: what SONIC printed of its slices against plan.json (docs/runs.md)
     }
+
+
+def _slice_audits(plan, ledger) -> dict[str, Any]:
+    from .slice_audit import stage_summary
+
+    out = {}
+    for stage in ("train", "eval"):
+        if stage in plan.stage_names:
+            attempts = {s.idx: s.attempt for s in ledger.shards(stage)}
+            if summary := stage_summary(plan.run_dir, stage, attempts):
+                out[stage] = summary
+    return out
 
 
 def _sweep_points(plan, ledger) -> list[dict[str, Any]]:
@@ -186,6 +200,11 @@ def cmd_status(args: argparse.Namespace) -> int:
             out.print(_points_table(data))
         for note in data["notes"]:
             out.print(escape(note), highlight=False)
+        from .slice_audit import summary_line
+
+        for stage, audit in data["slices"].items():
+            colour = "red" if audit["mismatches"] else ("green" if audit["matched"] == audit["expected"] else "yellow")
+            out.print(f"[{colour}]{escape(summary_line(stage, audit))}[/]")
         for s in data["stages"]:
             for f in s["failures"][: args.max_failures]:
                 out.print(f"[red]{s['name']} {f['index']}[/] {f['state']} (attempt {f['attempt']}, job {f['job_id']}): "
@@ -269,6 +288,10 @@ def cmd_logs(args: argparse.Namespace) -> int:
             out.rule(f"{args.stage} {idx} attempt {attempt}: {path}")
             lines = path.read_text(errors="replace").splitlines()
             out.print("\n".join(lines[-args.lines:] if (args.failed or args.lines) else lines), markup=False, highlight=False)
+        from .slice_audit import audit_text, read_audits
+
+        for audit in read_audits(plan.run_dir, args.stage, idx, attempt):
+            out.print(audit_text(audit), markup=False, highlight=False)
     if args.follow and not args.failed:
         path = Path(plan.run_dir) / "logs" / args.stage / str(indices[0]) / f"{attempt}.out"
         pos = path.stat().st_size if path.exists() else 0

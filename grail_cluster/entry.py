@@ -37,22 +37,77 @@ def _digests(paths) -> dict[str, dict]:
     return {p: {"size": os.path.getsize(p), "sha256": file_digest(p)} for p in paths}
 
 
-def _run_child(argv: list[str], cwd: str) -> int:
-    """Run a tool as a child (not exec): its outputs are checked and marked after it exits.
+AUDIT_MODES = ("enforce", "warn", "off")
+AUDIT_TIMEOUT_S = 900.0  # SONIC logs its slices while loading the library, well inside this
 
-    SIGTERM/SIGINT (scancel, preemption, Ctrl-C) are passed on, so the child stops with the job.
-    """
-    import signal
-    import subprocess
 
-    child = subprocess.Popen(argv, cwd=cwd)
-    forward = lambda signum, _frame: child.send_signal(signum)  # noqa: E731
-    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+def _audit_settings() -> tuple[str, float]:
+    """GRAIL_SLICE_AUDIT (enforce|warn|off) and GRAIL_SLICE_AUDIT_TIMEOUT_S, set through job.env."""
+    mode = os.environ.get("GRAIL_SLICE_AUDIT", "enforce").strip().lower() or "enforce"
+    if mode not in AUDIT_MODES:
+        raise GrailError(f"GRAIL_SLICE_AUDIT={mode!r} is not one of {', '.join(AUDIT_MODES)}",
+                         fix="job.env.GRAIL_SLICE_AUDIT=enforce (stop on a mismatch), warn (record only) or off")
+    raw = os.environ.get("GRAIL_SLICE_AUDIT_TIMEOUT_S", "")
     try:
-        return child.wait()
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        timeout = float(raw) if raw.strip() else AUDIT_TIMEOUT_S
+    except ValueError:
+        timeout = -1.0
+    if not timeout > 0:
+        raise GrailError(f"GRAIL_SLICE_AUDIT_TIMEOUT_S={raw!r} is not a positive number of seconds",
+                         fix="job.env.GRAIL_SLICE_AUDIT_TIMEOUT_S=900")
+    return mode, timeout
+
+
+def _run_child(argv: list[str], cwd: str, plan: RunPlan, stage: str, index: int) -> int:
+    """Run SONIC as a child (not exec) under the slice audit: its outputs are checked and marked after
+    it exits, and a slice that disagrees with plan.json stops it early (``slice_watch``).
+
+    SIGTERM/SIGINT/USR1/USR2/HUP (scancel, SLURM's warning, preemption, Ctrl-C) are passed on.
+    """
+    from . import slice_audit
+    from .slice_watch import run_watched
+
+    mode, timeout = _audit_settings()
+    machine = int(os.environ.get("GRAIL_MACHINE_RANK", "0") or 0)
+    expect = (slice_audit.train_expectation(plan, index, machine) if stage == "train"
+              else slice_audit.eval_expectation(plan, index))
+    audit = slice_audit.SliceAudit(expect, timeout_s=timeout, mode=mode)
+    path = slice_audit.audit_path(plan.run_dir, stage, index, os.environ.get("GRAIL_ATTEMPT", "0") or "0", machine)
+    if mode == "off":
+        import subprocess
+
+        print("[grail] slice audit off (GRAIL_SLICE_AUDIT=off)", flush=True)
+        return subprocess.call(argv, cwd=cwd)
+    return run_watched(argv, cwd, audit, path)
+
+
+def _audit_slices(argv: list[str]) -> int:
+    """``entry audit-slices train --run-dir R --index I [--plan-hash H] -- <trainer argv>``: the train
+    job's SONIC command under the slice audit; its exit status (1 on a slice mismatch), no marker."""
+    parser = argparse.ArgumentParser(prog="python -m grail_cluster.entry audit-slices")
+    parser.add_argument("stage", choices=["train"])
+    parser.add_argument("--run-dir", required=True)
+    parser.add_argument("--index", type=int, required=True)
+    parser.add_argument("--plan-hash")
+    if "--" not in argv:
+        parser.error("no trainer command: give it after --")
+    cut = argv.index("--")
+    args, command = parser.parse_args(argv[:cut]), argv[cut + 1:]
+    if not command:
+        parser.error("no trainer command after --")
+    try:
+        plan = read_plan(args.run_dir)
+        if args.plan_hash and plan.plan_hash != args.plan_hash:
+            raise DataError(f"plan.json changed since this job was rendered ({plan.plan_hash[:12]} != {args.plan_hash[:12]})",
+                            path=os.path.join(args.run_dir, "plan.json"),
+                            fix="re-render and resubmit the run (`grail-cluster run ...`) instead of editing its plan")
+        if not 0 <= args.index < plan.stage(args.stage).size:
+            raise GrailError(f"index {args.index} outside 0..{plan.stage(args.stage).size - 1} of stage {args.stage}")
+        code = _run_child(command, os.getcwd(), plan, args.stage, args.index)
+    except GrailError as exc:
+        print(f"error: {exc.render()}", file=sys.stderr)
+        return exc.exit_code or EXIT_USAGE
+    return code if code >= 0 else 128 - code
 
 
 def _eval(plan: RunPlan, index: int) -> int:
@@ -70,7 +125,7 @@ def _eval(plan: RunPlan, index: int) -> int:
     if os.path.exists(metrics):  # a stale shard from an earlier attempt must not pass for this one
         os.remove(metrics)
     print("[grail] " + shell_join(argv), flush=True)
-    code = _run_child(argv, plan.config["sonic"]["root"])
+    code = _run_child(argv, plan.config["sonic"]["root"], plan, "eval", index)
     if code != 0:
         print(f"[grail] SONIC eval exited with {code}", file=sys.stderr)
         return code if code > 0 else 128 - code
@@ -225,6 +280,9 @@ LATER: dict[str, str] = {}
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["audit-slices"]:
+        return _audit_slices(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m grail_cluster.entry", description=__doc__)
     parser.add_argument("stage", choices=sorted(set(STAGES) | set(LATER)))
     parser.add_argument("--run-dir", required=True)

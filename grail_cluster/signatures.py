@@ -10,8 +10,12 @@ TAIL_BYTES = 64 * 1024
 JOB_PYTHON = "job.python cannot import grail_cluster"
 JOB_PYTHON_FIX = "job.python=/path/to/python-with-grail-cluster"
 
+SLICE_MISMATCH = "slice mismatch"
+
 # Ordered: the first that matches names the failure.
 PATTERNS = [
+    # The in-job slice audit stopped SONIC: what it took is not what plan.json gave the rank/shard.
+    (SLICE_MISMATCH, re.compile(r"^\[grail\] slice mismatch: ", re.M)),
     # The job template's own check, or a bare `python -m grail_cluster.entry` on an interpreter without
     # grail-cluster (ModuleNotFoundError's wording, quoted or not, and `-m`'s "finding module specification").
     (JOB_PYTHON, re.compile(r"cannot import grail_cluster|No module named '?grail_cluster\b")),
@@ -45,6 +49,9 @@ def signature(paths: list[Path], state: str | None = None) -> str | None:
     text = "\n".join(_tail(p) for p in paths)
     for name, pattern in PATTERNS:
         if pattern.search(text):
+            if name == SLICE_MISMATCH:  # the audit's own line names rank, planned vs taken and T
+                line = next(ln for ln in reversed(text.splitlines()) if pattern.search(ln))
+                return line.strip().removeprefix("[grail] ")[:400]
             if name == JOB_PYTHON:
                 line = next(ln for ln in reversed(text.splitlines()) if pattern.search(ln))
                 return f"{JOB_PYTHON} ({line.strip()[:160]}); fix: {JOB_PYTHON_FIX}"

@@ -82,6 +82,14 @@ def _sweep_body(plan: RunPlan) -> list[str]:
     return lines
 
 
+def audit_prefix(plan: RunPlan) -> str:
+    """The trainer runs under the in-job slice audit: SONIC's [Motion Shard]/[PerRankUSD]/[PerRankMotion]
+    lines are compared with plan.json and a mismatch stops the job early (grail_cluster/slice_watch.py)."""
+    return commands.shell_join([plan.config["job"]["python"], "-m", "grail_cluster.entry", "audit-slices", "train",
+                                "--run-dir", plan.run_dir, "--index", "$GRAIL_INDEX", "--plan-hash", plan.plan_hash,
+                                "--"])
+
+
 def spec(plan: RunPlan) -> JobSpec:
     s = base_spec(plan, "train", workdir=plan.config["sonic"]["root"], sonic=True)
     s.comment = f"SONIC training: {plan.train['world_size']} processes, +exp={plan.pipeline['exp']}"
@@ -100,7 +108,7 @@ def spec(plan: RunPlan) -> JobSpec:
             "else",
             f"  GRAIL_RESUME_ARGS=({commands.shell_join(finetune_args(plan))})",
             "fi",
-            commands.shell_join(train_argv(plan)) + ' "${GRAIL_RESUME_ARGS[@]}"',
+            audit_prefix(plan) + " " + commands.shell_join(train_argv(plan)) + ' "${GRAIL_RESUME_ARGS[@]}"',
         ]
     else:
         s.body = _sweep_body(plan) + [
@@ -110,7 +118,7 @@ def spec(plan: RunPlan) -> JobSpec:
             "else",
             '  GRAIL_RESUME_ARGS=("${GRAIL_WARM_START[@]}")',
             "fi",
-            '"${GRAIL_TRAIN[@]}" "${GRAIL_RESUME_ARGS[@]}"',
+            audit_prefix(plan) + ' "${GRAIL_TRAIN[@]}" "${GRAIL_RESUME_ARGS[@]}"',
         ]
     s.body += [
         "# Machine rank 0 checks the checkpoints and writes the stage's success marker.",

@@ -105,6 +105,7 @@ def test_eval_shard_keys_slice_like_sonic(trained, lib, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     keys = json.loads((tmp_path / "s1" / "metrics_eval.json").read_text())["eval/all_metrics_dict"]["motion_keys"]
     assert keys == ["stand_box_0", "stand_box_1"]
+    assert "[Motion Shard] Rank 1/2: motions [2:4] = 2/4" in proc.stdout  # SONIC's exact line (contracts §3.1)
 
 
 def test_resume_continues_from_last_pt(trained, lib, tmp_path):
@@ -124,19 +125,28 @@ def test_eval_refuses_a_file_that_is_not_a_checkpoint(lib, tmp_path):
     assert not (tmp_path / "out" / "metrics_eval.json").exists()
 
 
-def test_trainer_refuses_data_that_differs_from_the_plan(lib, tmp_path):
+def test_trainer_logs_sonic_slice_markers_from_its_data_not_the_plan(lib, tmp_path):
+    """Like SONIC, the trainer slices the command's data and never reads plan.json; it logs what it
+    took in SONIC's exact form (contracts §3.1), so the job's slice audit can judge it."""
     run = tmp_path / "run"
     run.mkdir()
-    # A plan.json whose rank 0 holds other keys than SONIC's slicing of the command's data.
+    # A plan.json whose ranks hold other keys: the trainer must neither read nor obey it.
     plan = {"train": {"ranks": [{"motion_keys": ["other_0"]}, {"motion_keys": ["other_1"]}]}}
     (run / "plan.json").write_text(json.dumps(plan))
     env = _env()
     env["GRAIL_RUN_DIR"] = str(run)
-    argv = [sys.executable, "gear_sonic/train_agent_trl.py", "+exp=manager/universal_token/hoi/pnp_table",
-            "num_envs=2", *_data(lib), f"++experiment_dir={tmp_path / 'exp'}"]
-    proc = subprocess.run(argv, cwd=reference_root(), env=env, capture_output=True, text=True, timeout=120)
-    assert proc.returncode != 0
-    assert "plan" in proc.stderr and "Traceback" not in proc.stderr
+    argv = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes=2",
+            "gear_sonic/train_agent_trl.py", "+exp=manager/universal_token/hoi/pnp_table",
+            "num_envs=2", "++algo.config.num_learning_iterations=1", "++algo.config.num_steps_per_env=4",
+            *_data(lib), f"++experiment_dir={tmp_path / 'exp'}"]
+    proc = subprocess.run(argv, cwd=reference_root(), env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    total = len(list((lib / "robot").rglob("*.pkl")))
+    # Written here from the contract's formula, not with the product's block_bounds.
+    for rank in range(2):
+        a, b = rank * total // 2, (rank + 1) * total // 2
+        assert f"[Motion Shard] Enabled: rank {rank}/2" in proc.stdout
+        assert f"[Motion Shard] Rank {rank}/2: motions [{a}:{b}] = {b - a}/{total}" in proc.stdout
 
 
 def test_reference_eval_output_goes_through_export_merge_and_summarize(trained, lib, tmp_path):

@@ -128,6 +128,8 @@ def load_policy(checkpoint: Path):
 
 
 def main(argv: list[str] | None = None) -> int:
+    from grail_cluster.sonic.slicing import block_bounds
+
     from .setup import argv_overrides, compose, cpu_threads, load_motions, mlc, motion_keys, shard_keys
 
     try:
@@ -140,9 +142,10 @@ def main(argv: list[str] | None = None) -> int:
         policy, train_args = load_policy(Path(str(cfg.checkpoint)))
         keys, files = motion_keys(cfg)
         lib = mlc(cfg)
-        shard = shard_keys(keys, int(lib.motion_shard_rank), int(lib.motion_shard_world_size))
-        print(f"[Motion Shard] Rank {lib.motion_shard_rank}/{lib.motion_shard_world_size}: {len(shard)}/{len(keys)} motions",
-              flush=True)
+        rank, world = int(lib.motion_shard_rank), int(lib.motion_shard_world_size)
+        shard = shard_keys(keys, rank, world)
+        a, b = block_bounds(len(keys), world, rank)  # SONIC's exact log line, from what is really loaded (§3.1)
+        print(f"[Motion Shard] Rank {rank}/{world}: motions [{a}:{b}] = {b - a}/{len(keys)}", flush=True)
         if len(shard) > int(cfg.num_envs):
             print(f"[warning] {len(shard)} motions > num_envs={cfg.num_envs}: SONIC would need more shards "
                   "(one batch per shard); the reference tracker rolls them all out", flush=True)

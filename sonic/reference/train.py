@@ -2,8 +2,9 @@
 
 Launched exactly as SONIC's trainer (``accelerate launch --num_processes=W gear_sonic/train_agent_trl.py
 +exp=... num_envs=... ++experiment_dir=...``), on CPU processes (gloo). Each rank tracks its block of
-the sorted motion keys (contracts §3.1); inside a grail-cluster job it takes the block from the run's
-``plan.json`` and refuses to start if SONIC's formula over the command's data would give another.
+the sorted motion keys (contracts §3.1), sliced from the data on the command line as SONIC slices it
+(never from ``plan.json``), and logs SONIC's ``[Motion Shard]`` lines from what it really loads, so the
+job's slice audit (grail_cluster/slice_audit.py) is tested end to end against it.
 
 The experiment dir has SONIC's layout (§2.4): ``config.yaml`` (unresolved), ``meta.yaml``
 (``wandb_run``, ``max_train_steps``), ``model_step_NNNNNN.pt`` every ``save_frequency``, ``last.pt``
@@ -13,7 +14,6 @@ The experiment dir has SONIC's layout (§2.4): ``config.yaml`` (unresolved), ``m
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from grail_cluster.errors import ConfigError, DataError, GrailError
+from grail_cluster.errors import DataError, GrailError
 
 from .env import ACT_DIM, OBS_DIM, Prepared, Terminations, TrackingEnv, prepare
 from .evaluate import rollout
@@ -49,31 +49,20 @@ def _resume_source(cfg, exp: Path) -> tuple[Path | None, bool, Path]:
     return (Path(r.load) if r.load else None), r.mode == "resume", Path(r.output_dir)
 
 
-def _planned_keys(run_dir: str, rank: int) -> list[str]:
-    path = Path(run_dir, "plan.json")
-    try:
-        train = json.loads(path.read_text())["train"]
-        if "points" in train:  # a sweep: this job trains point GRAIL_INDEX
-            train = train["points"][int(os.environ.get("GRAIL_INDEX", "0"))]
-        return list(train["ranks"][rank]["motion_keys"])
-    except (OSError, ValueError, KeyError, IndexError, TypeError) as exc:
-        raise ConfigError(f"plan.json has no motion keys for rank {rank} ({type(exc).__name__}: {exc})", path=path,
-                          fix="re-plan the run; the number of training processes must match the plan") from None
-
-
 def _rank_keys(cfg, rank: int, world: int) -> tuple[list[str], dict[str, Path]]:
-    from .setup import motion_keys, shard_keys
+    """This rank's block of the command's data, logged in SONIC's exact form (contracts §3.1)."""
+    from grail_cluster.sonic.slicing import block_bounds
+
+    from .setup import motion_keys
 
     keys, files = motion_keys(cfg)
-    mine = shard_keys(keys, rank, world) if cfg.get("motion_shard_by_rank") else keys
-    run_dir = os.environ.get("GRAIL_RUN_DIR")
-    if run_dir and Path(run_dir, "plan.json").is_file():
-        planned = _planned_keys(run_dir, rank)
-        if list(planned) != list(mine):
-            raise ConfigError(f"rank {rank}: plan.json assigns {len(planned)} motions, the trainer's slicing "
-                              f"{len(mine)}; the data on the command line is not the data the run was planned on",
-                              path=os.path.join(run_dir, "plan.json"), fix="re-plan the run (grail-cluster run ...)")
-        mine = list(planned)
+    if cfg.get("motion_shard_by_rank"):
+        print(f"[Motion Shard] Enabled: rank {rank}/{world}", flush=True)
+        a, b = block_bounds(len(keys), world, rank)
+        mine = keys[a:b]
+        print(f"[Motion Shard] Rank {rank}/{world}: motions [{a}:{b}] = {b - a}/{len(keys)}", flush=True)
+    else:
+        mine = keys
     if not mine:
         raise DataError(f"rank {rank} of {world} has no motions", fix="use fewer processes than motions")
     return mine, files
@@ -91,8 +80,6 @@ class Trainer:
         self.algo = algo
         self.rank, self.world = accelerator.process_index, accelerator.num_processes
         keys, files = _rank_keys(cfg, self.rank, self.world)
-        print(f"[Motion Shard] Enabled: rank {self.rank}/{self.world}: {len(keys)} motions "
-              f"({keys[0]} .. {keys[-1]})", flush=True)
         self.preps: list[Prepared] = [prepare(m) for m in load_motions(cfg, keys, files)]
         self.terms = Terminations.from_config(cfg.manager_env.terminations)
         self.rng = np.random.default_rng(int(cfg.seed) + self.rank)  # SONIC: seed + rank per process

@@ -58,7 +58,7 @@ grail_node() {
   else
     GRAIL_RESUME_ARGS=()
   fi
-  accelerate launch --num_processes=1 gear_sonic/train_agent_trl.py +exp=manager/universal_token/hoi/pnp_ground num_envs=4 headless=True ++algo.config.num_learning_iterations=3 ++manager_env.config.gpu_collision_stack_size_exp=28 ++manager_env.commands.motion.motion_lib_cfg.motion_file=<TMP>/data/pickup_table_ha/robot ++manager_env.commands.motion.motion_lib_cfg.object_motion_file=<TMP>/data/pickup_table_ha/objects ++manager_env.config.object_usd_path=<TMP>/data/pickup_table/object_usd ++manager_env.commands.motion.motion_lib_cfg.bps_dir=<TMP>/data/pickup_table/bps ++experiment_dir=<TMP>/runs/golden/experiment "${GRAIL_RESUME_ARGS[@]}"
+  <PYTHON> -m grail_cluster.entry audit-slices train --run-dir <TMP>/runs/golden --index "$GRAIL_INDEX" --plan-hash <PLAN_HASH> -- accelerate launch --num_processes=1 gear_sonic/train_agent_trl.py +exp=manager/universal_token/hoi/pnp_ground num_envs=4 headless=True ++algo.config.num_learning_iterations=3 ++manager_env.config.gpu_collision_stack_size_exp=28 ++manager_env.commands.motion.motion_lib_cfg.motion_file=<TMP>/data/pickup_table_ha/robot ++manager_env.commands.motion.motion_lib_cfg.object_motion_file=<TMP>/data/pickup_table_ha/objects ++manager_env.config.object_usd_path=<TMP>/data/pickup_table/object_usd ++manager_env.commands.motion.motion_lib_cfg.bps_dir=<TMP>/data/pickup_table/bps ++experiment_dir=<TMP>/runs/golden/experiment "${GRAIL_RESUME_ARGS[@]}"
   # Machine rank 0 checks the checkpoints and writes the stage's success marker.
   if [ "${GRAIL_MACHINE_RANK:-0}" = 0 ]; then
     <PYTHON> -m grail_cluster.entry train --run-dir <TMP>/runs/golden --index "$GRAIL_INDEX" --plan-hash <PLAN_HASH>
