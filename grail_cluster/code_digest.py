@@ -241,7 +241,7 @@ def tree_digest(dirs: list[str | Path]) -> dict[str, Any]:
         for dirpath, dirnames, filenames in os.walk(base):
             dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
             for name in sorted(filenames):
-                if name.endswith((".pyc", ".pyo")):
+                if name.endswith((".pyc", ".pyo")) or name.startswith("."):  # caches, editor files
                     continue
                 full = Path(dirpath) / name
                 try:

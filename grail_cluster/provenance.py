@@ -14,7 +14,10 @@ ship none, contracts §10.6). It holds:
   directory (§0), so the commit is usually the GRAIL checkout's, and ``dirty`` looks at files
   under ``sonic.root`` only; untracked files (``logs_rl/`` outputs) do not count;
 - ``image``: the container image (``cluster.image`` on Kubernetes), else None;
-- ``grail_cluster_version``.
+- ``grail_cluster_version`` and ``grail_cluster_code``: a sha256 over every file of the installed
+  grail-cluster packages (``grail_cluster``, its launchers, SONIC adapter, job templates and
+  configs): a version string does not change when a bug in them is fixed, so a re-run of a run
+  dir after such a fix would otherwise reuse shards the old code made.
 
 No timestamps and no host names: the same inputs give the same bytes, so merged manifests stay
 reproducible and the sources can be part of the plan hash (see ``plan.build_plan``).
@@ -157,12 +160,63 @@ def sources(c: dict[str, Any], bps_dir: str | None) -> dict[str, Any]:
     sonic = sonic_git(root)
     # The embedded reference tracker is versioned with grail-cluster, not by a SONIC checkout.
     sonic["trainer"] = "reference" if root and _is_reference_root(root) else "sonic"
+    if sonic["commit"] != UNKNOWN:
+        # "dirty" alone cannot tell two different uncommitted edits of SONIC apart.
+        from .code_digest import git_state
+
+        sonic["diff_sha256"] = (git_state(Path(str(root)).expanduser().resolve()) or {}).get("diff_sha256")
     return {
         "sonic": sonic,
         "bps": bps_hash(bps_dir),
         "image": container_image(c),
         "grail_cluster_version": grail_cluster_version(),
+        "grail_cluster_code": grail_cluster_code(),
     }
+
+
+def grail_cluster_package_dirs() -> list[str]:
+    """The directories of the installed grail-cluster packages (mapped from several source dirs)."""
+    import importlib
+
+    dirs: list[str] = []
+    for name in ("grail_cluster", "grail_cluster.launchers", "grail_cluster.sonic", "grail_cluster.job_templates",
+                 "grail_cluster.configs"):
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        for d in getattr(module, "__path__", []):
+            if d not in dirs and not any(d.startswith(p + os.sep) for p in dirs):
+                dirs.append(d)
+    return dirs
+
+
+def grail_cluster_code() -> dict[str, Any]:
+    """``{"files", "sha256"}`` over the grail-cluster code that plans, renders and runs the jobs."""
+    from .code_digest import tree_digest
+
+    return tree_digest(grail_cluster_package_dirs())
+
+
+def source_changes(old: dict[str, Any] | None, new: dict[str, Any]) -> list[str]:
+    """What differs between a recorded provenance and new sources, in words (for refusals)."""
+    if not old:
+        return []
+    out = []
+    if (old.get("grail_cluster_code") or {}).get("sha256") != (new.get("grail_cluster_code") or {}).get("sha256"):
+        out.append("grail-cluster's code")
+    if old.get("grail_cluster_version") != new.get("grail_cluster_version"):
+        out.append("grail-cluster's version")
+    o, n = old.get("sonic") or {}, new.get("sonic") or {}
+    if o.get("commit") != n.get("commit"):
+        out.append("the SONIC commit")
+    elif (o.get("dirty"), o.get("diff_sha256")) != (n.get("dirty"), n.get("diff_sha256")):
+        out.append("SONIC's uncommitted changes")
+    if (old.get("bps") or {}).get("sha256") != (new.get("bps") or {}).get("sha256"):
+        out.append("the BPS files")
+    if old.get("image") != new.get("image"):
+        out.append("the image")
+    return out
 
 
 def record(plan: Any) -> dict[str, Any]:
@@ -181,6 +235,7 @@ def record(plan: Any) -> dict[str, Any]:
         "bps": src.get("bps"),
         "image": src.get("image"),
         "grail_cluster_version": src.get("grail_cluster_version"),
+        "grail_cluster_code": src.get("grail_cluster_code"),
         "sources_in_plan_hash": bool(plan.provenance),
         "config": plan.config,
     }

@@ -287,6 +287,9 @@ class GrailLauncher(Launcher):
                                       "task function to its jobs",
                                       fix="pip install cloudpickle (grail-cluster[slurm] has it)") from None
 
+    def code_key(self) -> str:
+        return str(self.params.get("code_key") or "tree")
+
     def python(self) -> str:
         return self.params.get("python") or sys.executable
 
@@ -305,9 +308,8 @@ class GrailLauncher(Launcher):
         state.mkdir(parents=True, exist_ok=True)
         ledger = SweepLedger(state)
         base = config_key(self.config)
-        self.code = code_identity(self.task_function, str(self.params.get("code_key", "tree")))
-        code = self.code["sha256"] if self.code else ""
-        jobs = [SweepJob(initial_job_idx + i, list(o), job_key(base, o, code)) for i, o in enumerate(job_overrides)]
+        self.code = code_identity(self.task_function, self.code_key())
+        jobs = [SweepJob(initial_job_idx + i, list(o), job_key(base, o)) for i, o in enumerate(job_overrides)]
         log.info(f"grail_{self.backend}: {len(jobs)} jobs, sweep dir {sweep_dir}, launcher state {state}")
         with ledger.locked():
             done, waiting, to_submit = self.reconcile(jobs, ledger)
@@ -334,12 +336,14 @@ class GrailLauncher(Launcher):
         to_submit: list[SweepJob] = []
         unsettled: list[SweepJob] = []
         events = []
-        other_code = 0
+        changed: Counter[str] = Counter()
         for job in jobs:
             job.record = rec = current.get(job.num)
-            if rec is not None and rec.get("key") != job.key and self.params["resume"]:
-                other_code += rec.get("code_sha256") != (self.code or {}).get("sha256")
-            if not self.params["resume"] or rec is None or rec.get("key") != job.key or not rec.get("result"):
+            why = code_change(rec.get("code"), self.code, self.code_key()) if rec is not None else None
+            if why and rec.get("key") == job.key and self.params["resume"] and rec.get("result"):
+                changed[why] += 1
+            if not self.params["resume"] or rec is None or rec.get("key") != job.key or not rec.get("result") \
+                    or why:
                 to_submit.append(job)
                 continue
             result = read_result(ledger.state_dir / rec["result"])
@@ -366,9 +370,9 @@ class GrailLauncher(Launcher):
                     to_submit.append(job)
         ledger.append(events)
         to_submit.sort(key=lambda j: j.num)
-        if other_code:
-            log.info(f"grail_{self.backend}: {other_code} job(s) recorded under other code "
-                     f"({describe_code(self.code)}): run again, not reused")
+        for why, n in sorted(changed.items()):
+            log.warning(f"grail_{self.backend}: {n} job(s) of this sweep ran under other code ({why}): "
+                        f"run again, not reused (code_key={self.code_key()}; now: {describe_code(self.code)})")
         if current and self.params["resume"]:
             log.info(f"grail_{self.backend}: resuming: {len(done)} done (returned from the ledger, not "
                      f"rerun), {len(waiting)} still queued or running, {len(to_submit)} to submit")
@@ -416,7 +420,7 @@ class GrailLauncher(Launcher):
     def record(self, job: SweepJob, sub: str, index: int, sched_id: str, **extra: Any) -> dict[str, Any]:
         attempt = int(job.record.get("attempt", 0)) + 1 if job.record else 1
         return {"t": time.time(), "num": job.num, "key": job.key, "overrides": job.overrides,
-                "code_sha256": (self.code or {}).get("sha256"), "code": self.code,
+                "code": self.code,
                 "state": "submitted", "attempt": attempt, "backend": self.backend, "sub": sub, "index": index,
                 "sched_id": sched_id, "result": str(result_file(f"results/{sub}", index)), **extra}
 
@@ -712,14 +716,14 @@ def config_key(config: DictConfig) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def job_key(config_digest: str, overrides: Sequence[str], code_digest: str = "") -> str:
-    return hashlib.sha256(json.dumps([config_digest, list(overrides), code_digest]).encode()).hexdigest()[:32]
+def job_key(config_digest: str, overrides: Sequence[str]) -> str:
+    return hashlib.sha256(json.dumps([config_digest, list(overrides)]).encode()).hexdigest()[:32]
 
 
 def code_identity(task_function: Any, mode: str) -> dict[str, Any] | None:
-    """The code a job's result is keyed on (``hydra.launcher.code_key``): ``tree`` the task's
-    sources (its module and the project modules it imports) plus the git commit and uncommitted
-    tracked changes of the checkout holding it; ``source`` the sources only; ``off`` nothing."""
+    """The code a job runs, recorded with it and compared on resume (:func:`code_change`): the
+    task's sources (its module and the project modules it imports) and the git commit and
+    uncommitted tracked changes of the checkout holding it. None with ``code_key=off``."""
     if mode == "off":
         return None
     from grail_cluster.code_digest import git_state, task_sources
@@ -730,10 +734,30 @@ def code_identity(task_function: Any, mode: str) -> dict[str, Any] | None:
         out = {"task": None, "sources": task_sources(task_function)}
         out["task"] = out["sources"].pop("task")
     root = (out["sources"] or {}).get("root")
-    out["git"] = git_state(root) if mode == "tree" and root else None
-    body = {k: out[k] for k in ("task", "sources", "git")}
-    out["sha256"] = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+    out["git"] = git_state(root) if root else None
     return out
+
+
+def code_change(recorded: dict[str, Any] | None, now: dict[str, Any] | None, mode: str) -> str | None:
+    """Why a recorded result is not of the code running now (``hydra.launcher.code_key``), or None.
+    ``tree``: task, source digests, commit and uncommitted changes must match; ``source``: task and
+    source digests; ``off``: nothing is compared. A record without code (written with
+    code_key=off or by an older launcher) is of unknown code, so not reused unless off."""
+    if mode == "off":
+        return None
+    if not recorded or now is None:
+        return "the recorded result has no code identity"
+    if recorded.get("task") != now.get("task"):
+        return f"task function {recorded.get('task')} -> {now.get('task')}"
+    if (recorded.get("sources") or {}).get("sha256") != (now.get("sources") or {}).get("sha256"):
+        return "the source of the task or of a module it imports changed"
+    if mode == "tree":
+        old, new = recorded.get("git") or {}, now.get("git") or {}
+        if old.get("commit") != new.get("commit"):
+            return f"git commit {str(old.get('commit'))[:12]} -> {str(new.get('commit'))[:12]}"
+        if old.get("diff_sha256") != new.get("diff_sha256"):
+            return "the checkout's uncommitted changes to tracked files changed"
+    return None
 
 
 def describe_code(code: dict[str, Any] | None) -> str:

@@ -361,6 +361,10 @@ def test_tampered_payload_fails_the_job_then_a_rerun_heals(tmp_path: Path) -> No
     task = make_task(tmp_path, slow={1: 3.0})
     args = ["hydra/launcher=grail_local", "hydra.launcher.max_parallel=1", "a=1,2"]
     multirun(task, [*args, "hydra.launcher.wait=false"], sweep)  # a=2 waits for a=1's slot
+    deadline = time.time() + 60
+    while not (tmp_path / "started-1").exists():  # a=1 has read the payload (else both are refused)
+        assert time.time() < deadline, "a=1 never started"
+        time.sleep(0.05)
     [payload] = (sweep / ".grail" / "payloads").glob("*.pkl")
     payload.write_bytes(payload.read_bytes() + b"\0")
     with pytest.raises(JobFailedError, match="PayloadRefused") as info:
@@ -542,10 +546,10 @@ def test_committed_and_uncommitted_code_of_the_checkout_invalidates(tmp_path: Pa
     _sweep_app(tmp_path)
     assert _starts(tmp_path) == 12
 
-    _sweep_app(tmp_path, "hydra.launcher.code_key=source")  # a new key kind: runs once
-    assert _starts(tmp_path) == 15
     (tmp_path / "notes.yaml").write_text("lr: 4\n")
-    _sweep_app(tmp_path, "hydra.launcher.code_key=source")
+    _sweep_app(tmp_path, "hydra.launcher.code_key=source")  # sources unchanged: reused
+    assert _starts(tmp_path) == 12
+    _sweep_app(tmp_path)  # tree again: the uncommitted change counts
     assert _starts(tmp_path) == 15
     status = json.loads(subprocess.run(
         [sys.executable, "-m", "grail_cluster.launchers.hydra_launcher", str(tmp_path / "sweep"), "--json"],
@@ -562,3 +566,19 @@ def test_bad_code_key_is_refused(tmp_path: Path) -> None:
     assert "hydra.launcher.code_key=none: must be one of tree, source, off" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert _starts(tmp_path) == 0
+
+
+def test_code_change_rules_per_code_key() -> None:
+    from grail_cluster.launchers.hydra_launcher import code_change
+
+    now = {"task": "app:main", "sources": {"sha256": "s1"}, "git": {"commit": "c1", "diff_sha256": None}}
+    assert code_change(now, dict(now), "tree") is None
+    assert "source" in code_change({**now, "sources": {"sha256": "s0"}}, now, "tree")
+    assert "source" in code_change({**now, "sources": {"sha256": "s0"}}, now, "source")
+    assert "commit" in code_change({**now, "git": {"commit": "c0", "diff_sha256": None}}, now, "tree")
+    assert code_change({**now, "git": {"commit": "c0", "diff_sha256": None}}, now, "source") is None
+    assert "uncommitted" in code_change({**now, "git": {"commit": "c1", "diff_sha256": "d"}}, now, "tree")
+    assert "task function" in code_change({**now, "task": "app:other"}, now, "tree")
+    # A record from code_key=off or an older launcher has no code: unknown, so not reused unless off.
+    assert code_change(None, now, "tree") and code_change(None, now, "source")
+    assert code_change(None, now, "off") is None and code_change(now, None, "off") is None
