@@ -48,6 +48,18 @@ def _pump(src, dst, audit: SliceAudit, lock: threading.Lock, on_mismatch) -> Non
             on_mismatch(sig)
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM it if this watcher dies. The child has its own session, so a
+    SIGKILL of the job's process group (an executor's time limit, cancel) would otherwise orphan SONIC;
+    accelerate/torchrun pass a SIGTERM on to their workers."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG (Linux)
+    except (OSError, AttributeError):
+        pass
+
+
 def _signal_group(pid: int, signum: int) -> None:
     try:
         os.killpg(pid, signum)
@@ -65,7 +77,8 @@ def run_watched(argv: list[str], cwd: str, audit: SliceAudit, audit_file, *, pol
         mismatch.append(sig)
         stop.set()
 
-    child = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    child = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                             preexec_fn=_die_with_parent)
     forward = lambda signum, _frame: _signal_group(child.pid, signum)  # noqa: E731
     previous = {sig: signal.signal(sig, forward) for sig in FORWARDED}
     pumps = [threading.Thread(target=_pump, args=(child.stdout, sys.stdout.buffer, audit, lock, on_mismatch), daemon=True),

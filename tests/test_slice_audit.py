@@ -286,3 +286,32 @@ def test_library_changed_after_planning_stops_training_early(tmp_path):
     assert text.code == 1 and "train: slices 0/2 ranks match plan; 1 mismatch: slice mismatch" in text.stdout
     logs = run_cli(["logs", str(run_dir), "--stage", "train", "--index", "0"])
     assert "slice audit (train 0): mismatch" in logs.stdout and "MISMATCH" in logs.stdout
+
+
+def test_a_killed_watcher_does_not_orphan_sonic(tmp_path):
+    """The child has its own session (so a mismatch can stop its whole group); a SIGKILL of the job's
+    group (executor time limit, cancel) reaches only the watcher, and the child must still stop."""
+    pidfile = tmp_path / "child.pid"
+    sleeper = f"import os, time; open({str(pidfile)!r}, 'w').write(str(os.getpid())); time.sleep(120)"
+    code = f"""
+import sys, pathlib
+from grail_cluster.slice_audit import SliceAudit
+from grail_cluster.slice_watch import run_watched
+from tests.test_slice_audit import HOI
+run_watched([sys.executable, "-c", {sleeper!r}], ".", SliceAudit(HOI, timeout_s=60), pathlib.Path({str(tmp_path / 'a.json')!r}))
+"""
+    watcher = subprocess.Popen([sys.executable, "-c", code], cwd=Path(__file__).parent.parent)
+    deadline = time.time() + 60
+    while not pidfile.exists() or not pidfile.read_text():
+        assert time.time() < deadline
+        time.sleep(0.1)
+    child = int(pidfile.read_text())
+    watcher.kill()
+    watcher.wait()
+    deadline = time.time() + 10
+    while _alive(child) and time.time() < deadline:
+        time.sleep(0.1)
+    alive = _alive(child)
+    if alive:
+        os.kill(child, 9)
+    assert not alive
