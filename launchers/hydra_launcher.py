@@ -92,6 +92,18 @@ GONE_REFRESHES = 2
 # sbatch options the launcher sets itself; additional_parameters may not set them.
 # hydra.launcher.code_key: what code a reused result must have come from (see code_identity).
 CODE_KEYS = ("tree", "source", "off")
+RESUME_HELP = """\
+resume (hydra.launcher.resume=true, the default): running the same sweep again (same
+hydra.sweep.dir) returns a job's recorded result only if none of these changed since it ran:
+  - the app's composed config (without hydra) or the job's overrides
+  - the task function's source file, or a module of the same project its imports reach
+    (sha256 of each file; the project is the task's git checkout, else its directory)
+  - the git commit of that checkout, or its uncommitted changes to tracked files
+    (a digest of `git diff HEAD`; untracked files do not count)
+hydra.launcher.code_key=source compares the source files only; code_key=off no code at all.
+Not seen: data files outside git, dynamic imports, installed packages.
+Force a re-run: hydra.launcher.resume=false, or a new hydra.sweep.dir (or remove <sweep dir>/.grail).
+"""
 _OWN_SBATCH = {"array": "array_parallelism", "job-name": "name", "time": "time", "partition": "partition",
                "cpus-per-task": "cpus_per_task", "mem": "mem_gb", "nodes": "nodes", "ntasks": None,
                "output": None, "error": None, "chdir": None}
@@ -864,7 +876,8 @@ def sweep_status(state_dir: Path) -> dict[int, dict[str, Any]]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m grail_cluster.launchers.hydra_launcher",
                                      description="The jobs of a sweep run with "
-                                                 "hydra/launcher=grail_local|grail_slurm")
+                                                 "hydra/launcher=grail_local|grail_slurm",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=RESUME_HELP)
     parser.add_argument("state_dir",
                         help="the sweep's launcher state folder (<hydra.sweep.dir>/.grail by default)")
     parser.add_argument("--json", action="store_true")

@@ -582,3 +582,12 @@ def test_code_change_rules_per_code_key() -> None:
     # A record from code_key=off or an older launcher has no code: unknown, so not reused unless off.
     assert code_change(None, now, "tree") and code_change(None, now, "source")
     assert code_change(None, now, "off") is None and code_change(now, None, "off") is None
+
+
+def test_help_says_what_invalidates_a_result_and_how_to_force_a_rerun() -> None:
+    proc = subprocess.run([sys.executable, "-m", "grail_cluster.launchers.hydra_launcher", "--help"],
+                          capture_output=True, text=True, check=True)
+    text = " ".join(proc.stdout.split())
+    for needle in ("composed config", "overrides", "source file", "git commit", "uncommitted changes",
+                   "code_key=source", "code_key=off", "hydra.launcher.resume=false"):
+        assert needle in text, needle
