@@ -27,7 +27,7 @@ err = make_console(stderr=True)
 OVERRIDES_HELP = (
     "Hydra overrides as SONIC uses them, e.g. pipeline=pnp_table data.motion_lib=/d/pickup_table_ha "
     "data.bps_dir=/d/pickup_table/bps sonic.root=/w/imports/SONIC cluster=slurm eval.num_shards=8 "
-    "'++sonic.extra_overrides=[\"++algo.config.save_frequency=250\"]'. Groups: pipeline={pnp_table, pnp_ground, "
+    "'++sonic.extra_overrides=[\"++callbacks.model_save.save_frequency=250\"]'. Groups: pipeline={pnp_table, pnp_ground, "
     "advanced_manip_table, advanced_manip_ground, terrain_tracking}, cluster={local, slurm, kubernetes}."
 )
 

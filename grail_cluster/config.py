@@ -222,6 +222,11 @@ def check_values(c: dict[str, Any]) -> None:
         _need_int(f"train.{key}", tr[key], minimum=1)
     _need_int("train.iterations", tr.get("iterations"), minimum=1, optional=True, example=20000)
     _need_int("train.save_frequency", tr.get("save_frequency"), minimum=1, optional=True, example=500)
+    mode = (tr.get("finetune") or {}).get("mode", "resume")
+    if mode not in ("resume", "weights_only"):
+        raise ConfigError(f"train.finetune.mode must be resume or weights_only, got {mode!r}",
+                          fix="train.finetune.mode=resume (weights + optimizer, the documented recipe) or "
+                              "train.finetune.mode=weights_only")
     if tr.get("device", "gpu") not in ("gpu", "cpu"):
         raise ConfigError(f"train.device must be gpu or cpu, got {tr.get('device')!r}", fix="train.device=gpu")
     _need_int("select.k", c["select"]["k"], minimum=1, example=5)

@@ -443,9 +443,10 @@ def build_plan(c: dict[str, Any], index: LibraryIndex, *, provenance: dict[str, 
 
 # ----------------------------------------------------------------------------- checkpoints the training writes
 
-# SONIC's model-save callback reads callbacks.model_save.save_frequency (contracts §2.2); the reference
-# tracker reads algo.config.save_frequency. Both may appear on a rendered command line.
-SAVE_PERIOD_KEYS = ("callbacks.model_save.save_frequency", "algo.config.save_frequency")
+# SONIC's model-save callback reads callbacks.model_save.save_frequency, and only that key (contracts
+# §2.2); the reference tracker reads the same one. algo.config.save_frequency is read by neither.
+SAVE_PERIOD_KEY = "callbacks.model_save.save_frequency"
+UNREAD_SAVE_PERIOD_KEY = "algo.config.save_frequency"
 ITERATIONS_KEY = "algo.config.num_learning_iterations"
 
 
@@ -463,14 +464,20 @@ def training_schedule(argv: list[str], pipeline: dict[str, Any]) -> tuple[int | 
     """(iterations, save period, where they came from) of one rendered training command.
 
     Read from the command line the plan renders, so the count follows whatever keys the launcher
-    writes; what it leaves out is the release ``+exp`` config's default (the pipeline's). With both
-    period keys on the line the smaller one counts: that bounds the checkpoints from above whichever
-    key the trainer reads, so the check never refuses a schedule that could deliver."""
+    writes; what it leaves out is the release ``+exp`` config's default (the pipeline's). As in Hydra,
+    the last value given to a key is the one the trainer sees. A period given only under
+    ``algo.config.save_frequency`` is refused: SONIC would keep saving every 500 iterations."""
     its = _rendered_values(argv, ITERATIONS_KEY)
-    periods = [v for key in SAVE_PERIOD_KEYS for v in _rendered_values(argv, key)]
+    periods = _rendered_values(argv, SAVE_PERIOD_KEY)
+    unread = _rendered_values(argv, UNREAD_SAVE_PERIOD_KEY)
+    if unread:
+        raise ConfigError(f"{UNREAD_SAVE_PERIOD_KEY}={unread[-1]} is on the training command line, but SONIC never "
+                          f"reads that key: its checkpoints would stay at {SAVE_PERIOD_KEY}'s value",
+                          fix=f"train.save_frequency={unread[-1]} (renders ++{SAVE_PERIOD_KEY}), or "
+                              f"++train.overrides.{SAVE_PERIOD_KEY}={unread[-1]}")
     try:
         iterations = int(its[-1]) if its else pipeline.get("iterations")
-        period = min(int(v) for v in periods) if periods else pipeline.get("save_frequency")
+        period = int(periods[-1]) if periods else pipeline.get("save_frequency")
     except ValueError:
         return None, None, "a non-integer iterations or save_frequency on the command line"
     source = "command line" if its or periods else "release config"
@@ -534,8 +541,14 @@ def write_plan(plan: RunPlan, run_dir: str | Path | None = None) -> Path:
     recorded = submitted_plan_hash(run_dir)
     if recorded and recorded != plan.plan_hash:
         # A submitted run's jobs read this file; replacing it would orphan them and lose its plan.
-        raise GrailError(f"run {plan.run_id} was submitted with another plan ({recorded[:12]})", path=run_dir,
-                         fix="start a fresh run with run.id=<new id>; a run dir holds one plan")
+        # The run id does not depend on the code, so a re-run after a code change lands here.
+        from .provenance import read_provenance, source_changes
+
+        changed = source_changes(read_provenance(run_dir), plan.provenance) if plan.provenance else []
+        why = f"; changed since: {', '.join(changed)}" if changed else ""
+        raise GrailError(f"run {plan.run_id} was submitted with another plan ({recorded[:12]}){why}", path=run_dir,
+                         fix="start a fresh run with run.id=<new id>; a run dir holds one plan (its done shards "
+                             "came from the code it was planned with)")
     fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=".plan.", suffix=".tmp")
     with os.fdopen(fd, "w") as fh:
         json.dump(plan.to_json(), fh, indent=1, sort_keys=True)

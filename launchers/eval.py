@@ -91,6 +91,7 @@ def sonic_argv(plan: RunPlan, index: int, checkpoint: str, step: int | None) -> 
         checkpoint=checkpoint, num_envs=shard.num_envs, output_dir=shard_dir(plan, step, shard.shard, checkpoint),
         data_overrides=data_overrides(plan, for_eval=True), shard_overrides=shard.sonic_overrides,
         record_trajectories=bool(cfg["eval"]["record_trajectories"]),
+        zero_motion_randomisation=plan.pipeline.get("kind") == "hoi",
         extra=cfg["sonic"].get("eval_overrides") or [],
     )
 

@@ -23,12 +23,8 @@ def finetune_args(plan: RunPlan, point: int = 0) -> list[str]:
     ckpt = ft.get("checkpoint")
     if ckpt == "release":
         ckpt = plan.pipeline.get("finetune_checkpoint")
-    out = []
-    if ft.get("resume"):
-        out.append("++resume=True")
-    if ckpt:
-        out.append(f"++checkpoint={ckpt}")
-    return out
+    # Default: the documented recipe, weights and optimizer (++resume=True ++checkpoint=<pt>).
+    return commands.finetune_overrides(ckpt, mode=ft.get("mode") or "resume", resume=bool(ft.get("resume")))
 
 
 def _hydra_value(value: Any) -> str:

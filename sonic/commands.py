@@ -20,6 +20,16 @@ SMOKE_OVERRIDES = (
     f"++{MEC}gpu_collision_stack_size_exp=28",
 )
 TRAJECTORY_RECORDER = "gear_sonic.envs.manager_env.mdp.recorders.TrajectoryRecorderCfg"
+# The checkpoint period SONIC's model-save callback reads (contracts §2.2); algo.config.save_frequency
+# is not read by SONIC, so a period given there would silently stay at the release config's 500.
+SAVE_FREQUENCY_KEY = "callbacks.model_save.save_frequency"
+MOTION_COMMAND = "manager_env.commands.motion."
+# HOI eval zeroes the motion command's randomisation of the initial root and joint velocities
+# (contracts §4.1). One key per axis: a brace form would be expanded by Hydra's parser.
+VELOCITY_AXES = ("x", "y", "z", "roll", "pitch", "yaw")
+HOI_EVAL_ZEROING = tuple(f"++{MOTION_COMMAND}velocity_range.{axis}=[0,0]" for axis in VELOCITY_AXES) + (
+    f"++{MOTION_COMMAND}joint_velocity_range=[0,0]",)
+FINETUNE_MODES = ("resume", "weights_only")
 
 _SAFE = re.compile(r"[\w@%+=:,./-]+")
 _SHELL_REF = re.compile(r"\$\{?GRAIL_[A-Z_]+\}?|\$\{?[A-Z_]+\}?")
@@ -99,7 +109,7 @@ def train_argv(*, nodes: int, gpus_per_node: int, script: str, exp: str, num_env
                launcher: Sequence[str] = ("accelerate", "launch"), device: str = "gpu",
                data_overrides: Sequence[str], experiment_dir: str, smoke: bool = False,
                iterations: int | None = None, save_frequency: int | None = None, seed: int | None = None,
-               finetune_checkpoint: str | None = None, resume: bool = False,
+               finetune_checkpoint: str | None = None, resume: bool = False, finetune_mode: str = "resume",
                extra: Sequence[str] = ()) -> list[str]:
     argv = accelerate_prefix(nodes, gpus_per_node, launcher, device) + [script, f"+exp={exp}"]
     argv += [f"num_envs={4 if smoke else num_envs}", "headless=True"]
@@ -108,24 +118,41 @@ def train_argv(*, nodes: int, gpus_per_node: int, script: str, exp: str, num_env
     elif iterations is not None:
         argv.append(f"++algo.config.num_learning_iterations={iterations}")
     if save_frequency is not None and not smoke:
-        argv.append(f"++algo.config.save_frequency={save_frequency}")
+        argv.append(f"++{SAVE_FREQUENCY_KEY}={save_frequency}")
     if seed is not None:
         argv.append(f"++seed={seed}")
     argv += list(data_overrides)
-    if resume:
-        argv.append("++resume=True")
-    if finetune_checkpoint:
-        argv.append(f"++checkpoint={finetune_checkpoint}")
+    argv += finetune_overrides(finetune_checkpoint, mode=finetune_mode, resume=resume)
     argv.append(f"++experiment_dir={experiment_dir}")
     argv += list(extra)
     return argv
 
 
+def finetune_overrides(checkpoint: str | None, *, mode: str = "resume", resume: bool = False) -> list[str]:
+    """What a first start adds to the training command (§2.2).
+
+    ``mode="resume"`` (the documented fine-tune recipe) loads weights and optimizer from
+    ``checkpoint`` into a new experiment dir; ``mode="weights_only"`` loads the policy weights only,
+    with a fresh optimizer (SONIC's reading of ``checkpoint`` without ``resume=True``). Without a
+    checkpoint, ``resume`` continues the experiment dir's own ``last.pt``."""
+    if mode not in FINETUNE_MODES:
+        raise ValueError(f"fine-tune mode {mode!r} is not one of {', '.join(FINETUNE_MODES)}")
+    out = []
+    if resume or (checkpoint and mode == "resume"):
+        out.append("++resume=True")
+    if checkpoint:
+        out.append(f"++checkpoint={checkpoint}")
+    return out
+
+
 def eval_argv(*, python: str, script: str, checkpoint: str, num_envs: int, output_dir: str,
               data_overrides: Sequence[str], shard_overrides: Sequence[str],
-              record_trajectories: bool = True, extra: Sequence[str] = ()) -> list[str]:
+              record_trajectories: bool = True, zero_motion_randomisation: bool = False,
+              extra: Sequence[str] = ()) -> list[str]:
     """One metrics shard (§4.1): always sets the shard keys, since trained configs bake in the
-    training world size and would otherwise slice eval down to an empty shard."""
+    training world size and would otherwise slice eval down to an empty shard. HOI shards
+    (``zero_motion_randomisation``) start every episode without random root/joint velocities, as
+    SONIC's own HOI eval does; user ``extra`` keys come last, so they can still override them."""
     argv = [
         python, "-u", script,
         f"+checkpoint={checkpoint}", "+headless=True",
@@ -136,6 +163,8 @@ def eval_argv(*, python: str, script: str, checkpoint: str, num_envs: int, outpu
     ]
     argv += list(shard_overrides)
     argv += list(data_overrides)
+    if zero_motion_randomisation:
+        argv += list(HOI_EVAL_ZEROING)
     if record_trajectories:
         argv += [
             f"++manager_env.recorders.trajectory._target_={TRAJECTORY_RECORDER}",

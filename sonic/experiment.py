@@ -243,7 +243,7 @@ def newest_sibling_last(experiment_dir: str | Path) -> str | None:
 class Resume:
     """What SONIC does for a ``checkpoint`` / ``resume`` / ``experiment_dir`` combination."""
 
-    mode: str  # fresh | warm | resume
+    mode: str  # fresh | weights | warm | resume
     load: str | None  # the checkpoint file SONIC loads (None: random init)
     output_dir: str  # where it writes checkpoints, config.yaml, meta.yaml
     wandb_run: str | None  # the W&B id it reuses (meta.yaml of output_dir); None: a new W&B run
@@ -279,8 +279,10 @@ def resolve_resume(experiment_dir: str | Path, checkpoint: str | Path | None = N
     default (``experiment_dir_given=False``). Relative ``checkpoint`` paths are relative to
     ``sonic_root`` (SONIC runs from there).
 
-    - ``checkpoint`` outside ``experiment_dir``: **warm** start: weights and optimizer from it, a
-      new output dir, a new W&B run. ``checkpoint`` wins over ``resume``.
+    - ``checkpoint`` outside ``experiment_dir`` with ``resume=True``: **warm** start (the documented
+      fine-tune recipe): weights and optimizer from it, a new output dir, a new W&B run.
+    - ``checkpoint`` outside ``experiment_dir`` without ``resume=True``: **weights** only, with a
+      fresh optimizer. ``checkpoint`` wins over ``resume`` for what is loaded.
     - ``checkpoint`` inside ``experiment_dir``: resume in place from it.
     - ``resume=True`` with only ``experiment_dir``: ``<experiment_dir>/last.pt``.
     - ``resume=True`` with neither: the newest ``<experiment_dir minus -YYYYmmdd_HHMMSS>-*/last.pt``;
@@ -299,8 +301,12 @@ def resolve_resume(experiment_dir: str | Path, checkpoint: str | Path | None = N
         if _inside(ck, out):
             return Resume("resume", ck, out, _meta_run(out), os.path.isfile(ck),
                           "checkpoint inside experiment_dir: resume in place")
+        if not resume:
+            return Resume("weights", ck, out, _meta_run(out), os.path.isfile(ck),
+                          "checkpoint without resume=True: policy weights only, fresh optimizer, new output dir")
         return Resume("warm", ck, out, _meta_run(out), os.path.isfile(ck),
-                      "checkpoint outside experiment_dir: warm start (weights + optimizer), new output dir")
+                      "resume=True with a checkpoint outside experiment_dir: warm start (weights + optimizer), "
+                      "new output dir")
     if resume and experiment_dir_given:
         last = os.path.join(out, LAST)
         return Resume("resume", last, out, _meta_run(out), os.path.isfile(last),

@@ -47,7 +47,7 @@ class ReleaseConfig:
     # Defaults baked into the config (per process for num_envs).
     num_envs: int
     iterations: int  # algo.config.num_learning_iterations
-    save_frequency: int  # model_step_NNNNNN.pt every this many iterations
+    save_frequency: int  # callbacks.model_save.save_frequency: a model_step_NNNNNN.pt every this many iterations
     project_name: str  # W&B project and logs_rl/<project_name>/
     robot: str
     motion_shard_by_rank: bool  # HOI per-rank block slicing (§3.1); terrain relies on RANK (§3.2)

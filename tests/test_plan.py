@@ -190,11 +190,13 @@ def test_checkpoint_count_follows_the_rendered_command_line():
 
     pipeline = {"iterations": 20000, "save_frequency": 500}
     assert training_schedule(["x.py", "num_envs=4"], pipeline) == (20000, 500, "release config")
-    argv = ["++algo.config.num_learning_iterations=150", "++algo.config.save_frequency=50"]
+    argv = ["++algo.config.num_learning_iterations=150", "++callbacks.model_save.save_frequency=50"]
     assert training_schedule(argv, pipeline)[:2] == (150, 50)
-    # SONIC's own key and the reference's both present: the smaller period bounds the count from above.
-    both = argv + ["++callbacks.model_save.save_frequency=25"]
-    assert training_schedule(both, pipeline)[:2] == (150, 25)
+    # Given twice (train.save_frequency, then a user override): Hydra's last value is what SONIC reads.
+    assert training_schedule(argv + ["++callbacks.model_save.save_frequency=75"], pipeline)[:2] == (150, 75)
+    # A key SONIC never reads (contracts §2.2) would leave the period at 500: refused, not counted.
+    with pytest.raises(ConfigError, match=r"algo.config.save_frequency=25 .* never reads"):
+        training_schedule(argv + ["++algo.config.save_frequency=25"], pipeline)
     assert [checkpoints_written(i, p) for i, p in ((150, 50), (160, 50), (3, 500), (20000, 500))] == [3, 4, 1, 40]
 
 

@@ -18,7 +18,7 @@ from tests.test_reference_sim import write_motion
 pytest.importorskip("torch")
 pytest.importorskip("accelerate")
 from grail_cluster.data.select_top import experiment_rows  # noqa: E402
-from grail_cluster.sonic.commands import MEC, MLC  # noqa: E402
+from grail_cluster.sonic.commands import HOI_EVAL_ZEROING, MEC, MLC  # noqa: E402
 from grail_cluster.sonic.reference.setup import reference_root  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -47,7 +47,7 @@ def _env() -> dict:
 def _train(lib: Path, exp: Path, iterations: int, *extra: str) -> subprocess.CompletedProcess:
     argv = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes=2",
             "gear_sonic/train_agent_trl.py", "+exp=manager/universal_token/hoi/pnp_table", "num_envs=2", "headless=True",
-            f"++algo.config.num_learning_iterations={iterations}", "++algo.config.save_frequency=2",
+            f"++algo.config.num_learning_iterations={iterations}", "++callbacks.model_save.save_frequency=2",
             "++algo.config.num_steps_per_env=8", *_data(lib), f"++experiment_dir={exp}", *extra]
     return subprocess.run(argv, cwd=reference_root(), env=_env(), capture_output=True, text=True, timeout=300)
 
@@ -56,7 +56,7 @@ def _eval(lib: Path, checkpoint: Path, out: Path, world: int = 1, rank: int = 0)
     argv = [sys.executable, "-u", "gear_sonic/eval_agent_trl.py", f"+checkpoint={checkpoint}", "+headless=True",
             "++eval_callbacks=im_eval", "++run_eval_loop=False", "++num_envs=4", f"++eval_output_dir={out}",
             "+manager_env/terminations=tracking/eval", f"++{MLC}motion_shard_world_size={world}",
-            f"++{MLC}motion_shard_rank={rank}", *_data(lib),
+            f"++{MLC}motion_shard_rank={rank}", *_data(lib), *HOI_EVAL_ZEROING,
             f"++manager_env.recorders.trajectory.save_path={out}"]
     return subprocess.run(argv, cwd=reference_root(), env=_env(), capture_output=True, text=True, timeout=300)
 
@@ -184,7 +184,7 @@ def test_offline_wandb_run_is_ranked_by_select_top_group(lib, tmp_path):
     exp = tmp_path / "exp"
     env = {**_env(), "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
     argv = [sys.executable, "gear_sonic/train_agent_trl.py", "+exp=manager/universal_token/hoi/pnp_table",
-            "num_envs=2", "++algo.config.num_learning_iterations=2", "++algo.config.save_frequency=1",
+            "num_envs=2", "++algo.config.num_learning_iterations=2", "++callbacks.model_save.save_frequency=1",
             "++algo.config.num_steps_per_env=4", *_data(lib), f"++experiment_dir={exp}", "++use_wandb=true",
             "++wandb.wandb_group=sweep-a"]
     proc = subprocess.run(argv, cwd=reference_root(), env=env, capture_output=True, text=True, timeout=300)

@@ -30,7 +30,7 @@ VARIANTS = [
                                                  'cluster.extra_directives=["--reservation=grail"]']),
     ("slurm_finetune_balanced", "pnp_table", "slurm", ["train.finetune.checkpoint=release", "train.finetune.resume=true",
                                                        "eval.sharding=balanced", "train.seed=7",
-                                                       "'++sonic.extra_overrides=[\"++algo.config.save_frequency=250\"]'"]),
+                                                       "'++sonic.extra_overrides=[\"++callbacks.model_save.save_frequency=250\"]'"]),
     ("kubernetes_multinode", "terrain_tracking", "kubernetes", ["train.nodes=2", "cluster.queue=grail-queue",
                                                                 "cluster.pvc=grail-data", "cluster.service_account=grail"]),
     ("local_explicit_checkpoints", "advanced_manip_table", "local", ["select.checkpoints=[@CKPT@]", "web.enabled=false"]),

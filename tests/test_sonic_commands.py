@@ -34,6 +34,8 @@ UPDATE = os.environ.get("GRAIL_UPDATE_GOLDEN") == "1"
 CASES = [
     ("train_finetune_release_hoi", "pnp_ground", "slurm", ["train.finetune.checkpoint=release"]),
     ("train_finetune_release_terrain", "terrain_tracking", "slurm", ["train.finetune.checkpoint=release"]),
+    ("train_finetune_weights_only", "pnp_table", "slurm",
+     ["train.finetune.checkpoint=release", "train.finetune.mode=weights_only"]),
     ("train_resume_experiment_dir", "advanced_manip_ground", "slurm",
      ["train.finetune.resume=true", "train.experiment_dir=@WORLD@/old/experiment"]),
     ("train_multinode_2", "pnp_table", "slurm", ["train.nodes=2"]),
@@ -107,14 +109,39 @@ def test_sonic_train_command_golden(world, case, pipeline, backend, extra):
 
 
 def test_finetune_uses_the_release_checkpoint_and_iterations(world):
+    """The documented recipe by default (contracts §2.2): ++resume=True ++checkpoint=<pt> plus the
+    experiment dir, i.e. weights and optimizer into a new run."""
     for pipeline in ("pnp_table", "pnp_ground", "terrain_tracking"):
         plan = build(world, pipeline, "slurm", ["train.finetune.checkpoint=release"])
         release = registry.by_name(pipeline)
-        assert train_launcher.finetune_args(plan) == [f"++checkpoint={release.finetune_checkpoint}"]
-        assert f"++algo.config.num_learning_iterations={release.finetune_iterations}" in train_launcher.train_argv(plan)
-        r = resolve_resume(plan.paths["experiment_dir"], release.finetune_checkpoint, False,
+        first = train_launcher.finetune_args(plan)
+        assert first == ["++resume=True", f"++checkpoint={release.finetune_checkpoint}"]
+        argv = train_launcher.train_argv(plan)
+        assert f"++algo.config.num_learning_iterations={release.finetune_iterations}" in argv
+        assert f"++experiment_dir={plan.paths['experiment_dir']}" in argv
+        assert f"{train_launcher.commands.shell_join(first)})" in render_files(plan)["train.sh"]
+        r = resolve_resume(plan.paths["experiment_dir"], release.finetune_checkpoint, True,
                            sonic_root=plan.config["sonic"]["root"])
         assert r.mode == "warm" and r.load_exists and r.new_wandb_run
+
+
+def test_weights_only_finetune_is_an_explicit_choice(world):
+    plan = build(world, "pnp_ground", "slurm", ["train.finetune.checkpoint=release", "train.finetune.mode=weights_only"])
+    assert train_launcher.finetune_args(plan) == ["++checkpoint=models/pnp_ground_warmstart/last.pt"]
+    r = resolve_resume(plan.paths["experiment_dir"], "models/pnp_ground_warmstart/last.pt", False,
+                       sonic_root=plan.config["sonic"]["root"])
+    assert r.mode == "weights"
+    with pytest.raises(config.ConfigError, match="train.finetune.mode"):
+        build(world, "pnp_ground", "slurm", ["train.finetune.checkpoint=release", "train.finetune.mode=weights"])
+
+
+def test_save_frequency_renders_the_key_sonic_reads(world):
+    """contracts §2.2: SONIC's model-save callback reads callbacks.model_save.save_frequency only."""
+    plan = build(world, "pnp_table", "slurm", ["train.save_frequency=250"])
+    argv = train_launcher.train_argv(plan)
+    assert "++callbacks.model_save.save_frequency=250" in argv
+    assert not any("algo.config.save_frequency" in a for a in argv)
+    assert not any("save_frequency" in a for a in train_launcher.train_argv(build(world, "pnp_table", "slurm", [])))
 
 
 def test_two_node_training_uses_the_multi_machine_launch(world):

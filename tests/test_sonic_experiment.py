@@ -125,11 +125,11 @@ def runs(tmp_path):
 # (case, experiment_dir, experiment_dir_given, checkpoint, resume) -> (mode, load, output_dir, wandb_run, exists)
 RESUME_TABLE = [
     ("fresh: nothing asked", "empty", True, None, False, ("fresh", None, "empty", None, False)),
-    ("warm: release checkpoint, relative to the SONIC root", "empty", True,
-     "models/pnp_table_warmstart/last.pt", False, ("warm", "warm", "empty", None, True)),
-    ("warm wins over resume=True", "empty", True, "models/pnp_table_warmstart/last.pt", True,
-     ("warm", "warm", "empty", None, True)),
-    ("warm into a dir that has meta.yaml keeps its W&B id", "own", True, "models/pnp_table_warmstart/last.pt", False,
+    ("weights only: a checkpoint without resume=True, relative to the SONIC root", "empty", True,
+     "models/pnp_table_warmstart/last.pt", False, ("weights", "warm", "empty", None, True)),
+    ("warm: resume=True with a checkpoint, the documented fine-tune recipe", "empty", True,
+     "models/pnp_table_warmstart/last.pt", True, ("warm", "warm", "empty", None, True)),
+    ("warm into a dir that has meta.yaml keeps its W&B id", "own", True, "models/pnp_table_warmstart/last.pt", True,
      ("warm", "warm", "own", "run-own", True)),
     ("checkpoint inside experiment_dir: resume in place", "own", True, "@own/last.pt", False,
      ("resume", "@own/last.pt", "own", "run-own", True)),
@@ -140,7 +140,7 @@ RESUME_TABLE = [
     ("resume=True with neither: newest sibling last.pt", "fresh_default", False, None, True,
      ("resume", "new", "@new/..", "run-new", True)),
     ("resume=True with neither and no sibling", "empty", False, None, True, ("fresh", None, "empty", None, False)),
-    ("missing warm-start checkpoint is reported, not hidden", "empty", True, "models/nope/last.pt", False,
+    ("missing warm-start checkpoint is reported, not hidden", "empty", True, "models/nope/last.pt", True,
      ("warm", "@sonic/models/nope/last.pt", "empty", None, False)),
 ]
 

@@ -39,6 +39,55 @@ class Terminations:
         return cls(**{k: (None if cfg.get(k) is None else float(cfg.get(k))) for k in cls.__dataclass_fields__})
 
 
+VELOCITY_AXES = ("x", "y", "z", "roll", "pitch", "yaw")
+
+
+@dataclass
+class StartVelocity:
+    """The motion command's randomisation of an episode's initial velocities (contracts §4.1 keys):
+    a uniform draw per root axis (linear x, y, z; angular roll, pitch, yaw) and per joint, added to
+    the reference's (at rest here). All ranges [0,0], as HOI eval sets them: every episode starts
+    exactly on the reference."""
+
+    root: tuple[tuple[float, float], ...] = ((0.0, 0.0),) * 6
+    joint: tuple[float, float] = (0.0, 0.0)
+
+    @classmethod
+    def from_config(cls, motion_cfg) -> StartVelocity:
+        """From ``manager_env.commands.motion``; absent keys are not randomised."""
+        vr = motion_cfg.get("velocity_range") or {}
+        root = tuple(_range(vr.get(axis), f"velocity_range.{axis}") for axis in VELOCITY_AXES)
+        return cls(root, _range(motion_cfg.get("joint_velocity_range"), "joint_velocity_range"))
+
+    @property
+    def zero(self) -> bool:
+        return all(lo == hi == 0.0 for lo, hi in (*self.root, self.joint))
+
+    def sample(self, rng: np.random.Generator, num_joints: int) -> tuple[np.ndarray, np.ndarray]:
+        root = np.array([rng.uniform(lo, hi) if hi > lo else lo for lo, hi in self.root])
+        lo, hi = self.joint
+        joint = rng.uniform(lo, hi, num_joints) if hi > lo else np.full(num_joints, lo)
+        return root, joint
+
+
+def _range(value, key: str) -> tuple[float, float]:
+    if value is None:
+        return 0.0, 0.0
+    try:
+        lo, hi = (float(v) for v in value)
+    except (TypeError, ValueError):
+        from grail_cluster.errors import ConfigError
+
+        raise ConfigError(f"manager_env.commands.motion.{key} must be a [low, high] pair, got {value!r}",
+                          fix=f"++manager_env.commands.motion.{key}=[0,0]") from None
+    if lo > hi:
+        from grail_cluster.errors import ConfigError
+
+        raise ConfigError(f"manager_env.commands.motion.{key}: low {lo} > high {hi}",
+                          fix=f"++manager_env.commands.motion.{key}=[{hi},{lo}]")
+    return lo, hi
+
+
 def _quat_err_angle(q: np.ndarray, q_ref: np.ndarray) -> float:
     d = abs(float(np.dot(q, q_ref)))
     return 2.0 * float(np.arccos(min(1.0, d)))
@@ -99,13 +148,17 @@ class TrackingEnv:
         self.record: Record | None = None
 
     # -- episode ---------------------------------------------------------------------------------
-    def reset(self, start: int = 0, record: bool = False) -> None:
+    def reset(self, start: int = 0, record: bool = False, velocity: StartVelocity | None = None) -> None:
         m, d, idx = self.m, self.data, self.idx
         mujoco.mj_resetData(self.model, d)
         self.t = int(start)
         S.set_pose(self.model, d, idx, m.root_pos[self.t], m.root_quat[self.t], m.dof[self.t],
                    object_pos=m.object_pos[self.t] if m.has_object else None,
                    object_quat_wxyz=m.object_quat[self.t] if m.has_object else None)
+        if velocity is not None and not velocity.zero:
+            root, joint = velocity.sample(self.rng, len(d.qvel[idx.body_qvel]))
+            d.qvel[:6] = root  # free joint: linear (world), then angular (body frame)
+            d.qvel[idx.body_qvel] = joint
         d.ctrl[idx.body_ctrl] = m.dof[self.t]
         d.ctrl[idx.hand_ctrl] = S.hand_targets(self.model, idx, *m.hand_closed[self.t])
         self._set_weld(False)

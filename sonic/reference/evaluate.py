@@ -21,17 +21,19 @@ import numpy as np
 from grail_cluster.errors import DataError, GrailError
 
 from . import metrics as M
-from .env import TRAJECTORY_EVERY, Prepared, Terminations, TrackingEnv, prepare
+from .env import TRAJECTORY_EVERY, Prepared, StartVelocity, Terminations, TrackingEnv, prepare
 
 Policy = Callable[[np.ndarray], np.ndarray]
 
 
 def rollout(preps: list[Prepared], policy: Policy, terms: Terminations, action_scale: float,
-            record_trajectories: bool = False) -> list[dict]:
-    """One deterministic episode per motion from frame 0, all motions stepped as one batch."""
-    envs = [TrackingEnv(p, terms, action_scale, np.random.default_rng(0)) for p in preps]
+            record_trajectories: bool = False, start_velocity: StartVelocity | None = None,
+            seed: int = 0) -> list[dict]:
+    """One episode per motion from frame 0, all motions stepped as one batch; deterministic given
+    ``seed`` (and without any draw at all when ``start_velocity`` is zero or None)."""
+    envs = [TrackingEnv(p, terms, action_scale, np.random.default_rng([seed, i])) for i, p in enumerate(preps)]
     for env in envs:
-        env.reset(0, record=True)
+        env.reset(0, record=True, velocity=start_velocity)
     active = list(range(len(envs)))
     reasons = [""] * len(envs)
     while active:
@@ -153,7 +155,12 @@ def main(argv: list[str] | None = None) -> int:
         terms = Terminations.from_config(cfg.manager_env.terminations)
         recorder = (cfg.manager_env.get("recorders") or {}).get("trajectory") or {}
         traj_dir = Path(str(recorder["save_path"])) if recorder.get("save_path") else None
-        rows = rollout(preps, policy, terms, float(train_args["action_scale"]), record_trajectories=traj_dir is not None)
+        # SONIC's motion command randomises the initial velocities unless the command zeroes them (HOI eval).
+        start = StartVelocity.from_config(cfg.manager_env.commands.motion)
+        print(f"[eval] initial velocities: {'zeroed' if start.zero else 'randomised'} "
+              f"(velocity_range {[list(r) for r in start.root]}, joint_velocity_range {list(start.joint)})", flush=True)
+        rows = rollout(preps, policy, terms, float(train_args["action_scale"]), record_trajectories=traj_dir is not None,
+                       start_velocity=start, seed=int(cfg.get("seed") or 0))
         out = Path(str(cfg.eval_output_dir or "."))
         result = write_shard(rows, out, traj_dir)
         sim_seconds = sum(r["frames"] for r in rows) * 0.02

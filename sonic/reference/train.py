@@ -7,7 +7,7 @@ the sorted motion keys (contracts §3.1), sliced from the data on the command li
 job's slice audit (grail_cluster/slice_audit.py) is tested end to end against it.
 
 The experiment dir has SONIC's layout (§2.4): ``config.yaml`` (unresolved), ``meta.yaml``
-(``wandb_run``, ``max_train_steps``), ``model_step_NNNNNN.pt`` every ``save_frequency``, ``last.pt``
+(``wandb_run``, ``max_train_steps``), ``model_step_NNNNNN.pt`` every ``callbacks.model_save.save_frequency``, ``last.pt``
 (rewritten atomically), TensorBoard events with ``eval/success/success_rate``, ``eval/all/mpjpe_l``,
 ``eval/all/obj_pos_error`` at ``eval_step`` = iteration, and an offline W&B run when enabled.
 """
@@ -35,8 +35,13 @@ def _experiment_dir(cfg) -> Path:
     return Path(str(cfg.base_dir)) / str(cfg.project_name) / f"{cfg.experiment_name}-{stamp}"
 
 
-def _resume_source(cfg, exp: Path) -> tuple[Path | None, bool, Path]:
-    """(checkpoint to load, whether it continues that run, output dir) by SONIC's rules (§2.2)."""
+def save_frequency(cfg) -> int:
+    """The checkpoint period, read where SONIC's model-save callback reads it (contracts §2.2)."""
+    return int(cfg.callbacks.model_save.save_frequency)
+
+
+def _resume_source(cfg, exp: Path) -> tuple[Path | None, str, Path]:
+    """(checkpoint to load, SONIC's mode for it: fresh | weights | warm | resume, output dir) by §2.2."""
     from grail_cluster.sonic.experiment import resolve_resume
 
     r = resolve_resume(exp, cfg.get("checkpoint"), bool(cfg.get("resume")),
@@ -46,7 +51,7 @@ def _resume_source(cfg, exp: Path) -> tuple[Path | None, bool, Path]:
                         fix="drop ++resume=True for a fresh run")
     if r.load is not None and not r.load_exists:
         raise DataError("checkpoint to start from not found", path=r.load, fix="check ++checkpoint= / ++experiment_dir=")
-    return (Path(r.load) if r.load else None), r.mode == "resume", Path(r.output_dir)
+    return (Path(r.load) if r.load else None), r.mode, Path(r.output_dir)
 
 
 def _rank_keys(cfg, rank: int, world: int) -> tuple[list[str], dict[str, Path]]:
@@ -100,16 +105,21 @@ class Trainer:
         self.done_rets: list[float] = []
 
     # -- checkpoints -------------------------------------------------------------------------------
-    def load(self, path: Path, continues: bool) -> None:
+    def load(self, path: Path, mode: str) -> None:
+        """``resume`` continues the run; ``warm`` takes weights and optimizer into a new run;
+        ``weights`` (a checkpoint without resume=True) the policy weights only, fresh optimizer."""
         import torch
 
         state = torch.load(path, map_location="cpu", weights_only=True)
         self.model.load_state_dict(state["policy_state_dict"])
-        self.optimizer.load_state_dict(state["optimizer_state_dict"])
+        if mode != "weights":
+            self.optimizer.load_state_dict(state["optimizer_state_dict"])
         self.normalizer.load_state_dict(state["env_state_dict"]["obs_normalizer"])
-        if continues:
+        if mode == "resume":
             self.iteration = int(state["state"]["iteration"])
-        print(f"[resume] {'continuing' if continues else 'warm start'} from {path} (iteration {self.iteration})", flush=True)
+        what = {"resume": "continuing", "warm": "warm start (weights + optimizer)",
+                "weights": "warm start (weights only, fresh optimizer)"}[mode]
+        print(f"[resume] {what} from {path} (iteration {self.iteration})", flush=True)
 
     def save(self, path: Path) -> None:
         import torch
@@ -242,7 +252,7 @@ def train(cfg) -> int:
     from omegaconf import OmegaConf
 
     accelerator = Accelerator(cpu=True)
-    source, continues, exp = _resume_source(cfg, _experiment_dir(cfg))
+    source, mode, exp = _resume_source(cfg, _experiment_dir(cfg))
     main = accelerator.is_main_process
     algo = cfg.algo.config
     if main:
@@ -260,7 +270,7 @@ def train(cfg) -> int:
 
     trainer = Trainer(cfg, accelerator, exp)
     if source is not None:
-        trainer.load(source, continues)
+        trainer.load(source, mode)
     trainer.model, trainer.optimizer = accelerator.prepare(trainer.model, trainer.optimizer)
     for i in range(trainer.num_envs):
         trainer._reset(i)
@@ -273,6 +283,7 @@ def train(cfg) -> int:
         if cfg.get("use_wandb"):
             wandb_run = _wandb_init(cfg, exp)
     total = int(algo.num_learning_iterations)
+    period = save_frequency(cfg)
     t_start = time.time()
     samples = 0
     while trainer.iteration < total:
@@ -286,7 +297,7 @@ def train(cfg) -> int:
         if trainer.done_lens:
             log["Train/mean_episode_length"] = float(np.mean(trainer.done_lens[-50:]))
         evaluated = None
-        if it % int(algo.save_frequency) == 0 or it == total:
+        if it % period == 0 or it == total:
             evaluated = trainer.evaluate()
         if main:
             for k, v in log.items():
