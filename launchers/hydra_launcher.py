@@ -757,14 +757,19 @@ def code_change(recorded: dict[str, Any] | None, now: dict[str, Any] | None, mod
     code_key=off or by an older launcher) is of unknown code, so not reused unless off."""
     if mode == "off":
         return None
-    if not recorded or now is None:
+    if not isinstance(recorded, dict) or not recorded or now is None:  # a hand-edited ledger line too
         return "the recorded result has no code identity"
+
+    def part(code: dict[str, Any], key: str) -> dict[str, Any]:
+        value = code.get(key)
+        return value if isinstance(value, dict) else {}
+
     if recorded.get("task") != now.get("task"):
         return f"task function {recorded.get('task')} -> {now.get('task')}"
-    if (recorded.get("sources") or {}).get("sha256") != (now.get("sources") or {}).get("sha256"):
+    if part(recorded, "sources").get("sha256") != part(now, "sources").get("sha256"):
         return "the source of the task or of a module it imports changed"
     if mode == "tree":
-        old, new = recorded.get("git") or {}, now.get("git") or {}
+        old, new = part(recorded, "git"), part(now, "git")
         if old.get("commit") != new.get("commit"):
             return f"git commit {str(old.get('commit'))[:12]} -> {str(new.get('commit'))[:12]}"
         if old.get("diff_sha256") != new.get("diff_sha256"):

@@ -582,6 +582,8 @@ def test_code_change_rules_per_code_key() -> None:
     # A record from code_key=off or an older launcher has no code: unknown, so not reused unless off.
     assert code_change(None, now, "tree") and code_change(None, now, "source")
     assert code_change(None, now, "off") is None and code_change(now, None, "off") is None
+    for garbage in ("abc", ["x"], {"task": "app:main", "sources": "s1", "git": 3}):  # a damaged ledger line
+        assert code_change(garbage, now, "tree")
 
 
 def test_help_says_what_invalidates_a_result_and_how_to_force_a_rerun() -> None:
