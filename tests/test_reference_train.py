@@ -72,8 +72,9 @@ def trained(lib, tmp_path_factory):
 def test_two_ranks_train_their_own_block_and_write_sonics_layout(trained):
     exp, log = trained
     # HOI slicing: sorted keys [jump_0, jump_1, stand_0, stand_1] -> rank 0 the jumps, rank 1 the stands.
-    assert "rank 0/2: 2 motions (jump_box_0 .. jump_box_1)" in log
-    assert "rank 1/2: 2 motions (stand_box_0 .. stand_box_1)" in log
+    assert "[Motion Shard] Rank 0/2: motions [0:2] = 2/4" in log and "[Motion Shard] Rank 1/2: motions [2:4] = 2/4" in log
+    assert "[reference] rank 0/2: 2 motions (jump_box_0 .. jump_box_1)" in log
+    assert "[reference] rank 1/2: 2 motions (stand_box_0 .. stand_box_1)" in log
     names = {p.name for p in exp.iterdir()}
     assert {"config.yaml", "meta.yaml", "model_step_000002.pt", "model_step_000004.pt", "last.pt"} <= names
     assert any(n.startswith("events.out.tfevents.") for n in names)

@@ -70,6 +70,8 @@ def _rank_keys(cfg, rank: int, world: int) -> tuple[list[str], dict[str, Path]]:
         mine = keys
     if not mine:
         raise DataError(f"rank {rank} of {world} has no motions", fix="use fewer processes than motions")
+    # Which motions this rank really trains (the marker above gives only the bounds).
+    print(f"[reference] rank {rank}/{world}: {len(mine)} motions ({mine[0]} .. {mine[-1]})", flush=True)
     return mine, files
 
 
