@@ -35,7 +35,8 @@ MAX_FILES = 5000
 _PARSED: dict[tuple[str, int, int], tuple[str, list[tuple[str, int, list[str]]]]] = {}
 
 
-def _git_bytes(root: Path, *args: str) -> bytes | None:
+def git_output(root: Path, *args: str) -> bytes | None:
+    """``git -C root args...``'s stdout, or None without git, outside a checkout, or on failure."""
     git = shutil.which("git")
     if git is None:
         return None
@@ -48,7 +49,7 @@ def _git_bytes(root: Path, *args: str) -> bytes | None:
 
 
 def git_toplevel(path: str | Path) -> Path | None:
-    out = _git_bytes(Path(path), "rev-parse", "--show-toplevel")
+    out = git_output(Path(path), "rev-parse", "--show-toplevel")
     return Path(out.decode().strip()) if out else None
 
 
@@ -59,10 +60,10 @@ def git_state(path: str | Path) -> dict[str, Any] | None:
     path = Path(path)
     if not path.is_dir():
         return None
-    commit = _git_bytes(path, "rev-parse", "--verify", "HEAD")
+    commit = git_output(path, "rev-parse", "--verify", "HEAD")
     if not commit:
         return None
-    diff = _git_bytes(path, "diff", "--no-ext-diff", "--no-color", "--binary", "HEAD", "--", ".")
+    diff = git_output(path, "diff", "--no-ext-diff", "--no-color", "--binary", "HEAD", "--", ".")
     if diff is None:
         return {"commit": commit.decode().strip(), "dirty": None, "diff_sha256": None}
     return {"commit": commit.decode().strip(), "dirty": bool(diff),

@@ -28,8 +28,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -37,7 +35,6 @@ from typing import Any
 PROVENANCE_FILE = "provenance.json"
 PROVENANCE_VERSION = 1
 UNKNOWN = "unknown"
-GIT_TIMEOUT_S = 20
 
 
 def grail_cluster_version() -> str:
@@ -55,16 +52,10 @@ def grail_cluster_version() -> str:
 
 
 def _git(root: Path, *args: str) -> str | None:
-    git = shutil.which("git")
-    if git is None:
-        return None
-    try:
-        proc = subprocess.run([git, "-C", str(root), *args], capture_output=True, text=True,
-                              timeout=GIT_TIMEOUT_S, check=False,
-                              env={**os.environ, "GIT_OPTIONAL_LOCKS": "0", "LC_ALL": "C"})
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return proc.stdout.strip() if proc.returncode == 0 else None
+    from .code_digest import git_output
+
+    out = git_output(root, *args)
+    return None if out is None else out.decode(errors="replace").strip()
 
 
 def sonic_git(root: str | Path | None) -> dict[str, Any]:

@@ -69,7 +69,7 @@ def test_outside_a_git_checkout_the_commit_is_unknown(tmp_path):
 @needs_git
 def test_without_git_the_commit_is_unknown(grail_repo, monkeypatch):
     _, sonic = grail_repo
-    monkeypatch.setattr(prov.shutil, "which", lambda name: None)
+    monkeypatch.setattr("shutil.which", lambda name: None)  # no git on PATH, for every reader
     assert prov.sonic_git(sonic)["commit"] == "unknown"
 
 
