@@ -50,19 +50,19 @@ def _read_manifest(path: Path) -> dict[str, Any] | None:
 
 
 def checkpoint_headline(eval_step_dir: str | Path, *, step: int | None = None, num_shards: int = 0,
-                        merged: str | Path | None = None) -> dict[str, Any]:
+                        merged: str | Path | None = None, cache: dict[str, Any] | None = None) -> dict[str, Any]:
     """The headline of one checkpoint step.
 
     ``eval_step_dir``: ``<exp>/eval/step_<S>`` holding ``phase1_shard_<r>/metrics_eval.json``;
     ``num_shards``: how many shards the eval was planned with (0: as many as are found);
     ``merged``: the merged (or single-shard export) library whose ``export_manifest.json`` says how
-    many motions were exported.
+    many motions were exported; ``cache``: per-shard rows by file (size, mtime), see :func:`run_headlines`.
     """
     eval_step_dir = Path(eval_step_dir)
     if step is None:
         m = _STEP_RE.match(eval_step_dir.name)
         step = int(m.group(1)) if m else None
-    row = summarize_step(step if step is not None else -1, _eval_shards(eval_step_dir), num_shards)
+    row = summarize_step(step if step is not None else -1, _eval_shards(eval_step_dir), num_shards, cache)
     exported = None
     if merged is not None:
         man = _read_manifest(Path(merged) / EXPORT_MANIFEST)
@@ -124,11 +124,25 @@ def library_headline(library: str | Path) -> dict[str, Any] | None:
     return h
 
 
+CACHE_FILE = ".headline_cache.json"
+
+
+def _sigs(cache: dict[str, Any]) -> dict[str, Any]:
+    return {k: v.get("sig") for k, v in cache.items() if isinstance(v, dict)}
+
+
 def run_headlines(plan) -> list[dict[str, Any]]:
-    """One headline per selected checkpoint of a run (those whose checkpoint is known yet)."""
+    """One headline per selected checkpoint of a run (those whose checkpoint is known yet).
+
+    ``status`` asks on every refresh: each shard's row is cached in the run dir by its
+    ``metrics_eval.json``'s size and mtime, so a metrics file is parsed once, not once per refresh."""
+    from .data.io import write_json
     from .errors import DataError
     from .launchers.eval import export_dir, resolve_checkpoint, shard_dir
 
+    cache_path = Path(plan.run_dir) / CACHE_FILE
+    cache = _read_manifest(cache_path) or {}
+    before = _sigs(cache)
     out = []
     for rank in range(plan.eval["num_checkpoints"]):
         try:
@@ -137,8 +151,13 @@ def run_headlines(plan) -> list[dict[str, Any]]:
             continue  # the select stage has not written its choice yet: nothing evaluated
         eval_step = Path(shard_dir(plan, step, 0, checkpoint)).parent
         merged = Path(export_dir(plan, checkpoint)) / (f"step_{step:06d}" if step is not None else "step_last") / "merged"
-        h = checkpoint_headline(eval_step, step=step, num_shards=plan.eval["num_shards"], merged=merged)
+        h = checkpoint_headline(eval_step, step=step, num_shards=plan.eval["num_shards"], merged=merged, cache=cache)
         out.append({"checkpoint": checkpoint, **h})
+    if _sigs(cache) != before:  # a shard was parsed: keep its row for the next refresh
+        try:
+            write_json(cache_path, cache)
+        except OSError:
+            pass  # a read-only run dir: the numbers are right, only slower next time
     return out
 
 

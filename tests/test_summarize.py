@@ -104,3 +104,28 @@ def test_hoi_tiebreak(tmp_path):
 def test_no_eval_dir(tmp_path):
     with pytest.raises(DataError, match="phase1_shard"):
         sm.summarize(tmp_path)
+
+
+def test_the_shard_cache_is_used_only_while_the_file_is_unchanged(exp):
+    """status summarises on every refresh: a cached row is used while the metrics file keeps its size and
+    mtime, and a rewritten file is parsed again (never a stale count)."""
+    import os
+
+    e, k = exp
+    shards = {0: e / "eval" / "step_2000" / "phase1_shard_0", 1: e / "eval" / "step_2000" / "phase1_shard_1"}
+    cache: dict = {}
+    first = sm.summarize_step(2000, shards, 2, cache)
+    assert (first["total_motions"], first["total_success"]) == (6, 5) and len(cache) == 2
+    metrics = shards[1] / "metrics_eval.json"
+    st = metrics.stat()
+    data = json.loads(metrics.read_text())
+    data["eval/all_metrics_dict"]["terminated"] = [True] * 2
+    text = json.dumps(data)
+    # The same size and mtime: the cached row stands (this is what makes the cache a cache).
+    metrics.write_text(text[: st.st_size].ljust(st.st_size))
+    os.utime(metrics, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert sm.summarize_step(2000, shards, 2, cache)["total_success"] == 5
+    metrics.write_text(text)  # a real rewrite: new size/mtime -> parsed again
+    again = sm.summarize_step(2000, shards, 2, cache)
+    assert (again["total_motions"], again["total_success"]) == (6, 4)
+    assert again == sm.summarize_step(2000, shards, 2)  # the cache never changes an answer

@@ -48,7 +48,7 @@ def find_metrics(eval_dir: Path) -> Path:
 METRIC_COLUMNS = ("terminated", "progress", "obj_pos_error", "obj_ori_error", "mpjpe_g", "mpjpe_l")
 
 
-def read_metrics(path: Path) -> dict[str, list]:
+def read_metrics(path: Path, data: Any = None) -> dict[str, list]:
     """The per-motion parallel lists of ``eval/all_metrics_dict`` (validated).
 
     ``terminated`` is required: it is the success test itself, and every writer (SONIC's evaluator,
@@ -60,7 +60,8 @@ def read_metrics(path: Path) -> dict[str, list]:
     """
     fix = "re-run the eval shard; eval/all_metrics_dict holds parallel per-motion lists (contracts §4.2)"
     try:
-        data = json.loads(path.read_text())
+        if data is None:  # a caller that needs the top-level scalars too parses the file once and passes it
+            data = json.loads(path.read_text())
         table = data["eval/all_metrics_dict"]
         keys = table["motion_keys"]
     except (OSError, UnicodeDecodeError) as exc:

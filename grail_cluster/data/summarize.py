@@ -13,6 +13,7 @@ import json
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
 from ..errors import EXIT_OK, EXIT_PROBLEMS, DataError
 from .io import dumps_json, finite_or_none, write_json
@@ -22,13 +23,16 @@ _SHARD_RE = re.compile(r"^phase1_shard_(\d+)$")
 _MEANS = ("mpjpe_l", "mpjpe_g", "obj_pos_error")
 
 
-def _read_shard(path: Path) -> dict:
+def _read_shard(path: Path, cache: dict[str, Any] | None = None) -> dict:
     """One shard's row; status parse_error when the JSON or its motion lists are unusable.
 
     The per-motion lists go through export's reader (one strict reading of §4.2 for every tool): a
     ``terminated`` entry that is not a boolean (null, "false", NaN) is an error, never guessed at
-    (``bool(None)`` counted a motion as a success, ``bool("false")`` as a failure). The success count
-    needs the ``terminated`` list itself; a shard without it is unreadable, not all-successful."""
+    (``bool(None)`` counted a motion as a success, ``bool("false")`` as a failure), and a shard
+    without the ``terminated`` list is unreadable, not all-successful.
+
+    ``cache`` (path -> {sig, row}) lets a caller that summarises the same shards on every call
+    (``status``) parse a metrics file only when its size or mtime changed."""
     from .export import read_metrics
 
     def error(text: str) -> dict:
@@ -36,14 +40,32 @@ def _read_shard(path: Path) -> dict:
                 "wandb_sr": None, "keys": []}
 
     try:
-        table = read_metrics(path)
-        data = json.loads(path.read_text())
-    except DataError as exc:
-        return error(exc.problem)
-    except (OSError, ValueError) as exc:
+        st = path.stat()
+    except OSError as exc:
         return error(f"{type(exc).__name__}: {exc}")
-    if "terminated" in table.get("absent_columns", []):
-        return error("eval/all_metrics_dict has no terminated list: the successes cannot be counted")
+    sig = [st.st_size, st.st_mtime_ns]
+    if cache is not None:
+        hit = cache.get(str(path))
+        if isinstance(hit, dict) and hit.get("sig") == sig and isinstance(hit.get("row"), dict):
+            return hit["row"]
+    try:
+        try:
+            data = json.loads(path.read_text())
+        except ValueError:
+            data = None  # read_metrics reads it again and words the error (invalid JSON, not UTF-8)
+        table = read_metrics(path, data)
+    except DataError as exc:
+        row = error(exc.problem)
+    except (OSError, ValueError) as exc:
+        row = error(f"{type(exc).__name__}: {exc}")
+    else:
+        row = _shard_row(table, data)
+    if cache is not None:
+        cache[str(path)] = {"sig": sig, "row": row}
+    return row
+
+
+def _shard_row(table: dict, data: dict) -> dict:
     keys = table["motion_keys"]
     n, n_succ = len(keys), len(keys) - sum(bool(t) for t in table["terminated"])
     row = {"status": "ok", "n_motions": n, "n_success": n_succ, "shard_sr": n_succ / n if n else None,
@@ -74,7 +96,7 @@ def scan(exp_dir: Path) -> dict[int, dict[int, Path]]:
     return out
 
 
-def summarize_step(step: int, shards: dict[int, Path], num_shards: int) -> dict:
+def summarize_step(step: int, shards: dict[int, Path], num_shards: int, cache: dict[str, Any] | None = None) -> dict:
     rows = []
     for rank in range(max(num_shards, max(shards, default=-1) + 1)):
         path = shards.get(rank, None)
@@ -82,7 +104,7 @@ def summarize_step(step: int, shards: dict[int, Path], num_shards: int) -> dict:
         if metrics is None or not metrics.is_file():
             row = {"status": "missing", "n_motions": 0, "n_success": 0, "shard_sr": None, "wandb_sr": None, "keys": []}
         else:
-            row = _read_shard(metrics)
+            row = _read_shard(metrics, cache)
         rows.append({"rank": rank, "path": str(metrics) if metrics is not None else None, **row})
     ok = [r for r in rows if r["status"] == "ok"]
     # A key in two shards (stale shards of another num_shards, a copied dir) is counted twice in the
