@@ -14,7 +14,6 @@ behind it.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +23,6 @@ BODY_DOF = 29
 HAND_DOF = 14
 POSE_AA_JOINTS = 30
 QUAT_NORM_TOL = 1e-2  # float32 retarget output is normalised to ~1e-7; 1e-2 is far from noise
-BPS_DIM = 10
 
 
 @dataclass(frozen=True)
@@ -463,7 +461,3 @@ def bps_basis_problem(path: str) -> tuple[int | None, str | None]:
     if arr.dtype.kind != "f" or arr.ndim != 2 or arr.shape[1] != 3 or not np.isfinite(arr).all():
         return None, f"basis is {arr.dtype} {tuple(arr.shape)}, expected finite float (N,3) points"
     return int(arr.shape[0]), None
-
-
-def rel(root: str, path: str) -> str:
-    return os.path.relpath(path, root) if path.startswith(root + os.sep) else path

@@ -40,7 +40,6 @@ MPJPE_L = "eval/all/mpjpe_l"
 MPJPE_G = "eval/all/mpjpe_g"
 OBJ_POS = "eval/all/obj_pos_error"
 EVAL_STEP = "eval_step"
-HISTORY_KEYS = [SR, MPJPE_L, MPJPE_G, OBJ_POS, EVAL_STEP]
 SOURCE = "_source"  # which run of a sweep a row came from (select_across); not in the output
 DEFAULT_ENTITY = "nv-gear"
 DEFAULT_PROJECT = "TRL_G1_Track"
