@@ -44,9 +44,9 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # `tests.libgen` lives in the repo, not the package
 
 from bench.machine import machine, mark_dataset, reuse_dataset  # noqa: E402
-from grail_cluster.data import g1  # noqa: E402
-from grail_cluster.data.export import export_shard  # noqa: E402
-from grail_cluster.data.summarize import summarize  # noqa: E402
+from grail_cluster.tools.data import g1  # noqa: E402
+from grail_cluster.tools.data.export import export_shard  # noqa: E402
+from grail_cluster.tools.data.summarize import summarize  # noqa: E402
 from tests import evalgen  # noqa: E402
 from tests.libgen import make_ha_pair  # noqa: E402
 

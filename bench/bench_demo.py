@@ -29,8 +29,8 @@ from bench.machine import machine  # noqa: E402
 
 
 def _stage_times(run_dir: str) -> list[dict]:
-    from grail_cluster.ledger import Ledger
-    from grail_cluster.plan import read_plan
+    from grail_cluster.core.ledger import Ledger
+    from grail_cluster.core.plan import read_plan
 
     plan = read_plan(run_dir)
     rows = []
@@ -55,10 +55,10 @@ def ours(out: Path, motions: int, overrides: list[str]) -> dict:
 
 def peer(out: Path, overrides: list[str]) -> dict:
     """The same plan under another run id, each job script run by hand, one after another."""
-    from grail_cluster.cli import _plan_from_overrides
-    from grail_cluster.demo import demo_overrides
-    from grail_cluster.plan import write_plan
-    from grail_cluster.render import render_files, write_files
+    from grail_cluster.cli.demo import demo_overrides
+    from grail_cluster.cli.main import _plan_from_overrides
+    from grail_cluster.core.plan import write_plan
+    from grail_cluster.runs.job_files import render_files, write_files
 
     plan = _plan_from_overrides(demo_overrides(out, [*overrides, "run.id=peer-sequential"]))
     write_plan(plan)

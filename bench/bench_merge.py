@@ -36,7 +36,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # `tests.libgen` lives in the repo, not the package
 
 from bench.machine import machine, mark_dataset, reuse_dataset, save_result  # noqa: E402
-from grail_cluster.data.merge import SUBDIRS, merge_step  # noqa: E402
+from grail_cluster.tools.data.merge import SUBDIRS, merge_step  # noqa: E402
 from tests.libgen import heavy_tailed_lengths, make_library  # noqa: E402
 
 NUM_SHARDS = 5

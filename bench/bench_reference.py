@@ -35,7 +35,7 @@ from bench.machine import machine  # noqa: E402
 
 
 def _library(out: Path, motions: int) -> Path:
-    from grail_cluster.cli import main as cli_main
+    from grail_cluster.cli.main import main as cli_main
 
     if not (out / "demo_pickup_ha" / "robot").is_dir():
         assert cli_main(["demo-data", "--out", str(out), "--motions", str(motions), "--name", "demo_pickup"]) == 0

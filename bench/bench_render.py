@@ -119,11 +119,11 @@ def naive_peer(shard: Path, usd_dir: Path, out: Path, res: str) -> dict[str, Any
     import mujoco
     import numpy as np
 
-    from grail_cluster.data.bps import read_usd_mesh
-    from grail_cluster.data.g1 import G1_ISAACLAB_TO_MUJOCO_DOF
-    from grail_cluster.replay.render import DEFAULT_CAMERA_OFFSET, DEFAULT_CAMERA_TARGET, look_at
-    from grail_cluster.safe_pickle import load
+    from grail_cluster.core.safe_pickle import load
     from grail_cluster.sonic.reference import scene as S
+    from grail_cluster.tools.data.bps import read_usd_mesh
+    from grail_cluster.tools.data.g1 import G1_ISAACLAB_TO_MUJOCO_DOF
+    from grail_cluster.tools.replay.render import DEFAULT_CAMERA_OFFSET, DEFAULT_CAMERA_TARGET, look_at
 
     width, height = (int(v) for v in res.split("x"))
     metrics = json.loads((shard / "metrics_eval.json").read_text())["eval/all_metrics_dict"]

@@ -55,7 +55,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench.machine import machine  # noqa: E402
-from grail_cluster.markers import MARKER  # noqa: E402
+from grail_cluster.core.markers import MARKER  # noqa: E402
 
 SLURM_FIT = {"partition": "debug", "cpus_per_task": 1, "mem_gb": 1, "array_parallelism": 256}
 TIME_MIN = 10

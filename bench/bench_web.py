@@ -3,7 +3,7 @@
 
 Generator figures (wall time, library files in the OS page cache):
 
-- ours cold: ``grail_cluster.web.generate.generate`` with no index, no meta cache and no site (it parses
+- ours cold: ``grail_cluster.tools.web.generate.generate`` with no index, no meta cache and no site (it parses
   every robot/objects/meta pickle through the allow-listed loader, in a process pool, writes both
   caches and builds the site in a temp dir);
 - ours warm, new site: caches valid, no site: directory listings, two JSON caches, the whole site;
@@ -14,7 +14,7 @@ Generator figures (wall time, library files in the OS page cache):
   file. No caches, no metrics join, no allow-listing loader, no atomic rename.
 
 Viewer figures, in headless Chromium (Debian's /usr/bin/chromium via Playwright), every page served
-by ``grail_cluster.web.serve`` from the same site and the same ``manifest.json``:
+by ``grail_cluster.tools.web.serve`` from the same site and the same ``manifest.json``:
 
 - time to first grid: navigation start -> the first frame painted after the first card exists
   (an init script polls ``.card`` every animation frame, then takes ``performance.now()`` in a task after
@@ -57,8 +57,8 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # `tests.libgen` lives in the repo, not the package
 
 from bench.machine import machine, mark_dataset, reuse_dataset, save_result  # noqa: E402
-from grail_cluster.web import generate as gen  # noqa: E402
-from grail_cluster.web.serve import make_server  # noqa: E402
+from grail_cluster.tools.web import generate as gen  # noqa: E402
+from grail_cluster.tools.web.serve import make_server  # noqa: E402
 from tests.libgen import make_library  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"

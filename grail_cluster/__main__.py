@@ -1,5 +1,5 @@
 import sys
 
-from .cli import main
+from grail_cluster.cli.main import main
 
 sys.exit(main())

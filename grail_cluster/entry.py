@@ -11,15 +11,15 @@ import argparse
 import os
 import sys
 
-from .errors import EXIT_USAGE, DataError, GrailError
-from .markers import file_digest, validate_marker, write_marker
-from .plan import RunPlan, read_plan
+from grail_cluster.core.errors import EXIT_USAGE, DataError, GrailError
+from grail_cluster.core.markers import file_digest, validate_marker, write_marker
+from grail_cluster.core.plan import RunPlan, read_plan
 
 
 def _train(plan: RunPlan, index: int) -> int:
     """After SONIC's trainer exits 0: the experiment dir must hold checkpoints, then mark done."""
     exp = plan.experiment_dir(index)
-    from .sonic.experiment import list_checkpoints
+    from grail_cluster.sonic.experiment import list_checkpoints
 
     ckpts = [c.path for c in list_checkpoints(exp)]
     if not ckpts:
@@ -64,8 +64,8 @@ def _run_child(argv: list[str], cwd: str, plan: RunPlan, stage: str, index: int)
 
     SIGTERM/SIGINT/USR1/USR2/HUP (scancel, SLURM's warning, preemption, Ctrl-C) are passed on.
     """
-    from . import slice_audit
-    from .slice_watch import run_watched
+    from grail_cluster.stages import slice_audit
+    from grail_cluster.stages.slice_watch import run_watched
 
     mode, timeout = _audit_settings()
     machine = int(os.environ.get("GRAIL_MACHINE_RANK", "0") or 0)
@@ -114,8 +114,8 @@ def _eval(plan: RunPlan, index: int) -> int:
     """One SONIC metrics shard; done when its metrics_eval.json covers exactly the shard's motions."""
     import json
 
-    from .launchers import eval as eval_launcher
-    from .sonic.commands import shell_join
+    from grail_cluster.stages import eval as eval_launcher
+    from grail_cluster.sonic.commands import shell_join
 
     c, shard = plan.eval_index(index)
     checkpoint, step = eval_launcher.resolve_checkpoint(plan, c)
@@ -154,8 +154,8 @@ def _require_step(checkpoint: str, step: int | None) -> None:
 def _select(plan: RunPlan, index: int) -> int:
     """Rank the run's own checkpoints (TensorBoard events / eval metrics of its experiment dir); in a
     sweep, every point's together."""
-    from .data.io import write_json
-    from .data.select_top import select_across, select_top
+    from grail_cluster.tools.data.io import write_json
+    from grail_cluster.tools.data.select_top import select_across, select_top
 
     k = plan.eval["num_checkpoints"]
     opts = {"k": k, "hoi": plan.pipeline.get("tiebreak") == "obj_pos_error",
@@ -182,8 +182,8 @@ def _select(plan: RunPlan, index: int) -> int:
 
 def _export(plan: RunPlan, index: int) -> int:
     """Export the successful rollouts of eval index ``index`` (GRAIL layout exported/step_S/shard_i)."""
-    from .data.export import export_shard
-    from .launchers.eval import export_dir, resolve_checkpoint, shard_dir
+    from grail_cluster.stages.eval import export_dir, resolve_checkpoint, shard_dir
+    from grail_cluster.tools.data.export import export_shard
 
     c, shard = plan.eval_index(index)
     checkpoint, step = resolve_checkpoint(plan, c)
@@ -203,9 +203,9 @@ def _export(plan: RunPlan, index: int) -> int:
 
 def _merge(plan: RunPlan, index: int) -> int:
     """Merge every export shard of checkpoint rank ``index`` into exported/step_S/merged."""
-    from .data.merge import merge_step
-    from .launchers.eval import resolve_checkpoint, results_dir
-    from .provenance import read_provenance
+    from grail_cluster.core.provenance import read_provenance
+    from grail_cluster.stages.eval import resolve_checkpoint, results_dir
+    from grail_cluster.tools.data.merge import merge_step
 
     checkpoint, step = resolve_checkpoint(plan, index)
     _require_step(checkpoint, step)
@@ -225,8 +225,8 @@ def _merge(plan: RunPlan, index: int) -> int:
 
 def _render(plan: RunPlan, index: int) -> int:
     """Replay videos of eval index ``index``'s successful motions into <shard_dir>/vis/<key>.mp4 (CPU, MuJoCo)."""
-    from .launchers.eval import resolve_checkpoint, shard_dir
-    from .replay.render import DEFAULT_CAMERA_OFFSET, render_stage
+    from grail_cluster.stages.eval import resolve_checkpoint, shard_dir
+    from grail_cluster.tools.replay.render import DEFAULT_CAMERA_OFFSET, render_stage
 
     c, shard = plan.eval_index(index)
     checkpoint, step = resolve_checkpoint(plan, c)
@@ -251,8 +251,8 @@ def _render(plan: RunPlan, index: int) -> int:
 
 def _web(plan: RunPlan, index: int) -> int:
     """The viewer of every selected checkpoint's merged library: <web_dir>/step_<S:06d>/ + an index page."""
-    from .launchers.eval import export_dir, resolve_checkpoint
-    from .web.generate import generate_run_site
+    from grail_cluster.stages.eval import export_dir, resolve_checkpoint
+    from grail_cluster.tools.web.generate import generate_run_site
 
     libraries = []
     for rank in range(plan.eval["num_checkpoints"]):
@@ -307,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[grail] {args.stage} {args.index} is already done (valid marker); nothing to do (--force reruns)")
             return 0
         if plan.config.get("rehearsal", {}).get("enabled"):
-            from . import rehearsal
+            from grail_cluster.stages import rehearsal
 
             return rehearsal.run(plan, args.stage, args.index)
         if args.stage in LATER:

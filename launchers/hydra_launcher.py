@@ -8,7 +8,7 @@ once) and records every job in a ledger under ``hydra.launcher.state_dir``
 Resume (hydra #1407, #3328: the submitit launcher cannot). A job is its number in the sweep plus a
 key: the SHA-256 of the app's composed config (without ``hydra``), the job's overrides and the code
 (``code_key``, default ``tree``): the task function's source file and every module of the same
-project its imports reach (source digests, :mod:`grail_cluster.code_digest`), plus the git commit
+project its imports reach (source digests, :mod:`grail_cluster.core.code_digest`), plus the git commit
 of the checkout holding the task and a digest of its uncommitted changes to tracked files. Running
 the same command again with the same ``hydra.sweep.dir`` returns the jobs whose result says done
 under the same key without running them, waits on (``wait=false``: reports) the ones still queued
@@ -71,9 +71,8 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
-from grail_cluster.errors import ConfigError, GrailError
-
-from .hydra_job import read_result, result_file
+from grail_cluster.core.errors import ConfigError, GrailError
+from grail_cluster.launchers.hydra_job import read_result, result_file
 
 log = logging.getLogger(__name__)
 
@@ -738,7 +737,7 @@ def code_identity(task_function: Any, mode: str) -> dict[str, Any] | None:
     uncommitted tracked changes of the checkout holding it. None with ``code_key=off``."""
     if mode == "off":
         return None
-    from grail_cluster.code_digest import git_state, task_sources
+    from grail_cluster.core.code_digest import git_state, task_sources
 
     if task_function is None:
         out: dict[str, Any] = {"task": None, "sources": None}

@@ -1,6 +1,6 @@
 """G1 joint orders written out by hand from contracts §1.8, for tests only.
 
-The product keeps its own tables in grail_cluster/data/g1.py. Test data built with those tables would
+The product keeps its own tables in grail_cluster/tools/data/g1.py. Test data built with those tables would
 agree with any mistake in them, so the generators in tests/ use these instead, and
 tests/test_g1_orders.py checks the product's tables against them. Every list below is typed from the
 contract text, not computed from another list, so that each one can catch an error in the others.

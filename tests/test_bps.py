@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from grail_cluster.data.bps import compute_bps, fibonacci_basis, main, read_usd_mesh
-from grail_cluster.errors import DataError
+from grail_cluster.core.errors import DataError
+from grail_cluster.tools.data.bps import compute_bps, fibonacci_basis, main, read_usd_mesh
 from tests.libgen import bps_basis, bps_encode, make_library, write_usd_mesh
 
 

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from grail_cluster.cli import main
+from grail_cluster.cli.main import main
 from tests.conftest import base_overrides
 
 

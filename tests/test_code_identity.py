@@ -8,10 +8,10 @@ import json
 import shutil
 from pathlib import Path
 
-from grail_cluster import provenance as prov
-from grail_cluster.cli import main
-from grail_cluster.code_digest import git_state, task_sources, tree_digest
-from grail_cluster.ledger import Ledger
+from grail_cluster.cli.main import main
+from grail_cluster.core import provenance as prov
+from grail_cluster.core.code_digest import git_state, task_sources, tree_digest
+from grail_cluster.core.ledger import Ledger
 from tests.conftest import base_overrides
 from tests.test_provenance import git, grail_repo, needs_git, plan_cli  # noqa: F401 (grail_repo: fixture)
 

@@ -4,9 +4,9 @@
 import json
 from pathlib import Path
 
+from grail_cluster.core.library import scan_library
+from grail_cluster.core.markers import validate_marker
 from grail_cluster.entry import main as entry
-from grail_cluster.library import scan_library
-from grail_cluster.markers import validate_marker
 from tests.evalgen import evaluated_run
 
 
@@ -27,7 +27,7 @@ def test_export_and_merge_stages_build_the_merged_library(tmp_path, hoi_pair, so
     assert sorted(p.stem for p in (merged0 / "robot").glob("*.pkl")) == sorted(set(ha.keys) - failed)
     assert scan_library(merged1).by_key()[ha.keys[0]].root_rot == "xyzw"  # exports are xyzw
     # Re-running a done shard is a no-op: it says so and rewrites nothing (bytes, mtimes, inodes), marker included.
-    from grail_cluster.markers import marker_path
+    from grail_cluster.core.markers import marker_path
     from tests.adversarial.harness import untouched_state
 
     before = untouched_state(merged0, marker_path(plan.run_dir, "merge", 0))

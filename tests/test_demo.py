@@ -13,7 +13,7 @@ from pathlib import Path
 import joblib
 import pytest
 
-from grail_cluster.cli import main as cli_main
+from grail_cluster.cli.main import main as cli_main
 
 pytest.importorskip("torch")
 pytestmark = pytest.mark.slow
@@ -74,7 +74,7 @@ def test_demo_on_the_real_slurm_cluster(tmp_path, capsys, slurm_cluster):
     result = json.loads(captured.out[captured.out.index("{"):])
     _check_demo(out, result)
     # The jobs really went through SLURM: the run ledger holds SLURM job ids.
-    from grail_cluster.ledger import Ledger
+    from grail_cluster.core.ledger import Ledger
 
     with Ledger(result["run_dir"]) as ledger:
         ids = [j.job_id for j in ledger.jobs()]

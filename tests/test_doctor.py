@@ -7,7 +7,7 @@ from pathlib import Path
 import joblib
 import pytest
 
-from grail_cluster.cli import main
+from grail_cluster.cli.main import main
 from tests.libgen import make_library, make_terrain_library
 
 
@@ -122,7 +122,7 @@ def test_bad_arguments_exit_2_without_traceback(hoi_pair, capsys, arg):
 
 def test_every_check_is_documented():
     """docs/doctor-checks.md lists every check doctor can report, with its severity."""
-    from grail_cluster.motion_checks import CHECKS
+    from grail_cluster.core.motion_checks import CHECKS
 
     doc = (Path(__file__).resolve().parents[1] / "docs" / "doctor-checks.md").read_text()
     missing = [name for name in CHECKS if f"| `{name}` |" not in doc]

@@ -8,9 +8,9 @@ import joblib
 import numpy as np
 import pytest
 
-from grail_cluster.data import export as ex
-from grail_cluster.data import g1
-from grail_cluster.errors import DataError
+from grail_cluster.core.errors import DataError
+from grail_cluster.tools.data import export as ex
+from grail_cluster.tools.data import g1
 from tests.evalgen import make_eval_shard
 from tests.libgen import (
     DOF_AXIS,
@@ -217,7 +217,7 @@ def test_cli_registers_flags():
 
 
 def test_missing_asset_package_names_the_pip_install(monkeypatch):
-    from grail_cluster.errors import GrailError
+    from grail_cluster.core.errors import GrailError
 
     monkeypatch.setattr(g1, "_ASSET_MODULE", "no_such_assets_module_xyz")
     with pytest.raises(GrailError, match="not installed") as err:

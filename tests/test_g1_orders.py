@@ -13,7 +13,7 @@ from collections import deque
 import numpy as np
 import pytest
 
-from grail_cluster.data import g1
+from grail_cluster.tools.data import g1
 from tests import g1_orders as c
 
 

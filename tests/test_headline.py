@@ -51,9 +51,9 @@ def _exportable(metrics_files: list[Path]) -> int:
 
 def build_finished_run(tmp: Path) -> dict:
     """A finished local run of 24 motions in 3 eval shards: 6 terminated, 2 successes over the threshold."""
-    from grail_cluster import config
-    from grail_cluster.library import scan_library
-    from grail_cluster.plan import build_plan
+    from grail_cluster.core import config
+    from grail_cluster.core.library import scan_library
+    from grail_cluster.core.plan import build_plan
     from tests.conftest import make_sonic_root
 
     _, ha = make_ha_pair(tmp / "data", "pickup_table", 24, fast=True)
@@ -166,7 +166,7 @@ def test_missing_shard_makes_every_headline_partial(finished_run, tmp_path):
         assert "PARTIAL: 2 of 3 eval shards" in text
         summ = run_cli(["summarize", "--exp_dir", finished_run["exp"], "--num_shards", "3"]).stdout
         assert "PARTIAL" in summ and "2 of 3" in summ
-        from grail_cluster.web.generate import generate_run_site
+        from grail_cluster.tools.web.generate import generate_run_site
 
         generate_run_site(tmp_path / "web", [(1000, finished_run["merged"])])
         page = (tmp_path / "web" / "index.html").read_text()
@@ -177,7 +177,7 @@ def test_missing_shard_makes_every_headline_partial(finished_run, tmp_path):
 
 def test_headline_from_hand_written_metrics(tmp_path):
     """A second reading, straight from contracts §4.2: metrics written by hand, one shard unreadable."""
-    from grail_cluster.headline import checkpoint_headline, headline_text
+    from grail_cluster.runs.headline import checkpoint_headline, headline_text
 
     step = tmp_path / "eval" / "step_000500"
     tables = {0: {"motion_keys": ["a", "b", "c", "d"], "terminated": [False, True, False, False]},

@@ -27,7 +27,7 @@ from hydra.test_utils.launcher_common_tests import (
     LauncherTestSuite,
 )
 
-from grail_cluster.errors import ConfigError, GrailError
+from grail_cluster.core.errors import ConfigError, GrailError
 from grail_cluster.launchers.hydra_launcher import (
     JobFailedError,
     ReturnRepr,

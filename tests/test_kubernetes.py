@@ -19,18 +19,18 @@ from pathlib import Path
 
 import pytest
 
-from grail_cluster import config
 from grail_cluster.backends.kubernetes import KubernetesBackend
-from grail_cluster.cli import main
-from grail_cluster.control import cancel, resubmit, submit_run
-from grail_cluster.drive import Driver
-from grail_cluster.errors import GrailError
-from grail_cluster.ledger import Ledger
-from grail_cluster.library import scan_library
-from grail_cluster.markers import marker_path, write_marker
-from grail_cluster.plan import build_plan, write_plan
-from grail_cluster.render import render_files, write_files
-from grail_cluster.status import refresh, summarise
+from grail_cluster.backends.kubernetes_driver import Driver
+from grail_cluster.cli.main import main
+from grail_cluster.core import config
+from grail_cluster.core.errors import GrailError
+from grail_cluster.core.ledger import Ledger
+from grail_cluster.core.library import scan_library
+from grail_cluster.core.markers import marker_path, write_marker
+from grail_cluster.core.plan import build_plan, write_plan
+from grail_cluster.runs.control import cancel, resubmit, submit_run
+from grail_cluster.runs.job_files import render_files, write_files
+from grail_cluster.runs.status import refresh, summarise
 from tests.conftest import make_sonic_root
 from tests.kubesim import Controller, KmockServer
 from tests.libgen import make_library

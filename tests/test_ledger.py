@@ -6,12 +6,12 @@ import time
 
 import pytest
 
-from grail_cluster import config
-from grail_cluster.errors import GrailError
-from grail_cluster.ledger import Ledger, submit_lock
-from grail_cluster.library import scan_library
-from grail_cluster.plan import build_plan
-from grail_cluster.submission import compress_ranges, consumers, downstream_closure, plan_groups
+from grail_cluster.core import config
+from grail_cluster.core.errors import GrailError
+from grail_cluster.core.ledger import Ledger, submit_lock
+from grail_cluster.core.library import scan_library
+from grail_cluster.core.plan import build_plan
+from grail_cluster.runs.submission import compress_ranges, consumers, downstream_closure, plan_groups
 from tests.conftest import base_overrides
 
 
@@ -40,7 +40,7 @@ def test_states_attempts_and_events(tmp_path):
 
 def test_one_submitter_per_run_dir(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c",
-                               "import time,sys; from grail_cluster.ledger import submit_lock\n"
+                               "import time,sys; from grail_cluster.core.ledger import submit_lock\n"
                                f"with submit_lock({str(tmp_path)!r}):\n print('held', flush=True); time.sleep(3)"],
                               stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
@@ -104,8 +104,8 @@ def test_consumers_of_a_rerun_shard_include_done_work(plan):
 
 
 def test_damaged_ledgers_are_refused_not_recreated(tmp_path):
-    from grail_cluster.errors import DataError
-    from grail_cluster.ledger import SCHEMA_VERSION
+    from grail_cluster.core.errors import DataError
+    from grail_cluster.core.ledger import SCHEMA_VERSION
 
     with Ledger(tmp_path) as ledger:
         assert ledger.meta("schema_version") == SCHEMA_VERSION

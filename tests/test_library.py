@@ -2,9 +2,9 @@ import joblib
 import numpy as np
 import pytest
 
-from grail_cluster.errors import DataError
-from grail_cluster.library import CACHE_NAME, scan_library
-from grail_cluster.quaternions import detect_root_rot_convention, rotvec_to_wxyz
+from grail_cluster.core.errors import DataError
+from grail_cluster.core.library import CACHE_NAME, scan_library
+from grail_cluster.core.quaternions import detect_root_rot_convention, rotvec_to_wxyz
 from tests.libgen import make_library, make_terrain_library
 
 
@@ -59,7 +59,7 @@ def test_cache_hit_and_partial_rescan(tmp_path):
 
 
 def test_read_only_library_caches_elsewhere(tmp_path, monkeypatch):
-    import grail_cluster.library as lib
+    import grail_cluster.core.library as lib
 
     # Root ignores permission bits, so make the in-library cache unwritable another way: its
     # parent is a regular file. The scan must fall back to the user cache dir and still hit.
@@ -92,7 +92,7 @@ def test_not_a_library_is_a_clear_error(tmp_path):
         scan_library(tmp_path / "nope")
 
 
-# Inputs for the convention detector, built without grail_cluster.quaternions: rotation matrices from
+# Inputs for the convention detector, built without grail_cluster.core.quaternions: rotation matrices from
 # roll/pitch/yaw, then the quaternion (Shepperd's method) and the rotation vector (matrix log) of each.
 
 
@@ -195,7 +195,7 @@ def test_warm_scan_opens_no_usd_and_a_shared_file_verdict_is_cached(tmp_path):
 
     info = make_terrain_library(tmp_path / "terrain", 4)
     assert scan_library(info.root).findings == []
-    probe = ("import sys; from grail_cluster.library import scan_library; "
+    probe = ("import sys; from grail_cluster.core.library import scan_library; "
              f"i = scan_library({str(info.root)!r}); assert i.cache == 'hit', i.cache; "
              "print('pxr' in sys.modules, len(i.findings))")
     assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.split() == \

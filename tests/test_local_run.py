@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from grail_cluster.cli import main
-from grail_cluster.ledger import Ledger
-from grail_cluster.plan import read_plan
+from grail_cluster.cli.main import main
+from grail_cluster.core.ledger import Ledger
+from grail_cluster.core.plan import read_plan
 from tests.conftest import make_sonic_root
 from tests.libgen import make_library
 

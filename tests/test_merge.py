@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from grail_cluster.data import merge as merge_mod
-from grail_cluster.data.merge import merge_step, register
-from grail_cluster.errors import DataError
+from grail_cluster.core.errors import DataError
+from grail_cluster.tools.data import merge as merge_mod
+from grail_cluster.tools.data.merge import merge_step, register
 from tests.libgen import make_library, make_terrain_library
 
 STEP = 1000
@@ -67,7 +67,7 @@ def make_shards(pool, exp: Path, splits, **kw) -> list[list[str]]:
 
 
 def run_cli(argv: list[str], capsys) -> tuple[int, dict]:
-    from grail_cluster.errors import GrailError
+    from grail_cluster.core.errors import GrailError
 
     ap = argparse.ArgumentParser()
     register(ap.add_subparsers(dest="command"))
@@ -318,12 +318,12 @@ def test_manifest_disagreeing_with_files_and_missing_step(pool, tmp_path):
 
 def test_cli_main_integration(pool, tmp_path, capsys):
     """If cli.py wires `merge` in, the subcommand runs through the real entry point."""
-    from grail_cluster import cli
+    from grail_cluster.cli.main import main as cli
 
     parser = cli.build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     if "merge" not in sub.choices:
-        pytest.skip("merge is not registered in grail_cluster.cli yet")
+        pytest.skip("merge is not registered in grail_cluster.cli.main yet")
     exp = tmp_path / "exp"
     make_shards(pool, exp, [range(0, 3)])
     assert cli.main(["merge", "--exp_dir", str(exp), "--step", str(STEP), "--num_shards", "1"]) == 0

@@ -4,11 +4,11 @@ import json
 
 import pytest
 
-from grail_cluster import config
-from grail_cluster.cli import main
-from grail_cluster.errors import ConfigError, DataError
-from grail_cluster.library import scan_library
-from grail_cluster.plan import build_plan, read_plan, write_plan
+from grail_cluster.cli.main import main
+from grail_cluster.core import config
+from grail_cluster.core.errors import ConfigError, DataError
+from grail_cluster.core.library import scan_library
+from grail_cluster.core.plan import build_plan, read_plan, write_plan
 from tests.conftest import base_overrides
 
 
@@ -164,9 +164,9 @@ def test_cli_plan_json(tmp_path, hoi_pair, sonic_root, capsys):
 
 
 def test_a_submitted_runs_plan_is_never_replaced_by_another(tmp_path, hoi_pair, sonic_root):
-    from grail_cluster.errors import GrailError
-    from grail_cluster.ledger import Ledger
-    from grail_cluster.plan import submitted_plan_hash, write_plan
+    from grail_cluster.core.errors import GrailError
+    from grail_cluster.core.ledger import Ledger
+    from grail_cluster.core.plan import submitted_plan_hash, write_plan
 
     _, ha = hoi_pair
     plan = make_plan(tmp_path, ha.root, sonic_root, "run.id=fixed", "eval.num_shards=2")
@@ -186,7 +186,7 @@ def test_a_submitted_runs_plan_is_never_replaced_by_another(tmp_path, hoi_pair, 
 
 
 def test_checkpoint_count_follows_the_rendered_command_line():
-    from grail_cluster.plan import checkpoints_written, training_schedule
+    from grail_cluster.core.plan import checkpoints_written, training_schedule
 
     pipeline = {"iterations": 20000, "save_frequency": 500}
     assert training_schedule(["x.py", "num_envs=4"], pipeline) == (20000, 500, "release config")
@@ -220,7 +220,7 @@ short|30:00|1|8|32000|(null)|down
 
 
 def test_sinfo_is_read_as_sinfo_documents_it():
-    from grail_cluster.plan_checks import parse_sinfo
+    from grail_cluster.core.plan_checks import parse_sinfo
 
     parts = parse_sinfo(SINFO)
     assert parts["debug"].default and parts["debug"].time_min is None and parts["debug"].max_nodes is None
@@ -230,7 +230,7 @@ def test_sinfo_is_read_as_sinfo_documents_it():
 
 
 def test_partition_check_names_each_key(tmp_path, hoi_pair, sonic_root):
-    from grail_cluster.plan_checks import check_partition
+    from grail_cluster.core.plan_checks import check_partition
 
     _, ha = hoi_pair
     fits = [f"resources.{s}.{k}={v}" for s in ("train", "select", "eval", "render", "export", "merge", "web")

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from grail_cluster import config
-from grail_cluster.signatures import JOB_PYTHON, signature
+from grail_cluster.core import config
+from grail_cluster.core.signatures import JOB_PYTHON, signature
 from tests.adversarial.harness import run_cli
 from tests.conftest import make_sonic_root
 from tests.libgen import make_library
@@ -58,9 +58,9 @@ def test_job_python_defaults_to_the_submitting_interpreter(world):
 
 def test_a_job_whose_interpreter_lacks_grail_cluster_fails_with_the_signature(world, tmp_path):
     """The rendered guard runs for real under bash with an interpreter that has no grail-cluster."""
-    from grail_cluster.library import scan_library
-    from grail_cluster.plan import build_plan
-    from grail_cluster.render import render_files, write_files
+    from grail_cluster.core.library import scan_library
+    from grail_cluster.core.plan import build_plan
+    from grail_cluster.runs.job_files import render_files, write_files
 
     assert SYSTEM_PYTHON and subprocess.run([SYSTEM_PYTHON, "-c", "import grail_cluster"], cwd=tmp_path,
                                             capture_output=True).returncode != 0

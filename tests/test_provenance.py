@@ -11,12 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from grail_cluster import __version__, config
-from grail_cluster import provenance as prov
-from grail_cluster.cli import main
-from grail_cluster.data.merge import merge_step
-from grail_cluster.library import scan_library
-from grail_cluster.plan import build_plan, read_plan, write_plan
+from grail_cluster import __version__
+from grail_cluster.cli.main import main
+from grail_cluster.core import config
+from grail_cluster.core import provenance as prov
+from grail_cluster.core.library import scan_library
+from grail_cluster.core.plan import build_plan, read_plan, write_plan
+from grail_cluster.tools.data.merge import merge_step
 from tests.conftest import base_overrides, make_sonic_root
 from tests.libgen import make_library
 
@@ -153,7 +154,7 @@ def test_write_plan_without_collected_sources_still_writes_provenance(tmp_path, 
 
 @needs_git
 def test_status_shows_provenance(tmp_path, hoi_pair, grail_repo, capsys, monkeypatch):
-    from grail_cluster import cli
+    from grail_cluster.cli.main import main as cli
 
     monkeypatch.setattr(cli.out, "width", 300)
     _, ha = hoi_pair
@@ -243,7 +244,7 @@ def test_bps_hash_memo_is_keyed_by_name_size_and_mtime(tmp_path):
 
 
 def test_reference_trainer_is_named_as_such(tmp_path):
-    from grail_cluster.provenance import sources, summary_line
+    from grail_cluster.core.provenance import sources, summary_line
     from grail_cluster.sonic.reference import reference_root
 
     c = {"sonic": {"root": reference_root()}, "cluster": {"backend": "local"}}

@@ -96,7 +96,7 @@ def test_start_velocity_reads_sonics_keys():
         key, value = arg.removeprefix("++").removeprefix(commands.MOTION_COMMAND).split("=")
         OmegaConf.update(cfg, key, json.loads(value))
     assert StartVelocity.from_config(cfg).zero
-    from grail_cluster.errors import ConfigError
+    from grail_cluster.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="joint_velocity_range"):
         StartVelocity.from_config(OmegaConf.create({"joint_velocity_range": [1.0, -1.0]}))

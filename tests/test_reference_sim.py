@@ -16,12 +16,12 @@ import pytest
 from tests.libgen import _box_mesh, write_usd_mesh
 
 pytest.importorskip("torch")
-from grail_cluster.data.g1 import G1_ISAACLAB_TO_MUJOCO_DOF, dof_axis  # noqa: E402
 from grail_cluster.sonic.reference import metrics as M  # noqa: E402
 from grail_cluster.sonic.reference import scene as S  # noqa: E402
 from grail_cluster.sonic.reference.env import Terminations, TrackingEnv, prepare  # noqa: E402
 from grail_cluster.sonic.reference.evaluate import rollout, write_shard  # noqa: E402
 from grail_cluster.sonic.reference.motion import load_motion  # noqa: E402
+from grail_cluster.tools.data.g1 import G1_ISAACLAB_TO_MUJOCO_DOF, dof_axis  # noqa: E402
 
 FPS = 30
 
@@ -168,7 +168,7 @@ def test_continuous_hand_actions_read_by_their_own_rule(tmp_path):
     import joblib
     import numpy as np
 
-    from grail_cluster.motion_checks import CLOSED_MEAN_ABS
+    from grail_cluster.core.motion_checks import CLOSED_MEAN_ABS
     from sonic.reference.motion import load_motion
 
     T = 60

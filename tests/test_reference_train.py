@@ -17,9 +17,9 @@ from tests.test_reference_sim import write_motion
 
 pytest.importorskip("torch")
 pytest.importorskip("accelerate")
-from grail_cluster.data.select_top import experiment_rows  # noqa: E402
 from grail_cluster.sonic.commands import HOI_EVAL_ZEROING, MEC, MLC  # noqa: E402
 from grail_cluster.sonic.reference.setup import reference_root  # noqa: E402
+from grail_cluster.tools.data.select_top import experiment_rows  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -154,9 +154,9 @@ def test_reference_eval_output_goes_through_export_merge_and_summarize(trained, 
     """The data tools cannot tell the reference evaluator's shards from SONIC's."""
     import joblib
 
-    from grail_cluster.data.export import export_shard
-    from grail_cluster.data.merge import merge_step
-    from grail_cluster.data.summarize import summarize
+    from grail_cluster.tools.data.export import export_shard
+    from grail_cluster.tools.data.merge import merge_step
+    from grail_cluster.tools.data.summarize import summarize
 
     exp, _ = trained
     work = tmp_path / "exp"
@@ -180,7 +180,7 @@ def test_reference_eval_output_goes_through_export_merge_and_summarize(trained, 
 
 def test_offline_wandb_run_is_ranked_by_select_top_group(lib, tmp_path):
     """With use_wandb, the trainer's offline W&B run (group, eval_step rows) is what select-top reads."""
-    from grail_cluster.data.select_top import select_top
+    from grail_cluster.tools.data.select_top import select_top
 
     exp = tmp_path / "exp"
     env = {**_env(), "WANDB_MODE": "offline", "WANDB_SILENT": "true"}

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from grail_cluster import config
-from grail_cluster.library import scan_library
-from grail_cluster.plan import build_plan
-from grail_cluster.render import render_files, write_files
+from grail_cluster.core import config
+from grail_cluster.core.library import scan_library
+from grail_cluster.core.plan import build_plan
+from grail_cluster.runs.job_files import render_files, write_files
 from tests.conftest import BACKENDS, PIPELINES, make_sonic_root
 from tests.libgen import make_ha_pair, make_terrain_library
 

@@ -20,14 +20,14 @@ import joblib
 import numpy as np
 import pytest
 
-from grail_cluster import config
-from grail_cluster.cli import main as cli
+from grail_cluster.cli.main import main as cli
+from grail_cluster.core import config
+from grail_cluster.core.errors import ConfigError
+from grail_cluster.core.library import scan_library
+from grail_cluster.core.markers import read_marker, validate_marker
+from grail_cluster.core.plan import build_plan, write_plan
 from grail_cluster.entry import main as entry
-from grail_cluster.errors import ConfigError
-from grail_cluster.library import scan_library
-from grail_cluster.markers import read_marker, validate_marker
-from grail_cluster.plan import build_plan, write_plan
-from grail_cluster.replay import render as R
+from grail_cluster.tools.replay import render as R
 from tests.conftest import base_overrides
 from tests.evalgen import make_eval_shard
 from tests.libgen import make_ha_pair, make_library
@@ -255,7 +255,7 @@ def test_render_stage_entry_renders_into_vis_and_export_picks_it_up(tmp_path, so
     plan = build_plan(c, scan_library(ha.root))
     write_plan(plan)
     assert "render" in plan.stage_names and plan.library["usd_dir"]
-    from grail_cluster.launchers.eval import shard_dir
+    from grail_cluster.stages.eval import shard_dir
 
     dirs = {}
     for index in range(2):

@@ -4,9 +4,9 @@ import joblib
 import numpy as np
 import pytest
 
-from grail_cluster import safe_pickle
-from grail_cluster.cli import main
-from grail_cluster.errors import DataError, UnsafePickleError
+from grail_cluster.cli.main import main
+from grail_cluster.core import safe_pickle
+from grail_cluster.core.errors import DataError, UnsafePickleError
 from tests.libgen import make_library, write_malicious_pickle
 
 

@@ -19,8 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from grail_cluster.data import select_top as st
-from grail_cluster.data.select_top import (
+from grail_cluster.core.errors import ConfigError, DataError
+from grail_cluster.tools.data import select_top as st
+from grail_cluster.tools.data.select_top import (
     EVAL_STEP,
     MPJPE_G,
     MPJPE_L,
@@ -33,7 +34,6 @@ from grail_cluster.data.select_top import (
     select_across,
     select_top,
 )
-from grail_cluster.errors import ConfigError, DataError
 
 # ----------------------------------------------------------------------------- test data
 

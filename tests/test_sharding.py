@@ -17,10 +17,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from grail_cluster import config
-from grail_cluster.library import scan_library
-from grail_cluster.plan import build_plan, read_plan, write_plan
-from grail_cluster.sharding import (
+from grail_cluster.core import config
+from grail_cluster.core.library import scan_library
+from grail_cluster.core.plan import build_plan, read_plan, write_plan
+from grail_cluster.core.sharding import (
     STRATEGIES,
     balance,
     balanced_shards,
@@ -310,8 +310,8 @@ def test_plan_hash_is_stable_across_processes(small_plan_inputs):
     code = (
         "import sys, json\n"
         "from grail_cluster import config\n"
-        "from grail_cluster.library import scan_library\n"
-        "from grail_cluster.plan import build_plan\n"
+        "from grail_cluster.core.library import scan_library\n"
+        "from grail_cluster.core.plan import build_plan\n"
         "ov = json.loads(sys.argv[1])\n"
         "print(build_plan(config.load(ov), scan_library(sys.argv[2])).plan_hash)\n"
     )
@@ -346,14 +346,14 @@ def test_terrain_eval_window_covers_the_whole_shard(tmp_path):
     """§4.1: terrain eval shards use the §3.2 window with n = num_envs // (R+1), taken from the
     shard's filter_motion_keys order at rank 0. Training may mix flat envs in (R > 0), but eval
     must roll out every key of its shard, so the eval command sets R = 0 and num_envs = shard size."""
-    from grail_cluster.launchers import eval as eval_launcher
+    from grail_cluster.stages import eval as eval_launcher
 
     info = make_terrain_library(tmp_path / "terrain", 12)
     sonic = make_sonic_root(tmp_path / "SONIC")
     overrides = base_overrides(tmp_path, info.root, sonic, "pipeline=terrain_tracking", "eval.num_shards=3",
                                "pipeline.flat_to_terrain_ratio=3")
     plan = _plan(overrides, info.root)
-    train_argv = " ".join(__import__("grail_cluster.launchers.train", fromlist=["x"]).train_argv(plan))
+    train_argv = " ".join(__import__("grail_cluster.stages.train", fromlist=["x"]).train_argv(plan))
     assert "flat_to_terrain_ratio=3" in train_argv
     for index, shard in enumerate(plan.eval_shards):
         argv = eval_launcher.sonic_argv(plan, index, "/ckpt/model_step_000500.pt", 500)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from grail_cluster.slice_audit import (
+from grail_cluster.stages.slice_audit import (
     Expectation,
     RankPlan,
     SliceAudit,
@@ -165,8 +165,8 @@ def _watch_script(tmp_path, line: str, timeout_s: float = 60):
     pidfile, audit_file = tmp_path / "worker.pid", tmp_path / "logs" / "0.slices.json"
     code = f"""
 import sys
-from grail_cluster.slice_audit import SliceAudit
-from grail_cluster.slice_watch import run_watched
+from grail_cluster.stages.slice_audit import SliceAudit
+from grail_cluster.stages.slice_watch import run_watched
 from tests.test_slice_audit import HOI
 sys.exit(run_watched([sys.executable, {str(script)!r}, {str(pidfile)!r}, {line!r}], ".",
                      SliceAudit(HOI, timeout_s={timeout_s}), __import__("pathlib").Path({str(audit_file)!r})))
@@ -198,8 +198,8 @@ def test_watcher_passes_a_child_whose_slices_match_and_warns_on_missing(tmp_path
     audit_file = tmp_path / "0.slices.json"
     code = f"""
 import sys, pathlib
-from grail_cluster.slice_audit import SliceAudit
-from grail_cluster.slice_watch import run_watched
+from grail_cluster.stages.slice_audit import SliceAudit
+from grail_cluster.stages.slice_watch import run_watched
 from tests.test_slice_audit import HOI
 sys.exit(run_watched([sys.executable, {str(script)!r}], ".", SliceAudit(HOI, timeout_s=0.5), pathlib.Path({str(audit_file)!r})))
 """
@@ -234,9 +234,9 @@ def _status(run_dir: Path) -> dict:
 @pytest.mark.slow
 def test_library_changed_after_planning_stops_training_early(tmp_path):
     pytest.importorskip("accelerate")
-    from grail_cluster.cli import main
-    from grail_cluster.control import submit_run
-    from grail_cluster.plan import read_plan
+    from grail_cluster.cli.main import main
+    from grail_cluster.core.plan import read_plan
+    from grail_cluster.runs.control import submit_run
     from tests.adversarial.harness import run_cli
 
     assert main(["demo-data", "--out", str(tmp_path / "data"), "--motions", "6", "--seed", "3",
@@ -295,8 +295,8 @@ def test_a_killed_watcher_does_not_orphan_sonic(tmp_path):
     sleeper = f"import os, time; open({str(pidfile)!r}, 'w').write(str(os.getpid())); time.sleep(120)"
     code = f"""
 import sys, pathlib
-from grail_cluster.slice_audit import SliceAudit
-from grail_cluster.slice_watch import run_watched
+from grail_cluster.stages.slice_audit import SliceAudit
+from grail_cluster.stages.slice_watch import run_watched
 from tests.test_slice_audit import HOI
 run_watched([sys.executable, "-c", {sleeper!r}], ".", SliceAudit(HOI, timeout_s=60), pathlib.Path({str(tmp_path / 'a.json')!r}))
 """

@@ -12,15 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from grail_cluster import config
 from grail_cluster.backends.slurm import SlurmBackend
-from grail_cluster.cli import main
-from grail_cluster.control import cancel, resubmit, submit_run
-from grail_cluster.ledger import Ledger
-from grail_cluster.library import scan_library
-from grail_cluster.plan import build_plan, write_plan
-from grail_cluster.render import render_files, write_files
-from grail_cluster.status import refresh, run_finished, summarise
+from grail_cluster.cli.main import main
+from grail_cluster.core import config
+from grail_cluster.core.ledger import Ledger
+from grail_cluster.core.library import scan_library
+from grail_cluster.core.plan import build_plan, write_plan
+from grail_cluster.runs.control import cancel, resubmit, submit_run
+from grail_cluster.runs.job_files import render_files, write_files
+from grail_cluster.runs.status import refresh, run_finished, summarise
 from tests.conftest import make_sonic_root
 from tests.libgen import make_library
 
@@ -234,7 +234,7 @@ def test_cancel_stops_a_stage_and_its_dependants(world):
 def test_a_crashed_submitter_is_reconciled_not_doubled(world):
     """A submitter that died after sbatch but before writing the ledger: the next `run` finds the
     job by its name and adopts it instead of queueing the stage twice."""
-    from grail_cluster.submission import plan_groups
+    from grail_cluster.runs.submission import plan_groups
 
     root, _ = world
     plan = make(root, "crashed", "rehearsal.work_seconds=20")

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from grail_cluster import config
-from grail_cluster.launchers import train as train_launcher
-from grail_cluster.library import scan_library
-from grail_cluster.plan import build_plan
-from grail_cluster.render import render_files
+from grail_cluster.core import config
+from grail_cluster.core.library import scan_library
+from grail_cluster.core.plan import build_plan
+from grail_cluster.stages import train as train_launcher
+from grail_cluster.runs.job_files import render_files
 from grail_cluster.sonic import registry
 from grail_cluster.sonic.commands import shell_join
 from grail_cluster.sonic.experiment import resolve_resume

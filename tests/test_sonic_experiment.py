@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from grail_cluster.errors import DataError
+from grail_cluster.core.errors import DataError
 from grail_cluster.sonic import experiment as ex
 
 NOW = 1_800_000_000.0  # a fixed "now", so readiness does not depend on the wall clock

@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from grail_cluster import config
-from grail_cluster.launchers import eval as eval_launcher
-from grail_cluster.launchers import train as train_launcher
-from grail_cluster.library import scan_library
-from grail_cluster.plan import build_plan
+from grail_cluster.core import config
+from grail_cluster.core.library import scan_library
+from grail_cluster.core.plan import build_plan
+from grail_cluster.stages import eval as eval_launcher
+from grail_cluster.stages import train as train_launcher
 from grail_cluster.sonic import registry
 from tests.conftest import PIPELINES, base_overrides
 

@@ -8,11 +8,11 @@ import shutil
 
 import pytest
 
-from grail_cluster import config
-from grail_cluster.cli import main
-from grail_cluster.errors import EXIT_PROBLEMS, EXIT_USAGE, ConfigError
-from grail_cluster.library import scan_library
-from grail_cluster.plan import build_plan
+from grail_cluster.cli.main import main
+from grail_cluster.core import config
+from grail_cluster.core.errors import EXIT_PROBLEMS, EXIT_USAGE, ConfigError
+from grail_cluster.core.library import scan_library
+from grail_cluster.core.plan import build_plan
 from grail_cluster.sonic import root as sonic_root_mod
 from tests.conftest import base_overrides, make_sonic_root
 
@@ -153,7 +153,7 @@ def test_doctor_checks_the_sonic_root_when_given(hoi_pair, tmp_path, capsys):
 
 
 def test_doctor_rich_output_names_the_missing_checkpoint(hoi_pair, tmp_path, capsys, monkeypatch):
-    from grail_cluster import cli
+    from grail_cluster.cli.main import main as cli
 
     monkeypatch.setattr(cli.out, "width", 400)  # no folding of long paths in the table
     _, ha = hoi_pair

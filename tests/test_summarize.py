@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from grail_cluster.data import summarize as sm
-from grail_cluster.errors import DataError
+from grail_cluster.core.errors import DataError
+from grail_cluster.tools.data import summarize as sm
 from tests.evalgen import make_eval_shard
 from tests.libgen import make_library
 

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from grail_cluster.cli import main
-from grail_cluster.config import load
-from grail_cluster.data.select_top import select_across
-from grail_cluster.errors import ConfigError, DataError
-from grail_cluster.library import scan_library
-from grail_cluster.plan import build_plan, read_plan
-from grail_cluster.sweep import check_points, expand
+from grail_cluster.cli.main import main
+from grail_cluster.core.config import load
+from grail_cluster.core.errors import ConfigError, DataError
+from grail_cluster.core.library import scan_library
+from grail_cluster.core.plan import build_plan, read_plan
+from grail_cluster.core.sweep import check_points, expand
+from grail_cluster.tools.data.select_top import select_across
 from tests.conftest import base_overrides, make_sonic_root
 from tests.libgen import make_library
 
@@ -91,7 +91,7 @@ def test_sweep_plan(tmp_path, hoi_lib, sonic_root):
 
 
 def test_train_script_holds_every_points_command(tmp_path, hoi_lib, sonic_root):
-    from grail_cluster.launchers import train as train_launcher
+    from grail_cluster.stages import train as train_launcher
 
     configs, sweep = _configs(tmp_path, hoi_lib, sonic_root, *SWEEP)
     plan = build_plan(configs[0], scan_library(str(hoi_lib.root)), sweep={"configs": configs, "swept": sweep.swept})
@@ -136,7 +136,7 @@ def test_select_across_points(tmp_path):
 def test_select_top_group_of_a_sweep_run_dir(tmp_path, hoi_lib, sonic_root, capsys):
     configs, sweep = _configs(tmp_path, hoi_lib, sonic_root, "train.seed=1,2")
     plan = build_plan(configs[0], scan_library(str(hoi_lib.root)), sweep={"configs": configs, "swept": sweep.swept})
-    from grail_cluster.plan import write_plan
+    from grail_cluster.core.plan import write_plan
 
     write_plan(plan)
     _exp(Path(plan.experiment_dir(0)), {10: (0.5, 1.0)})

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from grail_cluster.cli import main
-from grail_cluster.ledger import Ledger
-from grail_cluster.plan import read_plan
+from grail_cluster.cli.main import main
+from grail_cluster.core.ledger import Ledger
+from grail_cluster.core.plan import read_plan
 
 pytest.importorskip("torch")
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]

@@ -20,10 +20,10 @@ import joblib
 import numpy as np
 import pytest
 
-from grail_cluster.cli import main as cli
-from grail_cluster.errors import ConfigError
-from grail_cluster.web import generate as gen
-from grail_cluster.web.serve import make_server
+from grail_cluster.cli.main import main as cli
+from grail_cluster.core.errors import ConfigError
+from grail_cluster.tools.web import generate as gen
+from grail_cluster.tools.web.serve import make_server
 from tests.libgen import make_library, write_malicious_pickle
 
 XSS = '<img src=x onerror="window.__xss=1">'
@@ -310,7 +310,7 @@ def test_refuses_to_replace_foreign_dirs(tmp_path, review):
 def _cold_build(lib: Path, site: Path, cache_home: Path, monkeypatch, **kw) -> dict:
     """A build of ``lib`` from empty caches: a fresh cache home, and the library's own index cache set
     aside for the duration (then put back, so the warm builds keep theirs)."""
-    from grail_cluster.library import CACHE_NAME
+    from grail_cluster.core.library import CACHE_NAME
 
     warm_home = os.environ["XDG_CACHE_HOME"]
     monkeypatch.setenv("XDG_CACHE_HOME", str(cache_home))
@@ -445,8 +445,8 @@ def test_serve_cli_prints_url_and_stops_on_ctrl_c(tmp_path, review):
 
 
 def test_web_stage_builds_one_viewer_per_checkpoint(tmp_path, hoi_pair, sonic_root, mp4, capsys):
+    from grail_cluster.core.markers import marker_path, validate_marker
     from grail_cluster.entry import main as entry
-    from grail_cluster.markers import marker_path, validate_marker
     from tests.evalgen import evaluated_run
 
     _, ha = hoi_pair

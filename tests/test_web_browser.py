@@ -16,8 +16,8 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 
-from grail_cluster.web import generate as gen
-from grail_cluster.web.serve import make_server
+from grail_cluster.tools.web import generate as gen
+from grail_cluster.tools.web.serve import make_server
 from tests.test_web import XSS, XSS_KEY, make_review_library, write_mp4
 
 CHROMIUM = "/usr/bin/chromium"

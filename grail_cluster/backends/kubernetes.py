@@ -7,7 +7,7 @@ training is an Indexed Job with one pod per node behind a headless Service, so p
 name for ``accelerate launch``'s rendezvous. ``driver.yaml`` holds the driver Job and its RBAC.
 
 Submission: ``run`` records every stage in the ledger and starts the driver Job; the driver (module
-``grail_cluster.drive``, in the cluster) creates each stage's Job when the Jobs it depends on have
+``grail_cluster.backends.kubernetes_driver``, in the cluster) creates each stage's Job when the Jobs it depends on have
 finished, so nothing has to stay up on the submitting machine. Jobs are named deterministically
 (``<run>-<stage>[-c<chunk>][-r<round>]``): a restarted driver adopts what already exists.
 
@@ -34,11 +34,11 @@ from typing import Any
 import jinja2
 import yaml
 
-from ..errors import EXIT_USAGE, ConfigError, GrailError
-from ..jobspec import JobSpec
-from ..ledger import ACTIVE, Ledger
-from ..plan import RunPlan
-from ..submission import compress_ranges
+from grail_cluster.core.errors import EXIT_USAGE, ConfigError, GrailError
+from grail_cluster.core.jobspec import JobSpec
+from grail_cluster.core.ledger import ACTIVE, Ledger
+from grail_cluster.core.plan import RunPlan
+from grail_cluster.runs.submission import compress_ranges
 
 MAX_NAME = 63
 MAX_COMPLETIONS = 100_000  # the API's limit for Indexed Jobs (completions and parallelism)
@@ -203,7 +203,7 @@ def render_manifest(plan: RunPlan, spec: JobSpec, env: jinja2.Environment) -> st
 
 
 def render_driver(plan: RunPlan, env: jinja2.Environment) -> str:
-    from ..sonic.commands import shell_join
+    from grail_cluster.sonic.commands import shell_join
 
     cluster = plan.config["cluster"]
     driver = cluster["driver"]
@@ -900,7 +900,7 @@ class KubernetesBackend:
         (annotation) to cancel what it has not created yet, and leaves the ledger to it."""
         if ledger is None or not job_ids:
             return
-        from ..plan import read_plan
+        from grail_cluster.core.plan import read_plan
 
         plan = self._plan or read_plan(ledger.run_dir, verify=False)
         snap = self.snapshot(plan, pods=False)

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import jinja2
 
-from ..errors import GrailError
-from ..jobspec import JobSpec
-from ..ledger import ACTIVE, Ledger
-from ..markers import validate_marker
-from ..plan import RunPlan
-from ..signatures import exit_signature, signature
+from grail_cluster.core.errors import GrailError
+from grail_cluster.core.jobspec import JobSpec
+from grail_cluster.core.ledger import ACTIVE, Ledger
+from grail_cluster.core.markers import validate_marker
+from grail_cluster.core.plan import RunPlan
+from grail_cluster.core.signatures import exit_signature, signature
 
 
 def render(plan: RunPlan, specs: list[JobSpec], env: jinja2.Environment) -> dict[str, str]:
@@ -141,7 +141,7 @@ class Runner:
     """Runs one submission round of a run dir: a slot queue honouring the stage dependencies."""
 
     def __init__(self, run_dir: str, round_: int, progress=None):
-        from ..plan import read_plan
+        from grail_cluster.core.plan import read_plan
 
         self.plan = read_plan(run_dir)
         self.round = round_
@@ -224,7 +224,7 @@ class Runner:
         ledger.update_shard(stage, idx, "running", sched_state="RUNNING", node="localhost")
 
     def _reap(self, ledger: Ledger, state: dict) -> None:
-        from ..status import log_paths
+        from grail_cluster.runs.status import log_paths
 
         for t, (proc, started, cpus, gpus, job_id) in list(self.running.items()):
             stage, idx = t
@@ -288,8 +288,8 @@ def run_foreground(plan: RunPlan, console, json_out: bool = False) -> int:
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    from ..control import submit_run
-    from ..status import summarise
+    from grail_cluster.runs.control import submit_run
+    from grail_cluster.runs.status import summarise
 
     result = submit_run(plan, backend=LocalBackend(spawn=False))
     with Ledger(plan.run_dir) as ledger:

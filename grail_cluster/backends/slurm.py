@@ -17,9 +17,9 @@ from pathlib import Path
 
 import jinja2
 
-from ..errors import GrailError
-from ..jobspec import JobSpec
-from ..plan import RunPlan
+from grail_cluster.core.errors import GrailError
+from grail_cluster.core.jobspec import JobSpec
+from grail_cluster.core.plan import RunPlan
 
 
 def slurm_time(minutes: int) -> str:
@@ -56,8 +56,8 @@ def render(plan: RunPlan, specs: list[JobSpec], env: jinja2.Environment) -> dict
 def submission_lines(plan: RunPlan) -> list[str]:
     """The sbatch calls `grail-cluster run` makes for this plan, as shell, with ``$JOB_<stage>_<n>``
     for job ids that exist only once submitted (arrays chunked by ``cluster.max_array_size`` if set)."""
-    from ..sonic.commands import shell_join
-    from ..submission import plan_groups
+    from grail_cluster.runs.submission import plan_groups
+    from grail_cluster.sonic.commands import shell_join
 
     max_size = plan.config["cluster"].get("max_array_size")
     groups = plan_groups(plan, {st.name: list(range(st.size)) for st in plan.stages},

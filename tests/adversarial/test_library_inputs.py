@@ -465,7 +465,7 @@ def test_contact_frames_past_the_motion_are_a_warning(lib):
 
 def test_our_export_of_a_ha_library_passes_doctor(tmp_path):
     """A second reading of the exporter's output: doctor (written from the contracts) finds no error in it."""
-    from grail_cluster.data import export as ex
+    from grail_cluster.tools.data import export as ex
     from tests.evalgen import make_eval_shard
     from tests.libgen import make_ha_pair
 

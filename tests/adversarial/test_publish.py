@@ -22,8 +22,8 @@ import joblib
 import numpy as np
 import pytest
 
-from grail_cluster import safe_pickle
-from grail_cluster.data.export import export_shard
+from grail_cluster.core import safe_pickle
+from grail_cluster.tools.data.export import export_shard
 from tests.adversarial.harness import (
     assert_absent,
     assert_no_traceback,
@@ -394,7 +394,7 @@ def test_discrete_hand_actions_are_recorded_as_discrete(case):
 
 def test_render_draws_continuous_hands_partly_closed(tmp_path):
     """The renderer's library reader takes the upstream signal as a degree of closure, and says so."""
-    from grail_cluster.replay.render import RenderSettings, Task, motion_from_library
+    from grail_cluster.tools.replay.render import RenderSettings, Task, motion_from_library
     from sonic.reference.scene import HAND_CLOSED
 
     key = "pickup_table__mug_0__000"
@@ -596,7 +596,7 @@ def test_allow_unsound_writes_merged_marked_unsound_and_a_fixed_merge_cleans_up(
 
 def test_merge_stage_does_not_mark_an_unsound_merge_done(tmp_path, sonic_root, hoi_pair):
     """The DAG's merge job: an export shard lost, the entry exits 1, writes no marker and no merged/."""
-    from grail_cluster.markers import marker_path
+    from grail_cluster.core.markers import marker_path
     from tests.evalgen import evaluated_run
 
     plan, _ = evaluated_run(tmp_path, hoi_pair[1], sonic_root, "web.enabled=false")

@@ -66,7 +66,7 @@ def _all_but_ledger(run_dir: Path) -> dict[str, str]:
 
 def _rewrite_plan(run_dir: Path, edit) -> None:
     """Edit plan.json and keep its hash consistent (a different plan, not a tampered one)."""
-    from grail_cluster.plan import content_hash
+    from grail_cluster.core.plan import content_hash
 
     path = run_dir / "plan.json"
     d = json.loads(path.read_text())

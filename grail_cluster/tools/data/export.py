@@ -1,0 +1,669 @@
+"""Export successful evaluation rollouts as a GRAIL motion library (contracts §5.4).
+
+Input: one eval shard dir (``metrics_eval.json`` + ``*.trajectory.pkl``) and the source library the
+shard evaluated. Output: ``robot/ objects/ meta/ object_usd/ vis/`` + ``export_manifest.json``, with
+robot ``root_rot`` in xyzw (export convention, §1.9). Everything is read and checked first and
+written into a temp dir that is renamed into place at the end, so an error leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import json
+import math
+import os
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from grail_cluster.core import safe_pickle
+from grail_cluster.core.errors import EXIT_OK, EXIT_PROBLEMS, ConfigError, DataError, GrailError
+from grail_cluster.core.motion_checks import hand_action_kind
+from grail_cluster.core.quaternions import wxyz_to_xyzw
+from grail_cluster.tools.data import g1
+from grail_cluster.tools.data.io import (
+    atomic_dir,
+    dumps_json,
+    finite_or_none,
+    sha256_file,
+    write_json,
+    write_pickle,
+)
+
+TRAJ_SUBDIRS = ("", "trajectories", "export_render", "render_results")
+VIDEO_SUBDIRS = ("", "vis", "videos", "render_results", "export_render", "trajectories")
+MANIFEST = "export_manifest.json"
+DEFAULT_FPS = 25.0
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading the eval shard
+# ----------------------------------------------------------------------------------------------
+def find_metrics(eval_dir: Path) -> Path:
+    for cand in (eval_dir / "metrics_eval.json", eval_dir / "threshold_eval" / "metrics_eval.json"):
+        if cand.is_file():
+            return cand
+    raise DataError("no metrics_eval.json (nor threshold_eval/metrics_eval.json)", path=eval_dir,
+                    fix="point --eval_dir at a finished eval shard dir (eval/step_S/phase1_shard_i)")
+
+
+METRIC_COLUMNS = ("terminated", "progress", "obj_pos_error", "obj_ori_error", "mpjpe_g", "mpjpe_l")
+
+
+def read_metrics(path: Path, data: Any = None) -> dict[str, list]:
+    """The per-motion parallel lists of ``eval/all_metrics_dict`` (validated).
+
+    ``terminated`` is required: it is the success test itself, and every writer (SONIC's evaluator,
+    the ``prepare_vis_shard`` stub) has it; reading its absence as "nothing terminated" would export
+    every motion as a success. Another absent column takes its default (``progress`` 1.0: SONIC
+    forces progress to 1 for a motion that did not terminate, contracts §4.2; the others None). A column
+    that is present must have one entry per motion key, of the right type (numbers may be null or
+    NaN: :func:`judge` decides what a non-finite value means).
+    """
+    fix = "re-run the eval shard; eval/all_metrics_dict holds parallel per-motion lists (contracts §4.2)"
+    try:
+        if data is None:  # a caller that needs the top-level scalars too parses the file once and passes it
+            data = json.loads(path.read_text())
+        table = data["eval/all_metrics_dict"]
+        keys = table["motion_keys"]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read metrics_eval.json ({exc})", path=path, fix=fix) from None
+    except ValueError as exc:
+        raise DataError(f"malformed metrics_eval.json (invalid JSON: {exc})", path=path, fix=fix) from None
+    except (KeyError, TypeError) as exc:
+        raise DataError(f"malformed metrics_eval.json (no {exc!s} in eval/all_metrics_dict)", path=path, fix=fix) from None
+    if not isinstance(keys, list) or not all(isinstance(k, str) and k for k in keys):
+        raise DataError("malformed metrics_eval.json: eval/all_metrics_dict.motion_keys must be a list of "
+                        "non-empty strings", path=path, fix=fix)
+    if len(set(keys)) != len(keys):
+        dup = sorted({k for k in keys if keys.count(k) > 1})
+        raise DataError(f"eval/all_metrics_dict.motion_keys lists {len(dup)} key(s) twice (e.g. {dup[0]!r})",
+                        path=path, fix=fix)
+    n = len(keys)
+    out: dict[str, list] = {"motion_keys": list(keys)}
+    for name, default in (("terminated", False), ("progress", 1.0), ("obj_pos_error", None),
+                          ("obj_ori_error", None), ("mpjpe_g", None), ("mpjpe_l", None)):
+        col = table.get(name)
+        if col is None and name == "terminated":
+            raise DataError("malformed metrics_eval.json: eval/all_metrics_dict has no `terminated` list, so no "
+                            "motion's success can be told", path=path, fix=fix)
+        if col is None:
+            col = [default] * n
+        if not isinstance(col, list) or len(col) != n:
+            raise DataError(f"eval/all_metrics_dict.{name} has {len(col) if isinstance(col, list) else '?'} "
+                            f"entries for {n} motion_keys", path=path, fix=fix)
+        for i, v in enumerate(col):
+            # bool("false") is True: a terminated flag that is not a JSON boolean is not guessed at.
+            bad = (not isinstance(v, bool) and v not in (0, 1)) if name == "terminated" else (
+                v is not None and (isinstance(v, bool) or not isinstance(v, int | float)))
+            if bad:
+                want = "a boolean" if name == "terminated" else "a number or null"
+                raise DataError(f"eval/all_metrics_dict.{name}[{i}] (motion {keys[i]!r}) is {v!r}, not {want}",
+                                path=path, fix=fix)
+        out[name] = col
+    # Not a per-motion column: which columns took their default (recorded in the manifest).
+    out["absent_columns"] = [name for name in METRIC_COLUMNS if table.get(name) is None]
+    return out
+
+
+def judge(row: dict, min_progress: float, obj_pos_threshold: float | None) -> tuple[bool, str | None]:
+    """(success, rejection reason). A reason means the metrics cannot show success either way.
+
+    The rule: a terminated motion failed. Otherwise ``progress`` must be a finite number >= min_progress
+    (NaN or null cannot be shown to reach it, so such a motion is rejected, never exported), and with
+    a threshold ``obj_pos_error`` must be a finite number <= it (NaN or null: rejected).
+    """
+    if bool(row["terminated"]):
+        return False, None
+    progress = row["progress"]
+    if progress is None or not math.isfinite(float(progress)):
+        return False, f"progress is {_show(progress)}: it cannot be shown to be >= min_progress {min_progress}"
+    if float(progress) < min_progress:
+        return False, None
+    if obj_pos_threshold is not None:
+        err = row["obj_pos_error"]
+        if err is None or not math.isfinite(float(err)):
+            return False, (f"obj_pos_error is {_show(err)}: it cannot be shown to be <= --obj_pos_threshold "
+                           f"{obj_pos_threshold}")
+        return float(err) <= obj_pos_threshold, None
+    return True, None
+
+
+def is_success(row: dict, min_progress: float, obj_pos_threshold: float | None) -> bool:
+    return judge(row, min_progress, obj_pos_threshold)[0]
+
+
+def _show(v: Any) -> str:
+    return "missing (null)" if v is None else repr(float(v))
+
+
+def find_trajectory(eval_dir: Path, key: str, env_idx: int) -> Path | None:
+    """``<key>.trajectory.pkl`` first, then the recorder's ``{env_idx:06d}`` form (§4.1)."""
+    for name in (f"{key}.trajectory.pkl", f"{env_idx:06d}.trajectory.pkl"):
+        for sub in TRAJ_SUBDIRS:
+            cand = eval_dir / sub / name
+            if cand.is_file():
+                return cand
+    return None
+
+
+def find_video(eval_dir: Path, key: str, env_idx: int) -> Path | None:
+    for name in (f"{key}.mp4", f"{env_idx:06d}.mp4"):
+        for sub in VIDEO_SUBDIRS:
+            cand = eval_dir / sub / name
+            if cand.is_file():
+                return cand
+    return None
+
+
+def _array(traj: dict, name: str, path: Path, shape_tail: tuple, frames: int | None) -> np.ndarray:
+    arr = traj.get(name)
+    try:
+        arr = np.asarray(arr, dtype=np.float64)
+    except (TypeError, ValueError):
+        arr = None
+    if arr is None or arr.ndim != 1 + len(shape_tail) or any(
+            want is not None and got != want for got, want in zip(arr.shape[1:], shape_tail, strict=True)):
+        raise DataError(f"trajectory field {name!r} is missing or has the wrong shape", path=path,
+                        fix=f"expected ({'F'},{','.join(str(s) if s else 'J' for s in shape_tail)})")
+    if frames is not None and len(arr) != frames:
+        raise DataError(f"trajectory field {name!r} has {len(arr)} frames, dof_pos has {frames}", path=path)
+    return arr
+
+
+def load_trajectory(path: Path) -> dict:
+    traj = safe_pickle.load(path)
+    if not isinstance(traj, dict):
+        raise DataError("trajectory pickle is not a dict", path=path)
+    fmt = traj.get("quat_format", "wxyz")
+    if fmt != "wxyz":
+        raise DataError(f"unsupported quat_format {fmt!r} (the recorder writes wxyz)", path=path)
+    dof = _array(traj, "dof_pos", path, (None,), None)
+    if dof.shape[1] < g1.NUM_BODY_DOF or len(dof) == 0:
+        raise DataError(f"dof_pos has {dof.shape[1]} joints and {len(dof)} frames; need >= 29 joints", path=path)
+    F = len(dof)
+    fps = traj.get("fps")
+    if fps is None:
+        fps = DEFAULT_FPS  # the recorder's rate (contracts §4.3) when a trajectory does not say
+    elif isinstance(fps, bool) or not isinstance(fps, int | float | np.integer | np.floating):
+        raise DataError(f"trajectory fps is {fps!r}, not a number", path=path,
+                        fix="re-record the trajectory (the recorder writes fps = 25.0)")
+    out = {"dof_pos": dof, "fps": float(fps),
+           "root_pos_w": _array(traj, "root_pos_w", path, (3,), F),
+           "root_quat_w": _array(traj, "root_quat_w", path, (4,), F)}
+    for name, tail in (("object_pos_w", (3,)), ("object_quat_w", (4,)), ("table_pos_w", (3,)), ("table_quat_w", (4,))):
+        out[name] = None if traj.get(name) is None else _array(traj, name, path, tail, F)
+    return out
+
+
+TRAJECTORY_ARRAYS = ("dof_pos", "root_pos_w", "root_quat_w", "object_pos_w", "object_quat_w", "table_pos_w",
+                     "table_quat_w")
+
+
+def _count_bad(arr: np.ndarray) -> str | None:
+    """``"3 NaN, 1 Inf (first at frame 7)"`` for an array with non-finite values, else None."""
+    bad = ~np.isfinite(arr)
+    if not bad.any():
+        return None
+    n_nan, n_inf = int(np.isnan(arr).sum()), int(np.isinf(arr).sum())
+    first = int(np.argwhere(bad)[0][0]) if arr.ndim else 0
+    return f"{n_nan} NaN, {n_inf} Inf (first at frame {first})"
+
+
+def trajectory_defects(traj: dict) -> list[str]:
+    """Why a (well-formed) trajectory cannot be exported: non-finite values, zero-length quaternions,
+    a non-positive or non-finite fps. Empty when it is fine."""
+    out = []
+    fps = traj["fps"]
+    if not math.isfinite(fps) or fps <= 0:
+        out.append(f"fps is {fps!r}; it must be a finite number > 0")
+    for name in TRAJECTORY_ARRAYS:
+        arr = traj.get(name)
+        if arr is None:
+            continue
+        bad = _count_bad(arr)
+        if bad:
+            out.append(f"trajectory {name} holds {bad}")
+        elif name.endswith("quat_w") and (np.linalg.norm(arr, axis=-1) < 1e-6).any():
+            first = int(np.argmax(np.linalg.norm(arr, axis=-1) < 1e-6))
+            out.append(f"trajectory {name} has a zero-length quaternion (first at frame {first})")
+    return out
+
+
+def output_defects(entries: dict[str, Any]) -> list[str]:
+    """Non-finite numbers anywhere in what would be written (``{"robot": {...}, ...}``), by field."""
+    out: list[str] = []
+
+    def walk(value: Any, where: str) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(v, f"{where}.{k}")
+        elif isinstance(value, list | tuple):
+            for i, v in enumerate(value):
+                walk(v, f"{where}[{i}]")
+        elif isinstance(value, np.ndarray):
+            if value.dtype.kind in "fc":
+                bad = _count_bad(value)
+                if bad:
+                    out.append(f"{where} holds {bad}")
+            elif value.dtype.kind == "O":
+                walk(list(value.reshape(-1)), where)
+        elif isinstance(value, float | np.floating) and not math.isfinite(float(value)):
+            out.append(f"{where} is {float(value)!r}")
+
+    for name, entry in entries.items():
+        walk(entry, name)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading the source library
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class Source:
+    root: Path
+    robot: dict[str, Path] = field(default_factory=dict)
+    objects: dict[str, Path] = field(default_factory=dict)
+    meta: dict[str, Path] = field(default_factory=dict)
+    usd: dict[str, Path] = field(default_factory=dict)
+    usd_root: Path | None = None
+
+    @classmethod
+    def scan(cls, root: Path) -> Source:
+        if not (root / "robot").is_dir():
+            raise DataError("source library has no robot/ dir", path=root,
+                            fix="--source_data must be the library the shard evaluated")
+        src = cls(root)
+        # Terrain libraries nest files per kind (robot/stairs/<key>.pkl), hence rglob.
+        for sub, table in (("robot", src.robot), ("objects", src.objects), ("meta", src.meta)):
+            for p in sorted((root / sub).rglob("*.pkl")) if (root / sub).is_dir() else []:
+                if p.stem != "metadata":
+                    table.setdefault(p.stem, p)
+        # `_ha` libraries have no object_usd/; GRAIL keeps the USDs in the non-`_ha` sibling (§10.8).
+        usd_root = root / "object_usd"
+        if not usd_root.is_dir() and root.name.endswith("_ha"):
+            usd_root = root.parent / root.name[: -len("_ha")] / "object_usd"
+        if usd_root.is_dir():
+            src.usd_root = usd_root
+            for p in sorted(usd_root.rglob("*.usd*")):
+                if p.suffix in (".usd", ".usda") and p.stem != "flat_placeholder" and "textures" not in p.parts:
+                    src.usd.setdefault(p.stem, p)
+        return src
+
+    def inner(self, table: dict[str, Path], key: str, what: str) -> dict | None:
+        path = table.get(key)
+        if path is None:
+            return None
+        data = safe_pickle.load(path)
+        if not isinstance(data, dict):
+            raise DataError(f"{what} pickle is not a dict", path=path)
+        if what == "meta":
+            return data
+        if key not in data or not isinstance(data[key], dict):
+            raise DataError(f"{what} pickle is not a single-key dict {{{key!r}: {{...}}}}", path=path)
+        return data[key]
+
+    def textures(self, key: str) -> list[Path]:
+        """Both layouts of §1.5: flat ``textures/<key>_*`` and nested ``textures/<key>/``."""
+        if self.usd_root is None or not (self.usd_root / "textures").is_dir():
+            return []
+        tex = self.usd_root / "textures"
+        names = self._texture_names(tex)
+        # One sorted listing, searched by prefix: a glob per key made export quadratic in keys.
+        prefix = f"{key}_"
+        flat = []
+        for name in names[bisect.bisect_left(names, prefix):]:
+            if not name.startswith(prefix):
+                break
+            if (tex / name).is_file():
+                flat.append(tex / name)
+        nested = [p for p in (tex / key).rglob("*") if p.is_file()] if (tex / key).is_dir() else []
+        return sorted(flat + nested)
+
+    def _texture_names(self, tex: Path) -> list[str]:
+        cached = self.__dict__.get("_texture_listing")
+        if cached is None:
+            cached = sorted(os.listdir(tex))
+            self.__dict__["_texture_listing"] = cached
+        return cached
+
+
+# ----------------------------------------------------------------------------------------------
+# Conversions
+# ----------------------------------------------------------------------------------------------
+def quat_wxyz_to_rotvec(q: np.ndarray) -> np.ndarray:
+    q = np.asarray(q, np.float64)
+    q = q / np.linalg.norm(q, axis=-1, keepdims=True)
+    q = np.where(q[..., :1] < 0, -q, q)  # w >= 0 keeps the angle in [0, pi]
+    v = q[..., 1:]
+    s = np.linalg.norm(v, axis=-1, keepdims=True)
+    angle = 2 * np.arctan2(s, q[..., :1])
+    return v * np.where(s > 1e-12, angle / np.maximum(s, 1e-12), 2.0)
+
+
+def resample_nearest(values: np.ndarray, src_fps: float, dst_fps: float, n: int) -> np.ndarray:
+    """Nearest source frame for each of ``n`` frames at ``dst_fps`` (held at the last frame)."""
+    idx = np.rint(np.arange(n) * (float(src_fps) / float(dst_fps))).astype(int)
+    return np.asarray(values)[np.clip(idx, 0, len(values) - 1)]
+
+
+def robot_entry(traj: dict, src_robot: dict | None, src_path: Path | None, need_hands: bool) -> dict:
+    dof_pos = traj["dof_pos"]
+    F, fps = len(dof_pos), traj["fps"]
+    dof = dof_pos[:, : g1.NUM_BODY_DOF][:, list(g1.G1_ISAACLAB_TO_MUJOCO_DOF)].astype(np.float32)
+    pose_aa = np.empty((F, g1.NUM_BODY_DOF + 1, 3), np.float32)
+    pose_aa[:, 0] = quat_wxyz_to_rotvec(traj["root_quat_w"])
+    pose_aa[:, 1:] = dof[:, :, None] * g1.dof_axis()[None]
+    out = {
+        "root_trans_offset": traj["root_pos_w"].astype(np.float32),
+        "pose_aa": pose_aa,
+        "dof": dof,
+        "root_rot": wxyz_to_xyzw(traj["root_quat_w"]).astype(np.float32),
+        "smpl_joints": np.zeros((F, 24, 3), np.float32),
+        "fps": float(fps),
+        "hand_dof_pos": dof_pos[:, g1.NUM_BODY_DOF:].astype(np.float32),
+    }
+    has = src_robot is not None and all(src_robot.get(f"hand_action_{s}") is not None for s in ("left", "right"))
+    if has:
+        fix = "regenerate this motion with grail.retargeting.process (`grail-cluster doctor` lists every such file)"
+        src_fps = src_robot.get("fps") or 30  # retarget writes int 30 (contracts §1.2)
+        if isinstance(src_fps, bool) or not isinstance(src_fps, int | float | np.integer | np.floating) \
+                or not math.isfinite(float(src_fps)) or float(src_fps) <= 0:
+            raise DataError(f"source robot fps is {src_fps!r}; hand actions cannot be resampled to the rollout",
+                            path=src_path, fix=fix)
+        for side in ("left", "right"):
+            try:
+                act = np.asarray(src_robot[f"hand_action_{side}"], np.float32).reshape(-1)
+            except (TypeError, ValueError):
+                act = None
+            if act is None or act.size == 0:
+                raise DataError(f"source hand_action_{side} is empty or not numeric", path=src_path, fix=fix)
+            out[f"hand_action_{side}"] = resample_nearest(act, float(src_fps), fps, F)
+    elif need_hands:
+        raise DataError(
+            "the source robot pickle has no hand_action_left/right; the discrete hand signal cannot be "
+            "recovered from finger angles", path=src_path,
+            fix="export from the `_ha` library (grail.retargeting.process output), or pass --no_hand_actions "
+                "for terrain/sitting data that has no hand actions")
+    return out
+
+
+def objects_entry(traj: dict, src_obj: dict | None) -> dict:
+    F = len(traj["dof_pos"])
+    pos = traj["object_pos_w"] if traj["object_pos_w"] is not None else np.zeros((F, 3))
+    quat = traj["object_quat_w"] if traj["object_quat_w"] is not None else np.tile([1.0, 0, 0, 0], (F, 1))
+    out = {"root_pos": pos[:, None].astype(np.float32), "root_quat": quat[:, None].astype(np.float32),
+           "fps": float(traj["fps"])}
+    for name in ("scale", "contact_points_left_hand", "contact_points_right_hand"):
+        if src_obj is not None and name in src_obj:
+            out[name] = src_obj[name]
+    return out
+
+
+def meta_entry(traj: dict, src_meta: dict | None) -> dict:
+    meta = dict(src_meta or {})
+    if traj["table_pos_w"] is not None:
+        meta["table_pos"] = np.asarray(traj["table_pos_w"][0], np.float64)
+        quat = traj["table_quat_w"][0] if traj["table_quat_w"] is not None else np.array([1.0, 0, 0, 0])
+        meta["table_quat"] = wxyz_to_xyzw(np.asarray(quat, np.float64))
+    else:
+        # Without a table in the rollout the source's wxyz table_quat would contradict the
+        # export convention (xyzw); drop the pose instead of writing a mixed-convention file.
+        meta.pop("table_pos", None)
+        meta.pop("table_quat", None)
+    return meta
+
+
+# ----------------------------------------------------------------------------------------------
+# Export
+# ----------------------------------------------------------------------------------------------
+def _plan(eval_dir: Path, src: Source, metrics: dict, min_progress: float, threshold: float | None,
+          need_hands: bool, videos: bool) -> tuple[list[dict], int, list[dict]]:
+    """Read and convert every successful motion (all reads happen here, before any write).
+
+    Returns (items, skipped without a trajectory, rejected). A rejected motion is one that is not
+    terminated but cannot be exported: its metrics cannot show success (NaN/null progress or object
+    error) or its rollout holds non-finite values. It counts as failed and is never written.
+    """
+    items, skipped, rejected = [], 0, []
+    for env_idx, key in enumerate(metrics["motion_keys"]):
+        row = {name: metrics[name][env_idx] for name in METRIC_COLUMNS}
+        ok, why = judge(row, min_progress, threshold)
+        if why is not None:
+            rejected.append({"motion_key": key, "env_idx": env_idx, "reason": why, "file": "metrics_eval.json"})
+            continue
+        if not ok:
+            continue
+        traj_path = find_trajectory(eval_dir, key, env_idx)
+        if traj_path is None:
+            skipped += 1
+            continue
+        if key not in src.robot:
+            raise DataError(f"motion {key!r} is not in the source library", path=src.root / "robot",
+                            fix="--source_data must be the library this shard evaluated")
+        traj = load_trajectory(traj_path)
+        defects = trajectory_defects(traj)
+        if defects:
+            rejected.append({"motion_key": key, "env_idx": env_idx, "reason": "; ".join(defects),
+                             "file": str(traj_path)})
+            continue
+        entries = {
+            "robot": robot_entry(traj, src.inner(src.robot, key, "robot"), src.robot[key], need_hands),
+            "objects": objects_entry(traj, src.inner(src.objects, key, "objects")),
+            "meta": meta_entry(traj, src.inner(src.meta, key, "meta")),
+        }
+        defects = output_defects(entries)
+        if defects:  # e.g. NaN hand actions or contact points carried over from the source library
+            rejected.append({"motion_key": key, "env_idx": env_idx, "file": str(src.robot[key]),
+                             "reason": "the exported motion would hold non-finite values: " + "; ".join(defects)})
+            continue
+        robot = entries["robot"]
+        kind = (hand_action_kind(robot["hand_action_left"], robot["hand_action_right"])
+                if "hand_action_left" in robot else "none")
+        items.append({"key": key, "env_idx": env_idx, "row": row, **entries, "hand_action_kind": kind,
+                      "video": find_video(eval_dir, key, env_idx) if videos else None})
+    return items, skipped, rejected
+
+
+def _write(tmp: Path, src: Source, items: list[dict]) -> list[str]:
+    for sub in ("robot", "objects", "meta", "object_usd", "vis"):
+        (tmp / sub).mkdir()
+    missing_usd = []
+    for it in items:
+        key = it["key"]
+        write_pickle(tmp / "robot" / f"{key}.pkl", {key: it["robot"]})
+        write_pickle(tmp / "objects" / f"{key}.pkl", {key: it["objects"]})
+        write_pickle(tmp / "meta" / f"{key}.pkl", it["meta"])
+        usd = src.usd.get(key)
+        if usd is None:
+            missing_usd.append(key)
+        else:
+            # Flattened to object_usd/<key>.usd*: merge counts object_usd/*.usd against robot/*.pkl.
+            shutil.copy2(usd, tmp / "object_usd" / usd.name)
+            for tex in src.textures(key):
+                dst = tmp / "object_usd" / tex.relative_to(src.usd_root)
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(tex, dst)
+        if it["video"] is not None:
+            shutil.copy2(it["video"], tmp / "vis" / f"{key}.mp4")
+    if src.usd_root is not None and (src.usd_root / "config.yaml").is_file():
+        shutil.copy2(src.usd_root / "config.yaml", tmp / "object_usd" / "config.yaml")
+    return missing_usd
+
+
+def _outputs(root: Path) -> dict[str, str]:
+    # Dotfiles are caches of readers (the library index writes .grail_index.json), not library content.
+    return {p.relative_to(root).as_posix(): sha256_file(p)
+            for p in sorted(root.rglob("*")) if p.is_file() and p.name != MANIFEST and not p.name.startswith(".")}
+
+
+PROGRESS_RULE = ("success = not terminated, progress >= min_progress and, with obj_pos_threshold, "
+                 "obj_pos_error <= obj_pos_threshold; a NaN or null progress (or object error, when a threshold is "
+                 "set) cannot be shown to pass, so that motion is rejected, never exported; a shard without a "
+                 "progress column takes progress 1.0 for motions that did not terminate (SONIC forces it, "
+                 "contracts §4.2); a rollout with NaN/Inf values or zero-length quaternions is rejected")
+
+
+def _hand_kind_summary(items: list[dict]) -> tuple[str, dict[str, int]]:
+    counts: dict[str, int] = {}
+    for it in items:
+        counts[it["hand_action_kind"]] = counts.get(it["hand_action_kind"], 0) + 1
+    kinds = sorted(k for k in counts if k != "none")
+    kind = kinds[0] if len(kinds) == 1 else ("mixed" if kinds else "none")
+    return kind, dict(sorted(counts.items()))
+
+
+def export_shard(eval_dir: str | Path, source_data: str | Path, output_dir: str | Path, *,
+                 obj_pos_threshold: float | None = None, min_progress: float = 1.0, videos: bool = True,
+                 hand_actions: bool = True, checkpoint: str | None = None, step: int | None = None) -> dict:
+    """Export the successful rollouts of one eval shard into ``output_dir``; return the manifest."""
+    eval_dir, source_data, output_dir = Path(eval_dir), Path(source_data), Path(output_dir)
+    for name, value in (("--min_progress", min_progress), ("--obj_pos_threshold", obj_pos_threshold)):
+        if value is not None and not math.isfinite(float(value)):
+            raise ConfigError(f"{name} must be a finite number, got {value!r}")
+    metrics_path = find_metrics(eval_dir)
+    metrics = read_metrics(metrics_path)
+    src = Source.scan(source_data)
+    items, skipped, rejected = _plan(eval_dir, src, metrics, min_progress, obj_pos_threshold, hand_actions, videos)
+    for r in rejected:
+        if r["file"] == "metrics_eval.json":
+            r["file"] = str(metrics_path)
+    kind, kinds = _hand_kind_summary(items)
+    manifest = {
+        "source_eval_dir": str(eval_dir.resolve()),
+        "source_data_dir": str(source_data.resolve()),
+        "obj_pos_threshold": obj_pos_threshold,
+        "min_progress": min_progress,
+        "success_rule": PROGRESS_RULE,
+        "defaulted_metrics": metrics["absent_columns"],
+        "total_motions_evaluated": len(metrics["motion_keys"]),
+        # JSON has no NaN: a non-finite metric is written as null.
+        "exported_motions": [
+            {"motion_key": it["key"], "env_idx": it["env_idx"],
+             **{n: finite_or_none(it["row"][n]) for n in ("obj_pos_error", "obj_ori_error", "mpjpe_g", "progress")},
+             "hand_action_kind": it["hand_action_kind"]} for it in items],
+        "exported_count": len(items),
+        "skipped_no_trajectory": skipped,
+        "rejected": rejected,
+        "rejected_count": len(rejected),
+        "checkpoint": checkpoint,
+        "step": step,
+        "root_rot_convention": "xyzw",
+        "hand_actions": "source" if hand_actions else "optional",
+        "hand_action_kind": kind,
+        "hand_action_kinds": kinds,
+    }
+    with atomic_dir(output_dir) as tmp:
+        manifest["missing_usd"] = _write(tmp, src, items)
+        manifest["outputs"] = _outputs(tmp)
+        write_json(tmp / MANIFEST, manifest)
+        problems = verify_export(tmp)
+        if problems:  # a bug or a disk problem; the temp dir is removed by atomic_dir
+            raise DataError("export failed its own verification: " + "; ".join(problems), path=output_dir)
+    return manifest
+
+
+def verify_export(out: str | Path) -> list[str]:
+    """Problems with an existing export (counts, manifest, hashes); empty when it is intact."""
+    out = Path(out)
+    try:
+        manifest = json.loads((out / MANIFEST).read_text())
+        motions = [m["motion_key"] for m in manifest["exported_motions"]]
+        outputs = dict(manifest.get("outputs") or {})
+        count = int(manifest["exported_count"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return [f"{out / MANIFEST}: missing or malformed ({exc!r})"]
+    problems = []
+    if count != len(motions):
+        problems.append(f"exported_count {count} != {len(motions)} exported_motions")
+    for sub in ("robot", "objects", "meta"):
+        have = sorted(p.stem for p in (out / sub).glob("*.pkl"))
+        if have != sorted(motions):
+            problems.append(f"{sub}/ holds {len(have)} pickles, the manifest lists {len(motions)} motions")
+    if not outputs and motions:  # a shard where nothing succeeded is a valid, empty export
+        problems.append("manifest has no `outputs` hashes")
+    for rel, digest in sorted(outputs.items()):
+        path = out / rel
+        if not path.is_file():
+            problems.append(f"{rel}: listed in the manifest but missing")
+        elif sha256_file(path) != digest:
+            problems.append(f"{rel}: sha256 differs from the manifest")
+    extra = sorted(set(_outputs(out)) - set(outputs))
+    problems += [f"{rel}: not listed in the manifest" for rel in extra]
+    return problems
+
+
+# ----------------------------------------------------------------------------------------------
+# CLI
+# ----------------------------------------------------------------------------------------------
+def register(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "export", help="export the successful rollouts of an eval shard as a motion library",
+        description="Turn one eval shard (metrics_eval.json + *.trajectory.pkl) into robot/ objects/ meta/ "
+                    "object_usd/ vis/ + export_manifest.json (GRAIL export_successful_rollouts). Success: not "
+                    "terminated, progress >= --min_progress, obj_pos_error <= --obj_pos_threshold if given. "
+                    "Hand actions are copied from the source robot pickles and are required unless "
+                    "--no_hand_actions (terrain/sitting sources have none). Written atomically.")
+    p.add_argument("--eval_dir", help="eval shard dir holding metrics_eval.json")
+    p.add_argument("--source_data", help="the motion library the shard evaluated (the `_ha` one for HOI)")
+    p.add_argument("--output_dir", help="export destination (replaced atomically)")
+    p.add_argument("--obj_pos_threshold", type=float, default=None, help="max object position error, m")
+    p.add_argument("--min_progress", type=float, default=1.0, help="min progress 0..1 (default 1.0)")
+    p.add_argument("--no_videos", action="store_true", help="do not copy rollout videos to vis/")
+    p.add_argument("--no_hand_actions", action="store_true",
+                   help="allow sources without hand_action_left/right (terrain, sitting); they are then omitted")
+    p.add_argument("--verify", metavar="O", help="only check an existing export dir; exit 1 on a mismatch")
+    p.add_argument("--checkpoint", help="checkpoint the shard was evaluated with (recorded in the manifest)")
+    p.add_argument("--step", type=int, help="training step of that checkpoint (recorded in the manifest)")
+    p.add_argument("--json", action="store_true", help="print the manifest / verify result as JSON")
+    p.set_defaults(func=cmd_export)
+    return p
+
+
+def cmd_export(args) -> int:
+    if args.verify:
+        problems = verify_export(args.verify)
+        if args.json:
+            sys.stdout.write(dumps_json({"export_dir": args.verify, "ok": not problems, "problems": problems}))
+        else:
+            for line in problems:
+                print(f"FAIL {line}", file=sys.stderr)
+            print(f"{args.verify}: {'OK' if not problems else f'{len(problems)} problem(s)'}")
+        return EXIT_PROBLEMS if problems else EXIT_OK
+    missing = [f"--{n}" for n in ("eval_dir", "source_data", "output_dir") if not getattr(args, n)]
+    if missing:
+        raise GrailError(f"export needs {', '.join(missing)}", fix="see `export --help`")
+    manifest = export_shard(args.eval_dir, args.source_data, args.output_dir,
+                            obj_pos_threshold=args.obj_pos_threshold, min_progress=args.min_progress,
+                            videos=not args.no_videos, hand_actions=not args.no_hand_actions,
+                            checkpoint=args.checkpoint, step=args.step)
+    if args.json:
+        sys.stdout.write(dumps_json(manifest))
+    else:
+        print(f"exported {manifest['exported_count']}/{manifest['total_motions_evaluated']} motions to "
+              f"{args.output_dir} (skipped, no trajectory: {manifest['skipped_no_trajectory']}; "
+              f"rejected: {manifest['rejected_count']}; missing USD: {len(manifest['missing_usd'])}; "
+              f"hand actions: {manifest['hand_action_kind']})")
+        for r in manifest["rejected"]:
+            # One line per motion, key and file whole, so `grep KEY export.log` finds it.
+            print(f"rejected {r['motion_key']}: {r['file']}: {r['reason']}")
+        if manifest["rejected"]:
+            print("  fix: rejected motions count as failed and were not written; re-evaluate them (a diverged "
+                  "rollout records NaN) or repair the named files, then export again")
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m grail_cluster.tools.data.export``: the same command, standalone."""
+    from grail_cluster.core.standalone import run_tool
+
+    return run_tool(register, "export", argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
