@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import DataError
+from grail_cluster.core.errors import DataError
 
 CHECKPOINT_RE = re.compile(r"^model_step_(\d+)\.pt$")
 LAST = "last.pt"

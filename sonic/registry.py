@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from .commands import MEC, MLC
+from grail_cluster.sonic.commands import MEC, MLC
 
 EXP_PREFIX = "manager/universal_token/"
 HF_DATASET = "nvidia/PhysicalAI-Robotics-Locomanipulation-GRAIL"

@@ -21,9 +21,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..doctor import Problem
-from ..errors import ConfigError
-from . import registry
+from grail_cluster.core.doctor import Problem
+from grail_cluster.core.errors import ConfigError
+from grail_cluster.sonic import registry
 
 TRAINER = "train_agent_trl.py"
 EVALUATOR = "eval_agent_trl.py"

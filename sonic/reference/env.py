@@ -16,10 +16,9 @@ from dataclasses import dataclass, field
 import mujoco
 import numpy as np
 
-from grail_cluster.data.g1 import G1_MUJOCO_TO_ISAACLAB_DOF
-
-from . import scene as S
-from .motion import ReferenceMotion, add_reference_kinematics
+from grail_cluster.sonic.reference import scene as S
+from grail_cluster.sonic.reference.motion import ReferenceMotion, add_reference_kinematics
+from grail_cluster.tools.data.g1 import G1_MUJOCO_TO_ISAACLAB_DOF
 
 OBS_DIM = 29 * 3 + 3 + 3 + 3 + 1 + 3 + 2 + 1 + 3
 ACT_DIM = 29
@@ -76,12 +75,12 @@ def _range(value, key: str) -> tuple[float, float]:
     try:
         lo, hi = (float(v) for v in value)
     except (TypeError, ValueError):
-        from grail_cluster.errors import ConfigError
+        from grail_cluster.core.errors import ConfigError
 
         raise ConfigError(f"manager_env.commands.motion.{key} must be a [low, high] pair, got {value!r}",
                           fix=f"++manager_env.commands.motion.{key}=[0,0]") from None
     if lo > hi:
-        from grail_cluster.errors import ConfigError
+        from grail_cluster.core.errors import ConfigError
 
         raise ConfigError(f"manager_env.commands.motion.{key}: low {lo} > high {hi}",
                           fix=f"++manager_env.commands.motion.{key}=[{hi},{lo}]")

@@ -18,10 +18,16 @@ from pathlib import Path
 
 import numpy as np
 
-from grail_cluster.errors import DataError, GrailError
-
-from . import metrics as M
-from .env import TRAJECTORY_EVERY, Prepared, StartVelocity, Terminations, TrackingEnv, prepare
+from grail_cluster.core.errors import DataError, GrailError
+from grail_cluster.sonic.reference import metrics as M
+from grail_cluster.sonic.reference.env import (
+    TRAJECTORY_EVERY,
+    Prepared,
+    StartVelocity,
+    Terminations,
+    TrackingEnv,
+    prepare,
+)
 
 Policy = Callable[[np.ndarray], np.ndarray]
 
@@ -106,7 +112,7 @@ def load_policy(checkpoint: Path):
     """(policy function, train config) from a reference checkpoint, loaded with torch's safe loader."""
     import torch
 
-    from .ppo import ActorCritic, Normalizer
+    from grail_cluster.sonic.reference.ppo import ActorCritic, Normalizer
 
     if not checkpoint.is_file():
         raise DataError("checkpoint not found", path=checkpoint, fix="pass +checkpoint=<model_step_NNNNNN.pt>")
@@ -130,9 +136,16 @@ def load_policy(checkpoint: Path):
 
 
 def main(argv: list[str] | None = None) -> int:
+    from grail_cluster.sonic.reference.setup import (
+        argv_overrides,
+        compose,
+        cpu_threads,
+        load_motions,
+        mlc,
+        motion_keys,
+        shard_keys,
+    )
     from grail_cluster.sonic.slicing import block_bounds
-
-    from .setup import argv_overrides, compose, cpu_threads, load_motions, mlc, motion_keys, shard_keys
 
     try:
         cpu_threads()

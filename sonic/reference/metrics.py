@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import scene as S
+from grail_cluster.sonic.reference import scene as S
 
 GROUPS = {
     "": S.TRACKED_BODIES,

@@ -13,13 +13,12 @@ from pathlib import Path
 import mujoco
 import numpy as np
 
-from grail_cluster import safe_pickle
-from grail_cluster.data.bps import read_usd_mesh
-from grail_cluster.errors import DataError
-from grail_cluster.motion_checks import hand_action_kind, hand_closed
-from grail_cluster.quaternions import rotvec_to_wxyz
-
-from . import scene as S
+from grail_cluster.core import safe_pickle
+from grail_cluster.core.errors import DataError
+from grail_cluster.core.motion_checks import hand_action_kind, hand_closed
+from grail_cluster.core.quaternions import rotvec_to_wxyz
+from grail_cluster.sonic.reference import scene as S
+from grail_cluster.tools.data.bps import read_usd_mesh
 
 POLICY_FPS = 1.0 / S.POLICY_DT  # 50
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import mujoco
 import numpy as np
 
-from grail_cluster.data.g1 import G1_HAND_JOINTS, G1_MUJOCO_JOINTS, g1_mjcf_path
+from grail_cluster.tools.data.g1 import G1_HAND_JOINTS, G1_MUJOCO_JOINTS, g1_mjcf_path
 
 # SONIC simulates at dt 0.005 with decimation 4: the policy acts at 50 Hz (contracts §1.9).
 SIM_DT = 0.005

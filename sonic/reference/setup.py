@@ -12,11 +12,10 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from grail_cluster.errors import ConfigError, DataError
+from grail_cluster.core.errors import ConfigError, DataError
+from grail_cluster.sonic.reference import ROOT, reference_root  # noqa: F401 - re-exported for the trainer/evaluator
+from grail_cluster.sonic.reference.motion import ReferenceMotion, load_motion
 from grail_cluster.sonic.slicing import block_bounds, select_keys
-
-from . import ROOT, reference_root  # noqa: F401 - re-exported for the trainer/evaluator
-from .motion import ReferenceMotion, load_motion
 
 CONFIG_DIR = ROOT / "gear_sonic" / "config"
 

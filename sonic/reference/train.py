@@ -4,7 +4,7 @@ Launched exactly as SONIC's trainer (``accelerate launch --num_processes=W gear_
 +exp=... num_envs=... ++experiment_dir=...``), on CPU processes (gloo). Each rank tracks its block of
 the sorted motion keys (contracts §3.1), sliced from the data on the command line as SONIC slices it
 (never from ``plan.json``), and logs SONIC's ``[Motion Shard]`` lines from what it really loads, so the
-job's slice audit (grail_cluster/slice_audit.py) is tested end to end against it.
+job's slice audit (grail_cluster/stages/slice_audit.py) is tested end to end against it.
 
 The experiment dir has SONIC's layout (§2.4): ``config.yaml`` (unresolved), ``meta.yaml``
 (``wandb_run``, ``max_train_steps``), ``model_step_NNNNNN.pt`` every ``callbacks.model_save.save_frequency``, ``last.pt``
@@ -22,10 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from grail_cluster.errors import DataError, GrailError
-
-from .env import ACT_DIM, OBS_DIM, Prepared, Terminations, TrackingEnv, prepare
-from .evaluate import rollout
+from grail_cluster.core.errors import DataError, GrailError
+from grail_cluster.sonic.reference.env import ACT_DIM, OBS_DIM, Prepared, Terminations, TrackingEnv, prepare
+from grail_cluster.sonic.reference.evaluate import rollout
 
 
 def _experiment_dir(cfg) -> Path:
@@ -56,9 +55,8 @@ def _resume_source(cfg, exp: Path) -> tuple[Path | None, str, Path]:
 
 def _rank_keys(cfg, rank: int, world: int) -> tuple[list[str], dict[str, Path]]:
     """This rank's block of the command's data, logged in SONIC's exact form (contracts §3.1)."""
+    from grail_cluster.sonic.reference.setup import motion_keys
     from grail_cluster.sonic.slicing import block_bounds
-
-    from .setup import motion_keys
 
     keys, files = motion_keys(cfg)
     if cfg.get("motion_shard_by_rank"):
@@ -79,8 +77,8 @@ class Trainer:
     def __init__(self, cfg, accelerator, exp: Path):
         import torch
 
-        from .ppo import ActorCritic, Normalizer, PPOConfig
-        from .setup import load_motions
+        from grail_cluster.sonic.reference.ppo import ActorCritic, Normalizer, PPOConfig
+        from grail_cluster.sonic.reference.setup import load_motions
 
         self.cfg, self.acc, self.exp = cfg, accelerator, exp
         algo = cfg.algo.config
@@ -167,7 +165,7 @@ class Trainer:
     def collect(self) -> dict:
         import torch
 
-        from .ppo import log_prob
+        from grail_cluster.sonic.reference.ppo import log_prob
 
         steps = int(self.algo.num_steps_per_env)
         model = self.acc.unwrap_model(self.model)
@@ -206,7 +204,7 @@ class Trainer:
     def learn(self, ro: dict) -> dict:
         import torch
 
-        from .ppo import gae, update
+        from grail_cluster.sonic.reference.ppo import gae, update
 
         adv, ret = gae(ro["rew"], ro["val"], ro["done"], ro["last_v"], float(self.ppo.gamma), float(self.ppo.lam))
         flat = lambda x: torch.as_tensor(x.reshape(-1, *x.shape[2:]), dtype=torch.float32)  # noqa: E731
@@ -341,7 +339,7 @@ def _wandb_init(cfg, exp: Path):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .setup import argv_overrides, compose, cpu_threads
+    from grail_cluster.sonic.reference.setup import argv_overrides, compose, cpu_threads
 
     try:
         cpu_threads()
