@@ -15,6 +15,8 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check torch==2.13.0 -e '.[dev]'  # torch pinned here: a CPU build, no CUDA downloads
+	# The tests' Kubernetes API emulator, outside site-packages: its pytest plugin must not load in other projects.
+	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade --target $(VENV)/test-tools 'kmock>=0.8'
 	touch $(STAMP)
 
 # Headless Chromium for the web viewer tests and bench (Debian's package; never `playwright install`).

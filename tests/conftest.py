@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,13 @@ import pytest
 from tests.libgen import make_ha_pair, make_library, make_terrain_library
 
 REPO = Path(__file__).resolve().parent.parent
+
+# Test-only tools that must not sit in site-packages (kmock's pytest plugin would load in every other
+# project of the environment): `make setup` installs them here. Appended, so the venv's own copies of
+# shared dependencies win.
+_TEST_TOOLS = Path(os.environ.get("GRAIL_TEST_TOOLS") or REPO / ".venv" / "test-tools")
+if _TEST_TOOLS.is_dir() and str(_TEST_TOOLS) not in sys.path:
+    sys.path.append(str(_TEST_TOOLS))
 
 # `make test` sets GRAIL_REQUIRE_DEPS=1: there every dependency the dev extra installs must import, so a
 # broken or missing torch/accelerate/kubernetes fails the tests that need it instead of skipping them
@@ -24,7 +32,7 @@ def _required_import(modname: str, minversion: str | None = None, reason: str | 
     except pytest.skip.Exception as exc:
         why = exc.msg
     pytest.fail(f"GRAIL_REQUIRE_DEPS=1 but {modname!r} cannot be used here ({why}); `make setup` installs it with "
-                "the dev extra (pip install -e '.[dev]')", pytrace=False)
+                "the dev extra (pip install -e '.[dev]'; kmock: into .venv/test-tools)", pytrace=False)
 
 
 if os.environ.get("GRAIL_REQUIRE_DEPS") == "1":
