@@ -36,8 +36,9 @@ import yaml
 
 from grail_cluster.core.errors import EXIT_USAGE, ConfigError, GrailError
 from grail_cluster.core.jobspec import JobSpec
-from grail_cluster.core.ledger import ACTIVE, Ledger
+from grail_cluster.core.ledger import Ledger
 from grail_cluster.core.plan import RunPlan
+from grail_cluster.core.states import ACTIVE
 from grail_cluster.runs.submission import compress_ranges
 
 MAX_NAME = 63

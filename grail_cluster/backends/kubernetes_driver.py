@@ -34,8 +34,9 @@ from typing import Any
 
 from grail_cluster.backends.kubernetes import ANN_CANCEL, KubernetesBackend, parse_depends
 from grail_cluster.core.errors import EXIT_OK, GrailError
-from grail_cluster.core.ledger import ACTIVE, Ledger
+from grail_cluster.core.ledger import Ledger
 from grail_cluster.core.markers import validate_marker
+from grail_cluster.core.states import ACTIVE
 from grail_cluster.runs.status import refresh
 
 

@@ -17,10 +17,11 @@ import jinja2
 
 from grail_cluster.core.errors import GrailError
 from grail_cluster.core.jobspec import JobSpec
-from grail_cluster.core.ledger import ACTIVE, Ledger
+from grail_cluster.core.ledger import Ledger
 from grail_cluster.core.markers import validate_marker
 from grail_cluster.core.plan import RunPlan
 from grail_cluster.core.signatures import exit_signature, signature
+from grail_cluster.core.states import ACTIVE
 
 
 def render(plan: RunPlan, specs: list[JobSpec], env: jinja2.Environment) -> dict[str, str]:

@@ -251,7 +251,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
 def cmd_logs(args: argparse.Namespace) -> int:
     import time
 
-    from grail_cluster.core.ledger import FAILED
+    from grail_cluster.core.states import FAILED
     from grail_cluster.runs.status import log_paths
 
     plan = _load_run(args.run)

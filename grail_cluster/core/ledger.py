@@ -10,11 +10,7 @@ Three tables plus an append-only event log:
 
 "Done" is decided by the shard's success marker; scheduler states only move the other states.
 
-Shard states::
-
-    pending -> running -> done
-                       -> failed | cancelled | timeout | node-fail | out-of-memory | missing-output
-    (any not done) --resubmit--> pending (attempt + 1)
+Shard states: :class:`grail_cluster.core.states.ShardState` (the state machine is drawn there).
 """
 
 from __future__ import annotations
@@ -31,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from grail_cluster.core.errors import DataError, GrailError
+from grail_cluster.core.states import STATES, ShardState
 
 LEDGER_FILE = "ledger.sqlite"
 LOCK_FILE = ".submit.lock"
@@ -47,9 +44,6 @@ TABLES = {
     "events": ("id", "ts", "kind", "stage", "idx", "attempt", "detail"),
 }
 
-ACTIVE = ("pending", "running")
-FAILED = ("failed", "cancelled", "timeout", "node-fail", "out-of-memory", "missing-output")
-STATES = ("unsubmitted", "done", *ACTIVE, *FAILED)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -128,13 +122,21 @@ class ShardRow:
     idx: int
     attempt: int
     job_id: str | None
-    state: str
+    state: ShardState
     sched_state: str | None
     exit_code: str | None
     node: str | None
     elapsed: float | None
     signature: str | None
     updated_at: float
+
+    def __post_init__(self) -> None:
+        # Rows come back as the enum so callers can ask ``row.state.is_terminal()``; a word no version
+        # wrote (a hand-edited file) stays the bare string, for status and repair-ledger to judge.
+        try:
+            self.state = ShardState(self.state)
+        except ValueError:
+            pass
 
 
 def repair_fix(run_dir: str | Path) -> str:
@@ -279,10 +281,10 @@ class Ledger:
                        (job_id, backend, stage, chunk, round, name, json.dumps(indices), index_offset,
                         array_spec, depends, now))
             for idx in indices:
-                db.execute("INSERT OR REPLACE INTO shards VALUES (?, ?, ?, ?, 'pending', NULL, NULL, NULL, NULL, NULL, ?)",
-                           (stage, idx, round, job_id, now))
-                db.execute("INSERT OR REPLACE INTO attempts VALUES (?, ?, ?, ?, 'pending', NULL, NULL, NULL, NULL)",
-                           (stage, idx, round, job_id))
+                db.execute("INSERT OR REPLACE INTO shards VALUES (?, ?, ?, ?, ?, NULL, NULL, NULL, NULL, NULL, ?)",
+                           (stage, idx, round, job_id, ShardState.PENDING, now))
+                db.execute("INSERT OR REPLACE INTO attempts VALUES (?, ?, ?, ?, ?, NULL, NULL, NULL, NULL)",
+                           (stage, idx, round, job_id, ShardState.PENDING))
             self.event("submitted", stage, None, round, job_id=job_id, chunk=chunk, indices=indices,
                        array=array_spec, depends=depends, name=name)
 
@@ -333,7 +335,7 @@ class Ledger:
                             fix="restore the plan.json this run was submitted with, or start a fresh run "
                                 "with run.id=<new id>")
 
-    def restore_shard(self, stage: str, idx: int, attempt: int, job_id: str | None, state: str, *,
+    def restore_shard(self, stage: str, idx: int, attempt: int, job_id: str | None, state: ShardState | str, *,
                       sched_state: str | None = None, exit_code: str | None = None, node: str | None = None,
                       elapsed: float | None = None, signature: str | None = None) -> None:
         """Write a shard row as found by ``repair-ledger`` (from markers and the scheduler)."""
@@ -346,7 +348,7 @@ class Ledger:
             db.execute("INSERT OR REPLACE INTO attempts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                        (stage, idx, attempt, job_id, state, sched_state, exit_code, elapsed, signature))
 
-    def update_shard(self, stage: str, idx: int, state: str, **fields: Any) -> bool:
+    def update_shard(self, stage: str, idx: int, state: ShardState | str, **fields: Any) -> bool:
         """Move a shard to ``state`` (recording scheduler facts); returns True when the state changed."""
         if state not in STATES:
             raise ValueError(f"unknown shard state {state!r}")

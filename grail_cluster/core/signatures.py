@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from grail_cluster.core.states import ShardState
+
 TAIL_BYTES = 64 * 1024
 
 JOB_PYTHON = "job.python cannot import grail_cluster"
@@ -61,9 +63,9 @@ def signature(paths: list[Path], state: str | None = None) -> str | None:
     last = last_error_line(text)
     if last:
         return last
-    if state == "timeout":
+    if state == ShardState.TIMEOUT:
         return "TIMEOUT"
-    if state == "node-fail":
+    if state == ShardState.NODE_FAIL:
         return "NODE_FAIL"
     return None
 

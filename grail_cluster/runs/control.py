@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from grail_cluster.core.errors import GrailError
-from grail_cluster.core.ledger import ACTIVE, FAILED, Ledger, submit_lock
+from grail_cluster.core.ledger import Ledger, submit_lock
 from grail_cluster.core.markers import retire_marker, validate_marker
 from grail_cluster.core.plan import RunPlan
+from grail_cluster.core.states import ACTIVE, FAILED
 from grail_cluster.runs.status import output_roots, refresh
 from grail_cluster.runs.submission import Group, consumers, downstream_closure, plan_groups
 

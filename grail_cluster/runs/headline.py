@@ -136,9 +136,9 @@ def run_headlines(plan) -> list[dict[str, Any]]:
 
     ``status`` asks on every refresh: each shard's row is cached in the run dir by its
     ``metrics_eval.json``'s size and mtime, so a metrics file is parsed once, not once per refresh."""
-    from grail_cluster.tools.data.io import write_json
     from grail_cluster.core.errors import DataError
     from grail_cluster.stages.eval import export_dir, resolve_checkpoint, shard_dir
+    from grail_cluster.tools.data.io import write_json
 
     cache_path = Path(plan.run_dir) / CACHE_FILE
     cache = _read_manifest(cache_path) or {}

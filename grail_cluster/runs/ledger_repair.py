@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from grail_cluster.core.errors import ConfigError, GrailError
-from grail_cluster.core.ledger import ACTIVE, LEDGER_FILE, SCHEMA_VERSION, Ledger, submit_lock
+from grail_cluster.core.ledger import LEDGER_FILE, SCHEMA_VERSION, Ledger, submit_lock
 from grail_cluster.core.markers import marker_problem, read_marker
 from grail_cluster.core.plan import PLAN_FILE, RunPlan
+from grail_cluster.core.states import ACTIVE
 from grail_cluster.runs.status import output_roots
 from grail_cluster.runs.submission import compress_ranges, plan_groups
 

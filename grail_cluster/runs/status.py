@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from grail_cluster.core.ledger import ACTIVE, FAILED, Ledger
+from grail_cluster.core.ledger import Ledger
 from grail_cluster.core.markers import marker_problem, read_marker, validate_marker
 from grail_cluster.core.plan import RunPlan
 from grail_cluster.core.signatures import exit_signature, signature
+from grail_cluster.core.states import ACTIVE, FAILED
 
 
 def log_paths(run_dir: str | Path, stage: str, idx: int, attempt: int, job_id: str | None = None,
