@@ -21,7 +21,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,8 +31,15 @@ from grail_cluster.core.states import STATES, ShardState
 
 LEDGER_FILE = "ledger.sqlite"
 LOCK_FILE = ".submit.lock"
-# Bumped when the tables change; a ledger from a newer grail-cluster is refused, not misread.
+# Bumped when the tables change; a ledger from a newer grail-cluster is refused, not misread. It is
+# kept twice: in sqlite's header (``PRAGMA user_version``, which any sqlite tool shows without knowing
+# these tables) and in ``meta.schema_version`` (what grail-cluster before the header read and checks).
 SCHEMA_VERSION = 1
+# user_version 0: a ledger written before the header carried the version; meta says which it is.
+UNVERSIONED = 0
+# Steps from version n to n + 1 (key n), run in order, in one transaction, when an older ledger is
+# opened. None yet: version 1's tables are the first ones; an unversioned ledger only gains its header.
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {}
 # The columns this version reads and writes, per table: anything less is a damaged or foreign file.
 TABLES = {
     "meta": ("key", "value"),
@@ -186,7 +193,10 @@ class Ledger:
             self.db.execute("PRAGMA synchronous=NORMAL")
             if not existed:
                 self.db.executescript(_SCHEMA)
+                self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
                 self.set_meta("schema_version", SCHEMA_VERSION)
+            elif self._header_version() < SCHEMA_VERSION:
+                self._migrate()
         except sqlite3.DatabaseError as exc:
             raise ledger_error(self.path, exc) from None
 
@@ -197,6 +207,15 @@ class Ledger:
         if verdict != "ok":
             self.db.close()
             raise DataError(f"the ledger is damaged (sqlite quick_check: {verdict})", path=self.path, fix=fix)
+        # After the integrity check (a damaged header's bytes are no version), before the tables (a newer
+        # version's tables may differ: that is no damage to repair).
+        header = self._header_version()
+        if header > SCHEMA_VERSION:
+            self.db.close()
+            raise DataError(f"the ledger has schema version {header} (sqlite user_version); this grail-cluster "
+                            f"reads up to {SCHEMA_VERSION}", path=self.path,
+                            fix="use the (newer) grail-cluster version that submitted this run, or upgrade "
+                                "grail-cluster to it")
         for table, columns in TABLES.items():
             have = {r[1] for r in self.db.execute(f"PRAGMA table_info({table})")}
             if not have:
@@ -208,6 +227,12 @@ class Ledger:
                 self.db.close()
                 raise DataError(f"the ledger's `{table}` table lacks column(s) {', '.join(missing)}",
                                 path=self.path, fix=fix)
+        self._meta_version(fix)
+
+    def _header_version(self) -> int:
+        return int(self.db.execute("PRAGMA user_version").fetchone()[0])
+
+    def _meta_version(self, fix: str) -> int:
         row = self.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
         try:
             version = json.loads(row[0]) if row else SCHEMA_VERSION  # ledgers from before versioning: 1
@@ -225,6 +250,27 @@ class Ledger:
             self.db.close()
             raise DataError(f"the ledger has schema version {version}, which no grail-cluster wrote",
                             path=self.path, fix=fix)
+        return version
+
+    def _migrate(self) -> None:
+        """Bring an older ledger up to SCHEMA_VERSION in place, all steps or none.
+
+        Status and the other readers open the ledger without the submit lock, and a submitter holds
+        that lock while it opens one (flock would block on its own second descriptor), so the
+        exclusion here is sqlite's write lock, as for every other write: ``BEGIN IMMEDIATE``, then the
+        version read again, so a second process that waited finds the work done and does nothing."""
+        with self.transaction() as db:
+            header = self._header_version()
+            if header >= SCHEMA_VERSION:
+                return
+            version = header if header != UNVERSIONED else self._meta_version(repair_fix(self.run_dir))
+            start = version
+            while version < SCHEMA_VERSION:
+                MIGRATIONS[version](db)
+                version += 1
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            self.set_meta("schema_version", SCHEMA_VERSION)
+            self.event("migrated", from_version=start, to_version=SCHEMA_VERSION, header=header)
 
     def close(self) -> None:
         self.db.close()
