@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from grail_cluster.core.errors import ConfigError
+from grail_cluster.core.settings import KubernetesCluster, check_settings, register_configs, settings
 from grail_cluster.core.sharding import STRATEGIES
 
 BACKENDS = ("local", "slurm", "kubernetes")
@@ -51,6 +52,7 @@ def compose(overrides: list[str]) -> DictConfig:
     from grail_cluster.core.overrides import check_syntax, check_unread
 
     check_syntax(list(overrides))
+    register_configs()
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(version_base=None, config_dir=str(config_dir()), job_name="grail_cluster"):
@@ -133,28 +135,29 @@ def to_dict(cfg: DictConfig) -> dict[str, Any]:
 
 def check_paths(c: dict[str, Any]) -> None:
     """Required paths must exist before anything is planned or written."""
-    lib = Path(c["data"]["motion_lib"]).expanduser()
+    s = settings(c)
+    lib = Path(s.data.motion_lib).expanduser()
     if not lib.is_dir():
         raise ConfigError("data.motion_lib: motion library not found", path=lib,
                           fix="set data.motion_lib to the library root holding robot/ objects/ meta/")
     for key in ("bps_dir", "object_usd_dir", "flat_motion_dir"):
-        value = c["data"].get(key)
+        value = getattr(s.data, key)
         if value and not Path(value).expanduser().is_dir():
             raise ConfigError(f"data.{key} is not a directory", path=value, fix=f"fix data.{key} or remove it")
-    flat = c["data"].get("flat_usd_path")
+    flat = s.data.flat_usd_path
     if flat and not Path(flat).expanduser().is_file():
         raise ConfigError("data.flat_usd_path does not exist", path=flat, fix="point it at flat_placeholder.usd")
-    for ckpt in c["select"].get("checkpoints") or []:
+    for ckpt in s.select.checkpoints or []:
         if not Path(ckpt).expanduser().is_file():
             raise ConfigError("checkpoint file listed in select.checkpoints does not exist", path=ckpt,
                               fix="list existing model_step_*.pt / last.pt files, or drop select.checkpoints")
-    check_run_root(c["run"]["root"])
-    if c["cluster"].get("backend") != "kubernetes":
+    check_run_root(s.run.root)
+    if not isinstance(s.cluster, KubernetesCluster):
         # On SLURM and the local executor jobs see this machine's paths (a shared file system); in a pod
         # the image's interpreters apply, which `doctor --cluster` cannot reach either.
-        check_interpreter("job.python", c["job"]["python"], "/path/to/python-with-grail-cluster")
-        if not c["rehearsal"].get("enabled"):
-            check_interpreter("sonic.python", c["sonic"].get("python"), "/path/to/sonic-env/bin/python")
+        check_interpreter("job.python", s.job.python, "/path/to/python-with-grail-cluster")
+        if not s.rehearsal.enabled:
+            check_interpreter("sonic.python", s.sonic.python, "/path/to/sonic-env/bin/python")
 
 
 def check_interpreter(key: str, value: Any, example: str) -> None:
@@ -260,8 +263,10 @@ def check_values(c: dict[str, Any]) -> None:
 
 
 def load(overrides: list[str]) -> dict[str, Any]:
-    """Compose, resolve and validate: the single entry for commands that take overrides."""
+    """Compose, resolve and validate: the single entry for commands that take overrides. The config
+    stays the plain composed dict (plan.json holds and hashes it); :func:`settings` is its typed view."""
     c = to_dict(compose(overrides))
-    check_values(c)
+    check_values(c)  # first: its messages name the rule (a range, the choices), not only the type
+    check_settings(c)
     check_paths(c)
     return c

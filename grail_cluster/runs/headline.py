@@ -20,6 +20,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from grail_cluster.core.settings import settings
 from grail_cluster.tools.data.summarize import summarize_step
 
 EXPORT_MANIFEST = "export_manifest.json"
@@ -137,7 +138,7 @@ def run_headlines(plan) -> list[dict[str, Any]]:
     ``status`` asks on every refresh: each shard's row is cached in the run dir by its
     ``metrics_eval.json``'s size and mtime, so a metrics file is parsed once, not once per refresh."""
     from grail_cluster.core.errors import DataError
-    from grail_cluster.stages.eval import export_dir, resolve_checkpoint, shard_dir
+    from grail_cluster.stages.checkpoints import export_dir, resolve_checkpoint, shard_dir
     from grail_cluster.tools.data.io import write_json
 
     cache_path = Path(plan.run_dir) / CACHE_FILE
@@ -193,6 +194,6 @@ def headline_text(h: dict[str, Any]) -> str:
 def evaluated_headlines(plan) -> list[dict[str, Any]]:
     """The headlines of a run's checkpoints that have eval metrics to show (for ``status``): none for
     a rehearsal (its eval writes no metrics) or before any eval shard finished."""
-    if (plan.config.get("rehearsal") or {}).get("enabled") or "eval" not in plan.stage_names:
+    if settings(plan.config).rehearsal.enabled or "eval" not in plan.stage_names:
         return []
     return [h for h in run_headlines(plan) if h["shards_ok"] > 0]
