@@ -123,7 +123,8 @@ def naive_peer(shard: Path, usd_dir: Path, out: Path, res: str) -> dict[str, Any
     from grail_cluster.sonic.reference import scene as S
     from grail_cluster.tools.data.bps import read_usd_mesh
     from grail_cluster.tools.data.g1 import G1_ISAACLAB_TO_MUJOCO_DOF
-    from grail_cluster.tools.replay.render import DEFAULT_CAMERA_OFFSET, DEFAULT_CAMERA_TARGET, look_at
+    from grail_cluster.tools.replay.motion import DEFAULT_CAMERA_OFFSET, DEFAULT_CAMERA_TARGET
+    from grail_cluster.tools.replay.scene import look_at
 
     width, height = (int(v) for v in res.split("x"))
     metrics = json.loads((shard / "metrics_eval.json").read_text())["eval/all_metrics_dict"]

@@ -8,6 +8,7 @@ import joblib
 import numpy as np
 import pytest
 
+from grail_cluster.core import safe_pickle
 from grail_cluster.core.errors import DataError
 from grail_cluster.tools.data import export as ex
 from grail_cluster.tools.data import g1
@@ -69,7 +70,7 @@ def test_round_trip(tmp_path, variant):
         # IsaacLab -> MuJoCo reorder inverts the generator's MuJoCo -> IsaacLab one.
         np.testing.assert_allclose(r["dof"], s["dof"][idx], atol=1e-6)
         np.testing.assert_allclose(r["root_trans_offset"], s["root_trans_offset"][idx], atol=1e-6)
-        traj = ex.safe_pickle.load(shard.traj_paths[key])
+        traj = safe_pickle.load(shard.traj_paths[key])
         np.testing.assert_allclose(r["root_rot"], np.roll(traj["root_quat_w"], -1, axis=-1))
         src_wxyz = s["root_rot"] if src.root_rot_convention == "wxyz" else np.roll(s["root_rot"], 1, axis=-1)
         assert _same_rotation(np.roll(r["root_rot"], 1, axis=-1), src_wxyz[idx])

@@ -19,7 +19,7 @@ pytest.importorskip("torch")
 pytest.importorskip("accelerate")
 from grail_cluster.sonic.commands import HOI_EVAL_ZEROING, MEC, MLC  # noqa: E402
 from grail_cluster.sonic.reference.setup import reference_root  # noqa: E402
-from grail_cluster.tools.data.select_top import experiment_rows  # noqa: E402
+from grail_cluster.tools.data.experiment_logs import experiment_rows  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

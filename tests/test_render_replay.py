@@ -28,6 +28,8 @@ from grail_cluster.core.markers import read_marker, validate_marker
 from grail_cluster.core.plan import build_plan, write_plan
 from grail_cluster.entry import main as entry
 from grail_cluster.tools.replay import render as R
+from grail_cluster.tools.replay.scene import look_at
+from grail_cluster.tools.replay.video import STALL_KEY_ENV
 from tests.conftest import base_overrides
 from tests.evalgen import make_eval_shard
 from tests.libgen import make_ha_pair, make_library
@@ -96,7 +98,7 @@ def test_look_at_places_the_free_camera():
 
     cam = Cam()
     pos, target = np.array([-3.54, 0.0, 1.2]), np.array([0.0, 0.0, 0.8])
-    R.look_at(cam, pos, target)
+    look_at(cam, pos, target)
     az, el = np.radians(cam.azimuth), np.radians(cam.elevation)
     forward = np.array([np.cos(el) * np.cos(az), np.cos(el) * np.sin(az), np.sin(el)])
     # MuJoCo's free camera sits at lookat - distance * forward.
@@ -186,7 +188,7 @@ def test_watchdog_kills_a_stuck_motion_and_leaves_no_partial_file(shard, tmp_pat
     lib, info, _ = shard
     stuck, other = info.success
     out = tmp_path / "out"
-    env = {**os.environ, R.STALL_KEY_ENV: stuck}
+    env = {**os.environ, STALL_KEY_ENV: stuck}
     proc = subprocess.Popen([sys.executable, "-m", "grail_cluster", "render-replay", "--shard_dir", str(info.shard_dir),
                              "--object_usd_dir", str(lib.root / "object_usd"), "--output_dir", str(out),
                              "--resolution", RES, "--workers", "2", "--motion_timeout", "15", "--json"],

@@ -20,20 +20,17 @@ from pathlib import Path
 import pytest
 
 from grail_cluster.core.errors import ConfigError, DataError
-from grail_cluster.tools.data import select_top as st
-from grail_cluster.tools.data.select_top import (
+from grail_cluster.tools.data.select_rank import (
     EVAL_STEP,
     MPJPE_G,
     MPJPE_L,
     OBJ_POS,
     SR,
-    group_sources,
-    main,
+    checkpoint_name,
     rank_rows,
-    read_offline_run,
-    select_across,
-    select_top,
 )
+from grail_cluster.tools.data.select_top import group_sources, main, select_across, select_top
+from grail_cluster.tools.data.wandb_offline import read_offline_run
 
 # ----------------------------------------------------------------------------- test data
 
@@ -78,7 +75,7 @@ def make_experiment(root: Path, steps=(500, 1000, 1500, 2000, 2500), *, step_pad
     exp = root / "logs_rl" / "GRAB_Tracking" / "pnp_table-20260601_120000"
     exp.mkdir(parents=True)
     for s in steps:
-        (exp / st.checkpoint_name(s, step_pad)).write_bytes(b"ckpt")
+        (exp / checkpoint_name(s, step_pad)).write_bytes(b"ckpt")
     (exp / "last.pt").write_bytes(b"ckpt")
     (exp / "meta.yaml").write_text("wandb_run: abc123\nmax_train_steps: 3000\n")
     (exp / "config.yaml").write_text("project_name: GRAB_Tracking\n")

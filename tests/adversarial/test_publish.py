@@ -394,7 +394,7 @@ def test_discrete_hand_actions_are_recorded_as_discrete(case):
 
 def test_render_draws_continuous_hands_partly_closed(tmp_path):
     """The renderer's library reader takes the upstream signal as a degree of closure, and says so."""
-    from grail_cluster.tools.replay.render import RenderSettings, Task, motion_from_library
+    from grail_cluster.tools.replay.motion import RenderSettings, Task, motion_from_library
     from sonic.reference.scene import HAND_CLOSED
 
     key = "pickup_table__mug_0__000"

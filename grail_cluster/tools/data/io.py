@@ -18,6 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from grail_cluster.core.errors import DataError
+
 
 @contextlib.contextmanager
 def atomic_dir(out: Path) -> Iterator[Path]:
@@ -132,3 +134,11 @@ def finite_or_none(value: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return f if math.isfinite(f) else None
+
+
+def require_dir(path: Path, what: str, fix: str) -> None:
+    """A missing dir and a file where a dir should be are different mistakes: the error says which."""
+    if path.is_dir():
+        return
+    problem = f"{what} is a file, not a directory" if path.exists() else f"{what} not found"
+    raise DataError(problem, path=path, fix=fix)

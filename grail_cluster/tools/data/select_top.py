@@ -20,467 +20,31 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
-import re
-import struct
-import subprocess
 import sys
 import tempfile
-import zlib
-from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from grail_cluster.core.errors import EXIT_OK, ConfigError, DataError, GrailError
-from grail_cluster.tools.data.io import finite_or_none as _num
+from grail_cluster.core.errors import EXIT_OK, ConfigError, DataError
+from grail_cluster.tools.data.experiment_logs import EXP_FIX, experiment_rows
+from grail_cluster.tools.data.io import require_dir
+from grail_cluster.tools.data.select_rank import (
+    MPJPE_L,
+    OBJ_POS,
+    SOURCE,
+    check_rows,
+    eval_rows,
+    rank_rows,
+    require_checkpoints,
+    require_enough,
+)
+from grail_cluster.tools.data.wandb_offline import OfflineRun, find_offline_runs, log_file, read_offline_run
+from grail_cluster.tools.data.wandb_online import online_history, online_source, run_path, wandb_api
 
-SR = "eval/success/success_rate"
-MPJPE_L = "eval/all/mpjpe_l"
-MPJPE_G = "eval/all/mpjpe_g"
-OBJ_POS = "eval/all/obj_pos_error"
-EVAL_STEP = "eval_step"
-SOURCE = "_source"  # which run of a sweep a row came from (select_across); not in the output
 DEFAULT_ENTITY = "nv-gear"
 DEFAULT_PROJECT = "TRL_G1_Track"
 
-
-# ----------------------------------------------------------------------------- ranking
-
-
-
-
-def checkpoint_name(step: int, step_pad: int = 6) -> str:
-    return f"model_step_{step:0{step_pad}d}.pt" if step_pad > 0 else f"model_step_{step}.pt"
-
-
-def eval_rows(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Rows that have a success rate and an eval step (the ones that count as eval rows)."""
-    return [r for r in rows if _num(r.get(SR)) is not None and _num(r.get(EVAL_STEP)) is not None]
-
-
-def rank_rows(rows: Iterable[dict[str, Any]], *, k: int = 5, hoi: bool = False, min_sr: float = 0.0,
-              step_pad: int = 6) -> list[dict[str, Any]]:
-    """§5.1 ranking of history rows into ``top`` entries (without paths)."""
-    tiebreak = OBJ_POS if hoi else MPJPE_L
-    kept = [r for r in eval_rows(rows) if _num(r[SR]) >= min_sr]
-
-    def key(r: dict[str, Any]) -> tuple[float, float]:
-        tb = _num(r.get(tiebreak))
-        return (-_num(r[SR]), math.inf if tb is None else tb)
-
-    kept.sort(key=key)  # stable: equal rows keep history order
-    seen: set[tuple[Any, int]] = set()
-    top: list[dict[str, Any]] = []
-    for r in kept:
-        step = int(round(_num(r[EVAL_STEP])))
-        # First row per eval step of each run: across a sweep two points may log the same step.
-        if (r.get(SOURCE), step) in seen:
-            continue
-        seen.add((r.get(SOURCE), step))
-        top.append({
-            "rank": len(top) + 1,
-            "eval_step": step,
-            "checkpoint": checkpoint_name(step, step_pad),
-            "success_rate": _num(r[SR]),
-            "mpjpe_l": _num(r.get(MPJPE_L)),
-            "mpjpe_g": _num(r.get(MPJPE_G)),
-            "obj_pos_error": _num(r.get(OBJ_POS)),
-            **({SOURCE: r[SOURCE]} if SOURCE in r else {}),
-        })
-        if len(top) >= k:
-            break
-    return top
-
-
-# ----------------------------------------------------------------------------- offline W&B
-
-_LOG_HEADER = b":W&B"
-_BLOCK = 32768
-_REC_HEADER = 7  # crc32 (4) + length (2) + type (1)
-_FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
-_WANDB_CORRUPT_FIX = ("the file is corrupt: copy it again from where the run wrote it, or rank from the experiment "
-                      "dir (--experiment_dir: TensorBoard events and eval/<step>/train/metrics_eval.json)")
-
-
-def _note_torn(notes: list[str] | None, path: Path, pos: int, size: int) -> None:
-    if notes is not None:
-        notes.append(f"{path}: ends in a torn record at byte {pos} of {size} (a run still writing, or killed "
-                     "mid-write); the records before it were read")
-
-
-def _wandb_records(path: Path, notes: list[str] | None = None) -> Iterator[bytes]:
-    """Payloads of a ``.wandb`` transaction log (leveldb log framing, 32 KiB blocks, 7-byte file header).
-
-    A torn tail (a run still writing, or killed) ends the iteration with a note; a wrong file header, a
-    record that cannot fit its block or a bad checksum is a DataError."""
-    data = path.read_bytes()
-    if not data:
-        raise DataError("empty W&B transaction log (the run died before it wrote a record)", path=path,
-                        fix="remove this run dir, or rank from the experiment dir (--experiment_dir)")
-    if len(data) < 7 or data[:4] != _LOG_HEADER:
-        raise DataError("not a W&B transaction log (bad header)", path=path,
-                        fix="pass the offline-run-* dir that wandb wrote (it holds run-<id>.wandb)")
-    pos, pending = 7, b""
-    while pos + _REC_HEADER <= len(data):
-        left_in_block = _BLOCK - pos % _BLOCK
-        if left_in_block < _REC_HEADER:  # zero padding at the end of a block
-            pos += left_in_block
-            continue
-        crc, length, rtype = struct.unpack_from("<IHB", data, pos)
-        start = pos + _REC_HEADER
-        if length > left_in_block - _REC_HEADER:  # a fragment never crosses its block: the header is damaged
-            raise DataError(f"W&B log record at byte {pos} claims {length} bytes, more than its block holds",
-                            path=path, fix=_WANDB_CORRUPT_FIX)
-        chunk = data[start:start + length]
-        if len(chunk) < length:
-            _note_torn(notes, path, pos, len(data))
-            return
-        if rtype == 0 and length == 0:
-            pos += left_in_block  # padding
-            continue
-        if zlib.crc32(chunk, zlib.crc32(bytes([rtype]))) & 0xFFFFFFFF != crc:
-            raise DataError(f"W&B log checksum mismatch at byte {pos}", path=path, fix=_WANDB_CORRUPT_FIX)
-        pos = start + length
-        if rtype == _FULL:
-            yield chunk
-        elif rtype == _FIRST:
-            pending = chunk
-        elif rtype == _MIDDLE:
-            pending += chunk
-        elif rtype == _LAST:
-            yield pending + chunk
-            pending = b""
-    if pending or data[pos:].strip(b"\0"):  # a record begun but not finished
-        _note_torn(notes, path, pos, len(data))
-
-
-def _history_item_value(item: Any) -> Any:
-    field = item.WhichOneof("value") if _has_value_oneof(item) else None
-    if field in ("number", "integer", "boolean", "text"):
-        return getattr(item, field)
-    if field == "none":
-        return None
-    raw = item.json if field == "json" else item.value_json
-    if not raw:
-        return None
-    try:
-        return json.loads(raw)
-    except ValueError:
-        return raw
-
-
-def _has_value_oneof(item: Any) -> bool:
-    return any(o.name == "value" for o in item.DESCRIPTOR.oneofs)
-
-
-def _item_key(item: Any) -> str:
-    return "/".join(item.nested_key) if item.nested_key else item.key
-
-
-class OfflineRun:
-    """What one offline run dir holds: id, name, group, config, history rows."""
-
-    def __init__(self, run_dir: Path, run_id: str, name: str, group: str, config: dict[str, Any],
-                 history: list[dict[str, Any]], finished: bool):
-        self.run_dir, self.id, self.name, self.group = run_dir, run_id, name, group
-        self.config, self.history, self.finished = config, history, finished
-        self.project = ""
-        self.entity = ""
-        self.notes: list[str] = []  # what the reader had to tolerate (a torn tail), for the user
-
-
-def _log_file(run_dir: Path) -> Path:
-    logs = sorted(run_dir.glob("run-*.wandb"))
-    if not logs:
-        raise DataError("no run-<id>.wandb in this W&B run dir", path=run_dir,
-                        fix="pass the dir wandb.init(dir=...) used, or one of its wandb/offline-run-* dirs")
-    return logs[0]
-
-
-def read_offline_run(run_dir: str | Path, reader: str = "protobuf") -> OfflineRun:
-    """Read an offline W&B run dir (``offline-run-<time>-<id>``) back."""
-    run_dir = Path(run_dir)
-    log = _log_file(run_dir)
-    if reader == "leet":
-        return _read_with_leet(run_dir, log)
-    try:
-        from wandb.proto import wandb_internal_pb2 as pb
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ConfigError("reading offline W&B runs needs the wandb package",
-                          fix="pip install 'grail-cluster[wandb]' (or pip install wandb)") from exc
-    run = OfflineRun(run_dir, log.stem.removeprefix("run-"), "", "", {}, [], False)
-    for payload in _wandb_records(log, run.notes):
-        rec = pb.Record()
-        try:
-            rec.ParseFromString(payload)
-        except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError
-            raise DataError(f"undecodable W&B record ({exc})", path=log,
-                            fix="read it with a wandb version at least as new as the writer's") from exc
-        kind = rec.WhichOneof("record_type")
-        if kind == "run":
-            r = rec.run
-            run.id = r.run_id or run.id
-            run.name = r.display_name or run.name
-            run.group = r.run_group or run.group
-            run.project, run.entity = r.project, r.entity
-            _apply_config(run.config, r.config)
-        elif kind == "config":
-            _apply_config(run.config, rec.config)
-        elif kind == "history":
-            run.history.append({_item_key(i): _history_item_value(i) for i in rec.history.item})
-        elif kind == "exit":
-            run.finished = rec.exit.exit_code == 0
-    return run
-
-
-def _apply_config(config: dict[str, Any], cfg: Any) -> None:
-    for item in cfg.update:
-        key = "/".join(item.nested_key) if item.nested_key else item.key
-        try:
-            config[key] = json.loads(item.value_json)
-        except ValueError:
-            config[key] = item.value_json
-    for item in cfg.remove:
-        config.pop("/".join(item.nested_key) if item.nested_key else item.key, None)
-
-
-def _read_with_leet(run_dir: Path, log: Path) -> OfflineRun:
-    cmd = ["wandb", "leet", "inspect", "--json", str(run_dir)]
-    exe = Path(sys.executable).with_name("wandb")
-    if exe.exists():
-        cmd[0] = str(exe)
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise ConfigError(f"could not run {' '.join(cmd)}: {exc}", fix="install wandb>=0.31 (it ships `wandb leet`)") from exc
-    if proc.returncode != 0:
-        raise DataError(f"`wandb leet inspect` failed: {proc.stderr.strip()[-500:]}", path=run_dir,
-                        fix="check the run dir, or use the default protobuf reader")
-    run = OfflineRun(run_dir, log.stem.removeprefix("run-"), "", "", {}, [], False)
-    for line in proc.stdout.splitlines():
-        if not line.strip():
-            continue
-        rec = json.loads(line)
-        kind = rec.get("type")
-        if kind == "run":
-            r = rec["run"]
-            run.id = r.get("run_id", run.id)
-            run.name = r.get("display_name", run.name)
-            run.group = r.get("run_group", run.group)
-            run.project, run.entity = r.get("project", ""), r.get("entity", "")
-            run.config.update(r.get("config", {}).get("update", {}))
-        elif kind == "config":
-            run.config.update(rec["config"].get("update", {}))
-        elif kind == "history":
-            run.history.append(dict(rec["history"].get("item", {})))
-        elif kind == "exit":
-            run.finished = rec["exit"].get("exit_code", 0) == 0
-    return run
-
-
-def find_offline_runs(wandb_dir: str | Path) -> list[Path]:
-    """Run dirs under ``wandb_dir``: itself, ``offline-run-*``/``run-*`` children, or ``wandb/`` children."""
-    root = Path(wandb_dir)
-    _require_dir(root, "W&B dir", "pass the dir given to wandb.init(dir=...) (SONIC: /tmp), or one of its "
-                                  "wandb/offline-run-* dirs")
-    if list(root.glob("run-*.wandb")):
-        return [root]
-    found: list[Path] = []
-    for base in (root, root / "wandb"):
-        found += [p for p in sorted(base.glob("*run-*")) if p.is_dir() and list(p.glob("run-*.wandb"))]
-    if not found:
-        # A sweep's run dir: each point's experiment dir holds its own wandb/ (experiments/p000/wandb/...).
-        found = sorted({p.parent for p in root.glob("*/*/wandb/*run-*/run-*.wandb")})
-    if not found:
-        raise DataError("no W&B run dirs (offline-run-*/run-<id>.wandb) here", path=root,
-                        fix="pass the dir given to wandb.init(dir=...) (SONIC: /tmp), or its wandb/ subdir")
-    return found
-
-
-# ----------------------------------------------------------------------------- experiment dir
-
-
-def _tb_rows(exp: Path, notes: list[str] | None = None) -> dict[int, dict[str, Any]]:
-    from grail_cluster.sonic.experiment import tensorboard_event_files
-    from grail_cluster.tools.data.tfevents import read_scalars
-
-    rows: dict[int, dict[str, Any]] = {}
-    for f in tensorboard_event_files(exp):
-        # Later files/events overwrite earlier ones of the same step (a restarted run re-logs its steps).
-        for step, tag, value in read_scalars(f, {SR, MPJPE_L, MPJPE_G, OBJ_POS}, notes):
-            rows.setdefault(step, {EVAL_STEP: step})[tag] = value
-    return rows
-
-
-_WATCHER_FIX = "re-run the eval of this step, or delete the file to ignore the step"
-
-
-def _watcher_rows(exp: Path) -> dict[int, dict[str, Any]]:
-    rows: dict[int, dict[str, Any]] = {}
-    eval_dir = exp / "eval"
-    if not eval_dir.is_dir():
-        return rows
-    for step_dir in sorted(eval_dir.iterdir()):
-        f = step_dir / "train" / "metrics_eval.json"
-        if not (re.fullmatch(r"\d+", step_dir.name) and f.is_file()):
-            continue
-        try:
-            data = json.loads(f.read_text())
-        except (OSError, ValueError) as exc:
-            raise DataError(f"unreadable metrics_eval.json ({exc})", path=f, fix=_WATCHER_FIX) from None
-        if not isinstance(data, dict):
-            raise DataError(f"metrics_eval.json holds a JSON {type(data).__name__}, not the eval watcher's mapping "
-                            f"of {SR}, eval/all/* ...", path=f, fix=_WATCHER_FIX)
-        step = int(step_dir.name)
-        rows[step] = {EVAL_STEP: step, **{k: data.get(k) for k in (SR, MPJPE_L, MPJPE_G, OBJ_POS) if k in data}}
-    return rows
-
-
-def _require_dir(path: Path, what: str, fix: str) -> None:
-    if path.is_dir():
-        return
-    problem = f"{what} is a file, not a directory" if path.exists() else f"{what} not found"
-    raise DataError(problem, path=path, fix=fix)
-
-
-_EXP_FIX = "pass SONIC's experiment dir (logs_rl/<project>/<experiment>-<timestamp>)"
-
-
-def experiment_rows(exp: str | Path, notes: list[str] | None = None) -> list[dict[str, Any]]:
-    """Eval rows of a SONIC experiment dir: TensorBoard scalars, overridden by the watcher's JSON."""
-    exp = Path(exp)
-    _require_dir(exp, "experiment dir", _EXP_FIX)
-    rows = _tb_rows(exp, notes)
-    for step, row in _watcher_rows(exp).items():
-        rows.setdefault(step, {EVAL_STEP: step}).update(row)
-    return [rows[s] for s in sorted(rows)]
-
-
-def check_rows(rows: list[dict[str, Any]], where: Any, notes: list[str]) -> None:
-    """Refuse values no ranking can use honestly; note the rows that cannot count.
-
-    A success rate outside [0, 1] (a percentage, a count) would outrank every true rate, and an eval
-    step that is negative or fractional names no checkpoint: both are refused. A non-finite success
-    rate (NaN from an empty eval) is not a result, so such rows are left out, and said so."""
-    nonfinite, no_step = [], 0
-    for r in rows:
-        has_sr, sr, step = SR in r and r[SR] is not None, _num(r.get(SR)), _num(r.get(EVAL_STEP))
-        if has_sr and sr is None:
-            nonfinite.append(r.get(EVAL_STEP))
-            continue
-        if sr is None:
-            continue
-        if step is None:
-            no_step += 1
-            continue
-        if not 0.0 <= sr <= 1.0:
-            raise DataError(f"{SR} at eval_step {step:g} is {sr:g}, outside [0, 1]", path=where,
-                            fix="log the success rate as a fraction (0.85, not 85); rates out of range cannot be "
-                                "ranked against the others")
-        if step < 0 or step != int(step):
-            raise DataError(f"eval_step {step:g} is not a training step (no model_step_*.pt can have it)",
-                            path=where, fix="log eval_step as the checkpoint's training iteration")
-    if nonfinite:
-        notes.append(f"{where}: {len(nonfinite)} eval row(s) with a non-finite {SR} (NaN/inf, eval_step "
-                     f"{', '.join(str(s) for s in nonfinite[:10])}) are not ranked")
-    if no_step:
-        notes.append(f"{where}: {no_step} row(s) have {SR} but no {EVAL_STEP}; they are not ranked (log "
-                     f"{EVAL_STEP} with every eval row)")
-
-
-# ----------------------------------------------------------------------------- online W&B
-
-
-def _run_path(run: Any) -> str:
-    path = getattr(run, "path", None)
-    if isinstance(path, (list, tuple)):
-        return "/".join(str(p) for p in path)
-    if isinstance(path, str):
-        return path
-    return "/".join(str(x) for x in (getattr(run, "entity", ""), getattr(run, "project", ""), run.id))
-
-
-W_STEP = "_step"  # W&B's own row counter: the API puts it (its default x axis) in every history row
-_TIEBREAKS = (MPJPE_L, MPJPE_G, OBJ_POS)
-
-
-def _online_history(run: Any, samples: int) -> list[dict[str, Any]]:
-    """Eval rows of an online run: the success rate and eval step, each tiebreak metric joined on ``_step``.
-
-    ``Run.history(keys=[...])`` returns only the rows that hold *every* requested key (wandb/wandb issues
-    2266, 1742, 5391; its own ``scan_history`` docstring says so). GRAIL's single five-key query therefore
-    finds no rows at all for a run that never logs one metric (a terrain run has no ``obj_pos_error``).
-    So the rows that can rank (success rate + eval step) are asked for alone, and each tiebreak metric
-    with them in a query of its own; a metric a run never logs is then just missing, as offline."""
-    def query(keys: list[str]) -> list[dict[str, Any]]:
-        return [dict(r) for r in run.history(samples=samples, pandas=False, keys=keys)]
-
-    def join_key(r: dict[str, Any]) -> Any:
-        # Without _step (an API that leaves it out) the eval step is the next best join key.
-        return r.get(W_STEP, r.get(EVAL_STEP))
-
-    rows = {join_key(r): r for r in query([SR, EVAL_STEP])}
-    for metric in _TIEBREAKS:
-        for r in query([SR, EVAL_STEP, metric]):
-            if join_key(r) in rows and metric in r:
-                rows[join_key(r)][metric] = r[metric]
-    return list(rows.values())
-
-
-def _wandb_api(api: Any) -> Any:
-    """The given API object (tests inject a stand-in), else ``wandb.Api()``."""
-    if api is not None:
-        return api
-    try:
-        import wandb
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ConfigError("the W&B API needs the wandb package", fix="pip install wandb") from exc
-    try:
-        return wandb.Api()
-    except Exception as exc:  # noqa: BLE001 - wandb raises many kinds (no key, no network)
-        raise DataError(f"cannot use the W&B API: {exc}",
-                        fix="wandb login, or read offline runs (--wandb_dir), the experiment dir (--experiment_dir) "
-                            "or a sweep's run dir (--group RUN_DIR)") from exc
-
-
-def _require_checkpoints(top: list[dict[str, Any]], *, path: Any, fix: str) -> None:
-    """Every selected checkpoint whose path is known must exist, and hold something (an empty file is a save
-    that never finished: SONIC writes a temp file and renames it, so a 0-byte name was truncated later)."""
-    known = [e["checkpoint_path"] for e in top if e["checkpoint_path"]]
-    missing = [c for c in known if not Path(c).is_file()]
-    if missing:
-        raise DataError(f"{len(missing)} selected checkpoint(s) missing: {', '.join(missing)}", path=path, fix=fix)
-    empty = [c for c in known if Path(c).stat().st_size == 0]
-    if empty:
-        raise DataError(f"{len(empty)} selected checkpoint(s) are empty files: {', '.join(empty)}", path=path,
-                        fix="copy the checkpoints again from the training node (a 0-byte .pt is a truncated save)")
-
-
-def _online_source(api: Any, run: str | None, group: str | None, entity: str, project: str,
-                   samples: int) -> tuple[Any, list[dict[str, Any]]]:
-    api = _wandb_api(api)
-    try:
-        if run is not None:
-            path = run if "/" in run else f"{entity}/{project}/{run}"
-            chosen = api.run(path)
-            return chosen, _online_history(chosen, samples)
-        runs = list(api.runs(f"{entity}/{project}", filters={"group": group}))
-        if not runs:
-            raise DataError(f"no W&B runs in group {group!r} of {entity}/{project}",
-                            fix="check --group, --entity and --project")
-        best = None
-        for r in runs:
-            hist = _online_history(r, samples)
-            score = (len(eval_rows(hist)), getattr(r, "state", "") == "finished")
-            if best is None or score > best[0]:
-                best = (score, r, hist)
-        return best[1], best[2]
-    except GrailError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - wandb.errors.CommError and friends
-        raise DataError(f"W&B API request failed: {exc}",
-                        fix="check the run/group path and your network, or use --wandb_dir / --experiment_dir") from exc
 
 
 # ----------------------------------------------------------------------------- select_top
@@ -532,7 +96,7 @@ def select_top(source: str | Path | None = None, k: int = 5, hoi: bool = False, 
     run_id = run_name = grp = None
     notes: list[str] = []
     if experiment_dir is not None:
-        _require_dir(Path(experiment_dir), "experiment dir", _EXP_FIX)
+        require_dir(Path(experiment_dir), "experiment dir", EXP_FIX)
     if wandb_dir is not None:
         where = Path(wandb_dir)
         offline = [read_offline_run(p, reader) for p in find_offline_runs(where)]
@@ -543,14 +107,14 @@ def select_top(source: str | Path | None = None, k: int = 5, hoi: bool = False, 
                             fix=f"pass the W&B dir that holds run-{meta_run}.wandb (ids under {where}: "
                                 f"{', '.join(sorted(r.id for r in offline))}), or the experiment dir of those runs")
         chosen = _choose_offline(offline, run or (meta_run if group is None else None), group, where)
-        rows, source_where = chosen.history, _log_file(chosen.run_dir)
+        rows, source_where = chosen.history, log_file(chosen.run_dir)
         notes += chosen.notes
         run_id = "/".join(x for x in (chosen.entity, chosen.project, chosen.id) if x)
         run_name, grp = chosen.name or None, chosen.group or None
         cfg_dir, wb_id = _config_dir(chosen.config), chosen.id
     elif run is not None or group is not None:
-        online, rows = _online_source(api, run, group, entity, project, samples)
-        run_id, run_name = _run_path(online), getattr(online, "name", None)
+        online, rows = online_source(api, run, group, entity, project, samples)
+        run_id, run_name = run_path(online), getattr(online, "name", None)
         source_where = run_id
         grp = getattr(online, "group", None)
         cfg_dir, wb_id = _config_dir(dict(getattr(online, "config", None) or {})), getattr(online, "id", None)
@@ -563,7 +127,7 @@ def select_top(source: str | Path | None = None, k: int = 5, hoi: bool = False, 
 
     check_rows(rows, source_where, notes)
     top = rank_rows(rows, k=k, hoi=hoi, min_sr=min_sr, step_pad=step_pad)
-    _require_enough(top, rows, k=k, min_sr=min_sr, where=exp or source_where, allow_fewer=allow_fewer)
+    require_enough(top, rows, k=k, min_sr=min_sr, where=exp or source_where, allow_fewer=allow_fewer)
     exp_abs = Path(os.path.abspath(exp)) if exp is not None else None
     for entry in top:
         entry["checkpoint_path"] = str(exp_abs / entry["checkpoint"]) if exp_abs else None
@@ -571,7 +135,7 @@ def select_top(source: str | Path | None = None, k: int = 5, hoi: bool = False, 
         notes.append("the experiment dir is unknown (not given, not in the W&B run's config): the checkpoint files "
                      "were not checked; pass --experiment_dir")
     if exp_abs is not None and check_files:
-        _require_checkpoints(top, path=exp_abs,
+        require_checkpoints(top, path=exp_abs,
                              fix="check --step_pad (0 = unpadded names) and that the experiment dir is the run's; "
                                  "or pass explicit select.checkpoints=[...]")
     return {
@@ -612,24 +176,6 @@ def _check_run_is_experiments(exp: Path, wb_id: str | None, logged_dir: str | No
                      "check that they belong together")
 
 
-def _require_enough(top: list[dict[str, Any]], rows: list[dict[str, Any]], *, k: int, min_sr: float, where: Any,
-                    allow_fewer: bool) -> None:
-    """Fewer qualifying steps than asked for is an answer to a different question: refuse it."""
-    if len(top) >= k or (top and allow_fewer):
-        return
-    n_eval = len(eval_rows(rows))
-    n_nonfinite = sum(1 for r in rows if r.get(SR) is not None and _num(r.get(SR)) is None)
-    found = (f"{len(rows)} rows, {n_eval} with a finite {SR} and an {EVAL_STEP}, {n_nonfinite} with a non-finite "
-             f"(NaN/inf) or non-numeric {SR}, "
-             f"{len({round(_num(r[EVAL_STEP])) for r in eval_rows(rows)})} distinct steps")
-    if not top:
-        raise DataError(f"no eval rows to rank ({found}, min_sr={min_sr})", path=where,
-                        fix="wait for the eval watcher to log results, or lower --min_sr")
-    raise DataError(f"only {len(top)} checkpoint step(s) qualify, --k asks for {k} ({found}, min_sr={min_sr})",
-                    path=where, fix=f"ask for at most {len(top)} (select-top --k {len(top)}; select.k={len(top)} in "
-                                    "a plan), lower min_sr, wait for more evals, or pass --allow_fewer to take the "
-                                    f"{len(top)} there are")
-
 
 # ----------------------------------------------------------------------------- across a sweep
 
@@ -653,14 +199,14 @@ def group_sources(group: str, *, wandb_dirs: list[str | Path] | None = None, api
             raise DataError(f"no offline W&B run in group {group!r}", path=", ".join(str(d) for d in wandb_dirs),
                             fix=f"groups here: {', '.join(sorted({r.group or '(none)' for r in runs}))}")
         return [{"run": "/".join(x for x in (r.entity, r.project, r.id) if x), "run_name": r.name or None,
-                 "experiment_dir": _config_dir(r.config), "rows": r.history, "where": str(_log_file(r.run_dir)),
+                 "experiment_dir": _config_dir(r.config), "rows": r.history, "where": str(log_file(r.run_dir)),
                  "notes": r.notes} for r in pool]
-    api = _wandb_api(api)
+    api = wandb_api(api)
     try:
         runs = list(api.runs(f"{entity}/{project}", filters={"group": group}))
-        sources = [{"run": _run_path(r), "run_name": getattr(r, "name", None),
+        sources = [{"run": run_path(r), "run_name": getattr(r, "name", None),
                     "experiment_dir": _config_dir(dict(getattr(r, "config", None) or {})),
-                    "rows": _online_history(r, samples)} for r in runs]
+                    "rows": online_history(r, samples)} for r in runs]
     except Exception as exc:  # noqa: BLE001 - wandb.errors.CommError and friends
         raise DataError(f"W&B API request failed: {exc}", fix="check --group, --entity, --project and the network") from exc
     if not sources:
@@ -698,7 +244,7 @@ def select_across(*, experiment_dirs: list[str | Path] | None = None, sources: l
         if src.get("experiment_dir"):
             row[SOURCE] = same_dir[os.path.abspath(src["experiment_dir"])]
     top = rank_rows(tagged, k=k, hoi=hoi, min_sr=min_sr, step_pad=step_pad)
-    _require_enough(top, tagged, k=k, min_sr=min_sr, allow_fewer=allow_fewer,
+    require_enough(top, tagged, k=k, min_sr=min_sr, allow_fewer=allow_fewer,
                     where=", ".join(str(s.get("experiment_dir") or s.get("run")) for s in sources)[:500])
     for entry in top:
         src = sources[entry.pop(SOURCE)]
@@ -708,7 +254,7 @@ def select_across(*, experiment_dirs: list[str | Path] | None = None, sources: l
     if any(e["experiment_dir"] is None for e in top):
         notes.append("some selected runs logged no experiment dir: their checkpoint files were not checked")
     if check_files:
-        _require_checkpoints(top, path=None,
+        require_checkpoints(top, path=None,
                              fix="check --step_pad and that each run's experiment dir is reachable from here")
     dirs = {e["experiment_dir"] for e in top}
     return {
@@ -852,3 +398,4 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
+

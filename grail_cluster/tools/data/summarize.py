@@ -33,7 +33,7 @@ def _read_shard(path: Path, cache: dict[str, Any] | None = None) -> dict:
 
     ``cache`` (path -> {sig, row}) lets a caller that summarises the same shards on every call
     (``status``) parse a metrics file only when its size or mtime changed."""
-    from grail_cluster.tools.data.export import read_metrics
+    from grail_cluster.tools.data.eval_shard import read_metrics
 
     def error(text: str) -> dict:
         return {"status": "parse_error", "error": text, "n_motions": 0, "n_success": 0, "shard_sr": None,
