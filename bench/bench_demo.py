@@ -55,8 +55,8 @@ def ours(out: Path, motions: int, overrides: list[str]) -> dict:
 
 def peer(out: Path, overrides: list[str]) -> dict:
     """The same plan under another run id, each job script run by hand, one after another."""
+    from grail_cluster.cli.common import plan_from_overrides as _plan_from_overrides
     from grail_cluster.cli.demo import demo_overrides
-    from grail_cluster.cli.main import _plan_from_overrides
     from grail_cluster.core.plan import write_plan
     from grail_cluster.runs.job_files import render_files, write_files
 

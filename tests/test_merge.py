@@ -318,7 +318,7 @@ def test_manifest_disagreeing_with_files_and_missing_step(pool, tmp_path):
 
 def test_cli_main_integration(pool, tmp_path, capsys):
     """If cli.py wires `merge` in, the subcommand runs through the real entry point."""
-    from grail_cluster.cli.main import main as cli
+    from grail_cluster.cli import main as cli
 
     parser = cli.build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))

@@ -1,5 +1,2 @@
-"""The ``grail-cluster`` command line."""
-
-from grail_cluster.cli.main import main
-
-__all__ = ["main"]
+"""The ``grail-cluster`` command line: ``main`` assembles the parser and runs a command; the commands
+live in modules by job and share ``common`` (see ``main``'s docstring)."""

@@ -15,7 +15,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from grail_cluster.cli.common import err, out, plan_from_overrides, run_command
+from grail_cluster.cli.runs import ledger_errors, watch
 from grail_cluster.core.errors import EXIT_OK, EXIT_PROBLEMS, DataError
+from grail_cluster.core.run_dir import load_run
 
 LIBRARY = "demo_pickup"
 # Small enough for 2 cores in minutes; several shards and two checkpoints so every DAG edge is used.
@@ -31,7 +34,7 @@ def demo_overrides(out: Path, extra: list[str]) -> list[str]:
 
 
 def ensure_library(out: Path, motions: int, seed: int, console) -> Path:
-    from grail_cluster.cli.main import main as cli_main
+    from grail_cluster.tools.data.demo_library import cmd_demo_data
 
     lib = out / "data" / f"{LIBRARY}_ha"
     if (lib / "robot").is_dir():
@@ -39,9 +42,11 @@ def ensure_library(out: Path, motions: int, seed: int, console) -> Path:
         return lib
     import contextlib
 
+    # `demo-data`'s own defaults: a share of untrackable motions makes the success rate a real figure.
+    args = argparse.Namespace(out=str(out / "data"), motions=motions, seed=seed, name=LIBRARY, scene="table",
+                              untrackable=0.25, force=False, json=False)
     with contextlib.redirect_stdout(sys.stderr):  # stdout is for the demo's own result (--json)
-        code = cli_main(["demo-data", "--out", str(out / "data"), "--motions", str(motions), "--seed", str(seed),
-                         "--name", LIBRARY])
+        code = run_command(cmd_demo_data, args)
     if code != 0:
         raise DataError("generating the demo library failed", path=out / "data")
     return lib
@@ -63,17 +68,16 @@ def summary(plan) -> dict[str, Any]:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from grail_cluster.cli.main import _plan_from_overrides, err, out
     from grail_cluster.core.plan import submitted_plan_hash, write_plan
 
     t0 = time.time()
     root = Path(args.out).resolve()
     ensure_library(root, args.motions, args.seed, err)
     overrides = demo_overrides(root, list(args.overrides))
-    plan = _plan_from_overrides(overrides)
+    plan = plan_from_overrides(overrides)
     recorded = submitted_plan_hash(plan.run_dir)
     if recorded and recorded != plan.plan_hash:  # an earlier demo with other settings: keep it, start anew
-        plan = _plan_from_overrides([*overrides, f"run.id={plan.run_id}-{plan.plan_hash[:6]}"])
+        plan = plan_from_overrides([*overrides, f"run.id={plan.run_id}-{plan.plan_hash[:6]}"])
     write_plan(plan)
     from grail_cluster.runs.job_files import render_files, write_files
 
@@ -83,15 +87,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
         err.print(f"run {plan.run_id} ran before with these settings; its status: grail-cluster status {plan.run_dir}")
         code = EXIT_OK
     elif plan.backend == "local":
-        from grail_cluster.backends.local import run_foreground
+        from grail_cluster.runs.foreground import run_foreground
 
         code = run_foreground(plan, console=err)
     else:
-        from grail_cluster.cli.runs import cmd_watch
         from grail_cluster.runs.control import submit_run
 
         submit_run(plan)
-        code = cmd_watch(argparse.Namespace(run=plan.run_dir, interval=2.0))
+        with ledger_errors(plan.run_dir):
+            code = watch(load_run(plan.run_dir), interval=2.0)
     if code != EXIT_OK:
         err.print(f"[red]the demo run did not finish cleanly[/]: grail-cluster status {plan.run_dir}")
         return EXIT_PROBLEMS

@@ -363,12 +363,12 @@ def cmd_probe(args) -> int:
     from rich.markup import escape
     from rich.table import Table
 
-    from grail_cluster.cli.main import _print_json, out
+    from grail_cluster.cli.common import out, print_json
     from grail_cluster.core.errors import EXIT_OK, EXIT_PROBLEMS
 
     report = run_probe(getattr(args, "motion_lib", None), list(getattr(args, "overrides", []) or []))
     if args.json:
-        _print_json(report)
+        print_json(report)
     else:
         where = f"cluster={report['backend']}" + (f", partition {report['partition']}" if report.get("partition") else "")
         job = f"job {report['job_id']}" if report.get("job_id") else "local job"

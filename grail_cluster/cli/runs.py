@@ -4,6 +4,7 @@ any shell)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import sqlite3
 import sys
@@ -13,40 +14,9 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
-from grail_cluster.cli.main import _print_json, err, out
-from grail_cluster.core.errors import EXIT_OK, EXIT_PROBLEMS, ConfigError, DataError
-
-
-def _run_path(run: str) -> Path:
-    path = Path(run)
-    if not (path / "plan.json").exists() and (Path("runs") / run / "plan.json").exists():
-        path = Path("runs") / run
-    return path
-
-
-def _load_run(run: str):
-    from grail_cluster.core.plan import read_plan
-
-    path = _run_path(run)
-    if path.exists() and not path.is_dir():
-        raise DataError("the run path is a file, not a run dir", path=path,
-                        fix="pass the run dir (runs/<run_id>) that holds plan.json, or the run id")
-    if (path / "plan.json").exists() and not (path / "plan.json").is_file():
-        raise DataError("plan.json is not a regular file", path=path / "plan.json",
-                        fix="pass a run dir written by `grail-cluster plan` / `run`")
-    try:
-        plan = read_plan(path)
-    except (AttributeError, KeyError, TypeError, IndexError) as exc:
-        # JSON of the wrong shape (a list, a missing key): not a plan this version wrote.
-        raise DataError(f"plan.json does not have the plan format ({type(exc).__name__}: {exc})",
-                        path=path / "plan.json", fix="re-run `grail-cluster plan`; never edit plan.json by hand") from None
-    except UnicodeDecodeError:
-        raise DataError("plan.json is not UTF-8 text", path=path / "plan.json",
-                        fix="re-run `grail-cluster plan`; never edit plan.json by hand") from None
-    except IsADirectoryError:
-        raise DataError("plan.json is a directory", path=path / "plan.json", fix="pass a run dir written by "
-                        "`grail-cluster plan`") from None
-    return plan
+from grail_cluster.cli.common import err, out, print_json
+from grail_cluster.core.errors import EXIT_OK, EXIT_PROBLEMS, ConfigError
+from grail_cluster.core.run_dir import load_run, run_path
 
 
 def _open_ledger(plan):
@@ -66,24 +36,32 @@ def _open_ledger(plan):
     return ledger
 
 
-def ledger_guard(func):
+@contextlib.contextmanager
+def ledger_errors(run: str):
     """An sqlite error reading the ledger mid-command (damage that quick_check did not reach): the
     same clear error as at open, naming the file and repair-ledger."""
+    try:
+        yield
+    except sqlite3.DatabaseError as exc:
+        from grail_cluster.core.ledger import LEDGER_FILE, ledger_error
+
+        raise ledger_error(run_path(run) / LEDGER_FILE, exc) from None
+
+
+def ledger_guard(func):
+    """:func:`ledger_errors` around a command on ``args.run``."""
     @functools.wraps(func)
     def wrapper(args: argparse.Namespace) -> int:
-        try:
+        with ledger_errors(args.run):
             return func(args)
-        except sqlite3.DatabaseError as exc:
-            from grail_cluster.core.ledger import LEDGER_FILE, ledger_error
-
-            raise ledger_error(_run_path(args.run) / LEDGER_FILE, exc) from None
     return wrapper
 
 
 def _status_data(plan, refresh_first: bool = True, verify: bool = False) -> dict[str, Any]:
+    from grail_cluster.backends import get_backend
+    from grail_cluster.backends.refresh import refresh
     from grail_cluster.core.provenance import read_provenance
-    from grail_cluster.runs.control import get_backend
-    from grail_cluster.runs.status import refresh, run_finished, summarise
+    from grail_cluster.runs.status import run_finished, summarise
 
     backend = get_backend(plan.backend)
     with _open_ledger(plan) as ledger:
@@ -180,7 +158,7 @@ def _status_table(data: dict[str, Any]) -> Table:
 
 @ledger_guard
 def cmd_status(args: argparse.Namespace) -> int:
-    plan = _load_run(args.run)
+    plan = load_run(args.run)
     only = _points(plan, args.point)
     data = _status_data(plan, verify=getattr(args, "verify", False))
     if only is not None:
@@ -190,7 +168,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     # What the run found, counted as `summarize` counts it (every eval shard's metrics_eval.json).
     data["results"] = evaluated_headlines(plan)
     if args.json:
-        _print_json(data)
+        print_json(data)
     else:
         from grail_cluster.core.provenance import summary_line
 
@@ -223,12 +201,16 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 @ledger_guard
 def cmd_watch(args: argparse.Namespace) -> int:
+    return watch(load_run(args.run), args.interval)
+
+
+def watch(plan, interval: float) -> int:
+    """Live progress bars of every stage until the run ends; exit 1 if it finished with failures."""
     import time
 
     from rich.live import Live
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    plan = _load_run(args.run)
     _open_ledger(plan).close()  # a missing or damaged ledger is refused before the live display starts
     progress = Progress(TextColumn("{task.description:<8}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[states]}"), console=out)
@@ -242,7 +224,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
                 progress.update(tasks[s["name"]], completed=settled, states=states)
             if data["finished"]:
                 break
-            time.sleep(args.interval)
+            time.sleep(interval)
     out.print(_status_table(data))
     return EXIT_OK if data["ok"] else EXIT_PROBLEMS
 
@@ -251,10 +233,11 @@ def cmd_watch(args: argparse.Namespace) -> int:
 def cmd_logs(args: argparse.Namespace) -> int:
     import time
 
+    from grail_cluster.backends import get_backend
+    from grail_cluster.backends.refresh import log_paths
     from grail_cluster.core.states import FAILED
-    from grail_cluster.runs.status import log_paths
 
-    plan = _load_run(args.run)
+    plan = load_run(args.run)
     if args.stage not in plan.stage_names:
         raise ConfigError(f"no stage {args.stage!r} in run {plan.run_id}", fix=f"choose one of {', '.join(plan.stage_names)}")
     with _open_ledger(plan) as ledger:
@@ -271,11 +254,8 @@ def cmd_logs(args: argparse.Namespace) -> int:
         s = shards.get(idx)
         attempt = args.attempt if args.attempt is not None else (s.attempt if s else 0)
         job = jobs.get(s.job_id) if s and s.job_id else None
-        task = idx - job.index_offset if job and job.array_spec else None
-        paths = [p for p in log_paths(plan.run_dir, args.stage, idx, attempt, s.job_id if s else None, task) if p.exists()]
+        paths = [p for p in log_paths(plan, get_backend(plan.backend), args.stage, idx, attempt, job) if p.exists()]
         if plan.backend == "kubernetes" and (getattr(args, "pod", False) or not paths):
-            from grail_cluster.runs.control import get_backend
-
             # The pod's own log through the API: also what happened before the script's log files existed.
             for pod, text in get_backend(plan.backend).pod_logs(plan, args.stage, idx, tail=args.lines or None):
                 out.rule(f"{args.stage} {idx}: pod {pod}")
@@ -330,14 +310,14 @@ def _points(plan, spec: str | None) -> list[int] | None:
 def cmd_cancel(args: argparse.Namespace) -> int:
     from grail_cluster.runs.control import cancel
 
-    plan = _load_run(args.run)
+    plan = load_run(args.run)
     points = _points(plan, args.point)
     if points is not None and args.stage not in (None, "train"):
         raise ConfigError("--point cancels training points; it does not combine with --stage")
     _open_ledger(plan).close()
     ids = cancel(plan, stage="train" if points is not None else args.stage, indices=points)
     if args.json:
-        _print_json({"cancelled_jobs": ids})
+        print_json({"cancelled_jobs": ids})
     else:
         out.print(f"cancelled {len(ids)} job(s): {' '.join(ids) or '-'}")
     return EXIT_OK
@@ -347,7 +327,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 def cmd_resubmit(args: argparse.Namespace) -> int:
     from grail_cluster.runs.control import resubmit
 
-    plan = _load_run(args.run)
+    plan = load_run(args.run)
     indices = [int(x) for x in args.indices.split(",")] if args.indices else None
     states = args.states.split(",") if args.states else None
     stages = args.stage.split(",") if args.stage else None
@@ -362,7 +342,7 @@ def cmd_resubmit(args: argparse.Namespace) -> int:
             raise ConfigError(f"no stage {st!r} in run {plan.run_id}", fix=f"choose from {', '.join(plan.stage_names)}")
     result = resubmit(plan, stages=stages, indices=indices, states=states, wait_lock=args.wait, dry_run=args.dry_run)
     if args.json:
-        _print_json({"round": result.round, "jobs": result.jobs, "dry_run": args.dry_run})
+        print_json({"round": result.round, "jobs": result.jobs, "dry_run": args.dry_run})
         return EXIT_OK
     if not result.jobs:
         out.print("nothing to resubmit: every selected shard is done or queued")
@@ -377,10 +357,10 @@ def cmd_resubmit(args: argparse.Namespace) -> int:
 def cmd_repair_ledger(args: argparse.Namespace) -> int:
     from grail_cluster.runs.ledger_repair import repair
 
-    plan = _load_run(args.run)
+    plan = load_run(args.run)
     result = repair(plan, force=args.force)
     if args.json:
-        _print_json(result)
+        print_json(result)
         return EXIT_OK
     if not result["repaired"]:
         out.print(result["reason"])
