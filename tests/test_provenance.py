@@ -154,7 +154,7 @@ def test_write_plan_without_collected_sources_still_writes_provenance(tmp_path, 
 
 @needs_git
 def test_status_shows_provenance(tmp_path, hoi_pair, grail_repo, capsys, monkeypatch):
-    from grail_cluster.cli.main import main as cli
+    from grail_cluster.cli import common as cli
 
     monkeypatch.setattr(cli.out, "width", 300)
     _, ha = hoi_pair

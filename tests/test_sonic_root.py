@@ -153,7 +153,7 @@ def test_doctor_checks_the_sonic_root_when_given(hoi_pair, tmp_path, capsys):
 
 
 def test_doctor_rich_output_names_the_missing_checkpoint(hoi_pair, tmp_path, capsys, monkeypatch):
-    from grail_cluster.cli.main import main as cli
+    from grail_cluster.cli import common as cli
 
     monkeypatch.setattr(cli.out, "width", 400)  # no folding of long paths in the table
     _, ha = hoi_pair
