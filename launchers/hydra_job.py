@@ -1,6 +1,6 @@
 """The job side of the Hydra launcher plugin (``hydra/launcher=grail_local|grail_slurm``).
 
-Two commands, both written by the launcher (``grail_cluster.launchers.hydra_launcher``)::
+Two commands, both written by the launcher (``grail_cluster.launchers.submission``)::
 
     python -m grail_cluster.launchers.hydra_job run --payload P --sha256 HEX --index I \\
         --result-dir R --job-id ID [--index-offset K] [--path DIR]
@@ -9,10 +9,10 @@ Two commands, both written by the launcher (``grail_cluster.launchers.hydra_laun
 
 ``run`` is one Hydra job: it loads the payload (the Hydra context, task function, sweep config
 and ``Singleton`` state the launcher cloudpickled for this submission), but only after checking
-its SHA-256 against ``--sha256``; a missing or changed payload is refused (exit 3) without being
-unpickled. It then does what Hydra's basic and submitit launchers do in a job
-(``Singleton.set_state``, ``setup_globals``, ``configure_log``, ``load_sweep_config``,
-``run_job``) and writes ``<result-dir>/<index>.json`` (temporary file + rename): JSON, never a
+its SHA-256 against ``--sha256`` (:mod:`grail_cluster.launchers.payloads`); a missing or changed
+payload is refused (exit 3) without being unpickled. It then does what Hydra's basic and
+submitit launchers do in a job (``Singleton.set_state``, ``setup_globals``, ``configure_log``,
+``load_sweep_config``, ``run_job``) and writes ``<result-dir>/<index>.json`` (temporary file + rename): JSON, never a
 pickle. ``drive`` is the local backend's slot queue: one ``run`` process per index, at most
 ``--max-parallel`` at once; it writes the result of a job process that died without one.
 """
@@ -20,12 +20,7 @@ pickle. ``drive`` is the local backend's slot queue: one ``run`` process per ind
 from __future__ import annotations
 
 import argparse
-import hashlib
-import hmac
-import json
 import os
-import pickle
-import re
 import signal
 import socket
 import subprocess
@@ -35,89 +30,21 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from grail_cluster.launchers.payloads import (
+    PayloadRefused,
+    encode_error,
+    encode_value,
+    load_payload,
+    read_result,
+    result_file,
+    write_result,
+)
+
 EXIT_FAILED = 1
 EXIT_REFUSED = 3
-RESULT_VERSION = 1
-_DIGEST = re.compile(r"[0-9a-f]{64}")
-
-
-class PayloadRefused(Exception):
-    """The payload is missing or is not the one the launcher wrote for this job."""
-
-
-# ----------------------------------------------------------------------------- shared with the launcher
-
-
-def result_file(result_dir: str | Path, index: int) -> Path:
-    return Path(result_dir) / f"{index}.json"
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Readers see the whole file or none: written beside, flushed to disk, renamed into place."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(obj, fh, indent=1, default=str)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def read_result(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    except ValueError:  # not ours (results are renamed into place whole)
-        return None
-    return data if isinstance(data, dict) and "status" in data else None
-
-
-def encode_value(value: Any) -> dict[str, Any]:
-    """``{"json": v}`` when v comes back from JSON equal and of the same type (so tuples, NaN and
-    non-string dict keys do not pass), else its type name and repr."""
-    try:
-        back = json.loads(json.dumps(value, allow_nan=False))
-        if back == value and type(back) is type(value):
-            return {"json": value}
-    except (TypeError, ValueError, RecursionError):
-        pass
-    try:
-        text = repr(value)
-    except Exception as exc:  # a broken __repr__ must not lose the job's result
-        text = f"<repr failed: {exc!r}>"
-    return {"repr": text[:20000], "type": type_name(type(value))}
-
-
-def type_name(kind: type) -> str:
-    return kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
-
-
-def encode_error(exc: BaseException) -> dict[str, str]:
-    return {"type": type_name(type(exc)), "message": str(exc),
-            "traceback": "".join(traceback.format_exception(exc))}
 
 
 # ----------------------------------------------------------------------------- run: one Hydra job
-
-
-def load_payload(path: Path, digest: str) -> Any:
-    """Unpickle the payload only if its bytes hash to ``digest`` (the launcher put the digest in
-    this job's command line). The file is read once, so what is hashed is what is unpickled."""
-    if not _DIGEST.fullmatch(digest):
-        raise PayloadRefused(f"--sha256 {digest!r} is not a SHA-256 hex digest; the job command was not "
-                             "written by the launcher")
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise PayloadRefused(f"payload {path} is missing (the sweep's .grail folder was removed or moved?); "
-                             "run the sweep command again to write a new one") from None
-    actual = hashlib.sha256(data).hexdigest()
-    if not hmac.compare_digest(actual, digest):
-        raise PayloadRefused(f"payload {path} has SHA-256 {actual}, but this job was submitted with "
-                             f"{digest}: the file changed after the launcher wrote it, so it is not loaded; "
-                             "run the sweep command again to write a new one")
-    # Safe to unpickle: byte-identical to what the launcher of this sweep pickled (checked above).
-    return pickle.loads(data)  # noqa: S301
 
 
 def _run_hydra_job(payload: dict[str, Any], job: dict[str, Any], job_id: str) -> Any:
@@ -159,15 +86,15 @@ def _job_result(ret: Any) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     index = args.index + args.index_offset
     path = result_file(args.result_dir, index)
-    base: dict[str, Any] = {"version": RESULT_VERSION, "index": index, "job_id": args.job_id,
+    base: dict[str, Any] = {"index": index, "job_id": args.job_id,
                             "host": socket.gethostname(), "pid": os.getpid(), "started": time.time(),
                             "payload_sha256": args.sha256}
     try:
         payload = load_payload(Path(args.payload), args.sha256)
     except PayloadRefused as exc:
         print(f"grail hydra job: refused: {exc}", file=sys.stderr, flush=True)
-        write_json_atomic(path, {**base, "status": "refused", "ended": time.time(),
-                                 "error": {"type": "PayloadRefused", "message": str(exc), "traceback": ""}})
+        write_result(path, {**base, "status": "refused", "ended": time.time(),
+                            "error": {"type": "PayloadRefused", "message": str(exc), "traceback": ""}})
         return EXIT_REFUSED
     job: dict[str, Any] = {}
     try:
@@ -176,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
     except Exception as exc:  # composition errors etc.: run_job itself catches the task's exceptions
         traceback.print_exc()
         result = {"status": "failed", "overrides": list(job.get("overrides", [])), "error": encode_error(exc)}
-    write_json_atomic(path, {**base, "num": job.get("num"), **result, "ended": time.time()})
+    write_result(path, {**base, "num": job.get("num"), **result, "ended": time.time()})
     if result["status"] != "completed":
         # A non-zero exit makes SLURM record the job as FAILED (hydra #1928: submitit jobs whose task
         # raised still show COMPLETED).
@@ -214,8 +141,8 @@ def drive(args: argparse.Namespace) -> int:
             path = result_file(args.result_dir, index)
             if read_result(path) is None:
                 # Killed, segfault, OOM: the job could not say why, so the driver says what it saw.
-                write_json_atomic(path, {
-                    "version": RESULT_VERSION, "index": index, "job_id": f"{os.getpid()}_{index}",
+                write_result(path, {
+                    "index": index, "job_id": f"{os.getpid()}_{index}",
                     "status": "failed", "ended": time.time(),
                     "error": {"type": "JobProcessDied", "traceback": "",
                               "message": f"the job process exited with code {code} without writing a result; "

@@ -28,14 +28,12 @@ from hydra.test_utils.launcher_common_tests import (
 )
 
 from grail_cluster.core.errors import ConfigError, GrailError
-from grail_cluster.launchers.hydra_launcher import (
-    JobFailedError,
-    ReturnRepr,
-    SubmittedJob,
-    SweepLedger,
-    render_sbatch,
-    sweep_status,
-)
+from grail_cluster.launchers.errors import JobFailedError
+from grail_cluster.launchers.hydra_launcher import SubmittedJob
+from grail_cluster.launchers.ledger import SweepLedger
+from grail_cluster.launchers.payloads import ReturnRepr
+from grail_cluster.launchers.status import sweep_status
+from grail_cluster.launchers.submission import render_sbatch
 
 # Small requests, so arrays start at once on the shared one-node cluster.
 SLURM_FIT = ["hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=0.25", "hydra.launcher.time=5"]
@@ -569,7 +567,7 @@ def test_bad_code_key_is_refused(tmp_path: Path) -> None:
 
 
 def test_code_change_rules_per_code_key() -> None:
-    from grail_cluster.launchers.hydra_launcher import code_change
+    from grail_cluster.launchers.keys import code_change
 
     now = {"task": "app:main", "sources": {"sha256": "s1"}, "git": {"commit": "c1", "diff_sha256": None}}
     assert code_change(now, dict(now), "tree") is None
