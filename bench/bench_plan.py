@@ -42,10 +42,11 @@ _t_import = time.perf_counter()
 import joblib  # noqa: E402
 
 from bench.machine import machine, mark_dataset, reuse_dataset  # noqa: E402
-from grail_cluster import config  # noqa: E402
+from grail_cluster.core import config  # noqa: E402
 from grail_cluster.core.library import _cache_candidates, scan_library  # noqa: E402
-from grail_cluster.core.plan import build_plan, write_plan  # noqa: E402
+from grail_cluster.core.plan import write_plan  # noqa: E402
 from grail_cluster.core.sharding import balance, make_shards  # noqa: E402
+from grail_cluster.runs.planner import build_plan  # noqa: E402
 from tests.conftest import make_sonic_root  # noqa: E402
 from tests.libgen import heavy_tailed_lengths, make_library  # noqa: E402
 

@@ -193,8 +193,9 @@ def evaluated_run(tmp_path: Path, ha, sonic_root: Path, *overrides: str, video: 
 
     from grail_cluster.core import config
     from grail_cluster.core.library import scan_library
-    from grail_cluster.core.plan import build_plan, write_plan
-    from grail_cluster.stages.eval import shard_dir
+    from grail_cluster.core.plan import write_plan
+    from grail_cluster.runs.planner import build_plan
+    from grail_cluster.stages.checkpoints import shard_dir
     from tests.conftest import base_overrides
 
     ckpts = checkpoint_files(tmp_path / "exp", (1000, 2000))

@@ -11,9 +11,10 @@ import pytest
 from grail_cluster.core import config
 from grail_cluster.core.library import scan_library
 from grail_cluster.core.markers import read_marker
-from grail_cluster.core.plan import build_plan, write_plan
+from grail_cluster.core.plan import write_plan
 from grail_cluster.entry import main as entry_main
 from grail_cluster.runs.job_files import render_files, write_files
+from grail_cluster.runs.planner import build_plan
 from tests.conftest import base_overrides
 from tests.evalgen import checkpoint_files
 
@@ -104,7 +105,7 @@ def test_train_finish_writes_marker_only_with_checkpoints(tmp_path, hoi_pair, so
 
 
 def test_late_binding_reads_selection_json(tmp_path, hoi_pair, sonic_root, capsys):
-    from grail_cluster.stages.eval import resolve_checkpoint
+    from grail_cluster.stages.checkpoints import resolve_checkpoint
 
     _, ha = hoi_pair
     plan = build_plan(config.load(base_overrides(tmp_path, ha.root, sonic_root, "select.k=2")), scan_library(ha.root))

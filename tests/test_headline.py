@@ -53,7 +53,7 @@ def build_finished_run(tmp: Path) -> dict:
     """A finished local run of 24 motions in 3 eval shards: 6 terminated, 2 successes over the threshold."""
     from grail_cluster.core import config
     from grail_cluster.core.library import scan_library
-    from grail_cluster.core.plan import build_plan
+    from grail_cluster.runs.planner import build_plan
     from tests.conftest import make_sonic_root
 
     _, ha = make_ha_pair(tmp / "data", "pickup_table", 24, fast=True)

@@ -17,8 +17,8 @@ from grail_cluster.backends import kubernetes as k8s
 from grail_cluster.core import config
 from grail_cluster.core.errors import EXIT_USAGE, ConfigError, DataError, GrailError
 from grail_cluster.core.library import scan_library
-from grail_cluster.core.plan import build_plan
 from grail_cluster.runs.job_files import render_files
+from grail_cluster.runs.planner import build_plan
 from tests.conftest import make_sonic_root
 from tests.libgen import make_library, make_terrain_library
 

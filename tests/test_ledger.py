@@ -10,7 +10,7 @@ from grail_cluster.core import config
 from grail_cluster.core.errors import GrailError
 from grail_cluster.core.ledger import Ledger, submit_lock
 from grail_cluster.core.library import scan_library
-from grail_cluster.core.plan import build_plan
+from grail_cluster.runs.planner import build_plan
 from grail_cluster.runs.submission import compress_ranges, consumers, downstream_closure, plan_groups
 from tests.conftest import base_overrides
 

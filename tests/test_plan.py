@@ -8,7 +8,8 @@ from grail_cluster.cli.main import main
 from grail_cluster.core import config
 from grail_cluster.core.errors import ConfigError, DataError
 from grail_cluster.core.library import scan_library
-from grail_cluster.core.plan import build_plan, read_plan, write_plan
+from grail_cluster.core.plan import read_plan, write_plan
+from grail_cluster.runs.planner import build_plan
 from tests.conftest import base_overrides
 
 
@@ -186,7 +187,7 @@ def test_a_submitted_runs_plan_is_never_replaced_by_another(tmp_path, hoi_pair, 
 
 
 def test_checkpoint_count_follows_the_rendered_command_line():
-    from grail_cluster.core.plan import checkpoints_written, training_schedule
+    from grail_cluster.runs.planner import checkpoints_written, training_schedule
 
     pipeline = {"iterations": 20000, "save_frequency": 500}
     assert training_schedule(["x.py", "num_envs=4"], pipeline) == (20000, 500, "release config")

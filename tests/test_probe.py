@@ -59,8 +59,8 @@ def test_job_python_defaults_to_the_submitting_interpreter(world):
 def test_a_job_whose_interpreter_lacks_grail_cluster_fails_with_the_signature(world, tmp_path):
     """The rendered guard runs for real under bash with an interpreter that has no grail-cluster."""
     from grail_cluster.core.library import scan_library
-    from grail_cluster.core.plan import build_plan
     from grail_cluster.runs.job_files import render_files, write_files
+    from grail_cluster.runs.planner import build_plan
 
     assert SYSTEM_PYTHON and subprocess.run([SYSTEM_PYTHON, "-c", "import grail_cluster"], cwd=tmp_path,
                                             capture_output=True).returncode != 0

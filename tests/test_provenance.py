@@ -16,7 +16,8 @@ from grail_cluster.cli.main import main
 from grail_cluster.core import config
 from grail_cluster.core import provenance as prov
 from grail_cluster.core.library import scan_library
-from grail_cluster.core.plan import build_plan, read_plan, write_plan
+from grail_cluster.core.plan import read_plan, write_plan
+from grail_cluster.runs.planner import build_plan
 from grail_cluster.tools.data.merge import merge_step
 from tests.conftest import base_overrides, make_sonic_root
 from tests.libgen import make_library

@@ -25,8 +25,9 @@ from grail_cluster.core import config
 from grail_cluster.core.errors import ConfigError
 from grail_cluster.core.library import scan_library
 from grail_cluster.core.markers import read_marker, validate_marker
-from grail_cluster.core.plan import build_plan, write_plan
+from grail_cluster.core.plan import write_plan
 from grail_cluster.entry import main as entry
+from grail_cluster.runs.planner import build_plan
 from grail_cluster.tools.replay import render as R
 from grail_cluster.tools.replay.scene import look_at
 from grail_cluster.tools.replay.video import STALL_KEY_ENV
@@ -257,7 +258,7 @@ def test_render_stage_entry_renders_into_vis_and_export_picks_it_up(tmp_path, so
     plan = build_plan(c, scan_library(ha.root))
     write_plan(plan)
     assert "render" in plan.stage_names and plan.library["usd_dir"]
-    from grail_cluster.stages.eval import shard_dir
+    from grail_cluster.stages.checkpoints import shard_dir
 
     dirs = {}
     for index in range(2):

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from grail_cluster.core import config
 from grail_cluster.core.library import scan_library
-from grail_cluster.core.plan import build_plan, read_plan, write_plan
+from grail_cluster.core.plan import read_plan, write_plan
 from grail_cluster.core.sharding import (
     STRATEGIES,
     balance,
@@ -27,6 +27,7 @@ from grail_cluster.core.sharding import (
     make_shards,
     sonic_block_shards,
 )
+from grail_cluster.runs.planner import build_plan
 from grail_cluster.sonic.slicing import (
     hoi_rank_slices,
     terrain_envs,
@@ -309,9 +310,9 @@ def test_plan_hash_is_stable_across_processes(small_plan_inputs):
     here = _plan(overrides, info.root).plan_hash
     code = (
         "import sys, json\n"
-        "from grail_cluster import config\n"
+        "from grail_cluster.core import config\n"
         "from grail_cluster.core.library import scan_library\n"
-        "from grail_cluster.core.plan import build_plan\n"
+        "from grail_cluster.runs.planner import build_plan\n"
         "ov = json.loads(sys.argv[1])\n"
         "print(build_plan(config.load(ov), scan_library(sys.argv[2])).plan_hash)\n"
     )

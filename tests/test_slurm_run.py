@@ -17,9 +17,10 @@ from grail_cluster.cli.main import main
 from grail_cluster.core import config
 from grail_cluster.core.ledger import Ledger
 from grail_cluster.core.library import scan_library
-from grail_cluster.core.plan import build_plan, write_plan
+from grail_cluster.core.plan import write_plan
 from grail_cluster.runs.control import cancel, resubmit, submit_run
 from grail_cluster.runs.job_files import render_files, write_files
+from grail_cluster.runs.planner import build_plan
 from grail_cluster.runs.status import refresh, run_finished, summarise
 from tests.conftest import make_sonic_root
 from tests.libgen import make_library

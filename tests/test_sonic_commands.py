@@ -18,12 +18,12 @@ import pytest
 
 from grail_cluster.core import config
 from grail_cluster.core.library import scan_library
-from grail_cluster.core.plan import build_plan
-from grail_cluster.stages import train as train_launcher
 from grail_cluster.runs.job_files import render_files
+from grail_cluster.runs.planner import build_plan
 from grail_cluster.sonic import registry
 from grail_cluster.sonic.commands import shell_join
 from grail_cluster.sonic.experiment import resolve_resume
+from grail_cluster.stages import train as train_launcher
 from tests.conftest import make_sonic_root
 from tests.libgen import make_ha_pair, make_terrain_library
 

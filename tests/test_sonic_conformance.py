@@ -28,11 +28,11 @@ from omegaconf import OmegaConf
 
 from grail_cluster.core import config
 from grail_cluster.core.library import scan_library
-from grail_cluster.core.plan import build_plan
 from grail_cluster.core.sweep import expand
-from grail_cluster.stages import eval as eval_launcher
 from grail_cluster.runs.job_files import render_files
+from grail_cluster.runs.planner import build_plan
 from grail_cluster.sonic import commands
+from grail_cluster.stages import eval as eval_launcher
 from tests.conftest import PIPELINES, make_sonic_root
 from tests.libgen import make_ha_pair, make_terrain_library
 

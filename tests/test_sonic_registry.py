@@ -8,10 +8,10 @@ import yaml
 
 from grail_cluster.core import config
 from grail_cluster.core.library import scan_library
-from grail_cluster.core.plan import build_plan
+from grail_cluster.runs.planner import build_plan
+from grail_cluster.sonic import registry
 from grail_cluster.stages import eval as eval_launcher
 from grail_cluster.stages import train as train_launcher
-from grail_cluster.sonic import registry
 from tests.conftest import PIPELINES, base_overrides
 
 

@@ -12,7 +12,7 @@ from grail_cluster.cli.main import main
 from grail_cluster.core import config
 from grail_cluster.core.errors import EXIT_PROBLEMS, EXIT_USAGE, ConfigError
 from grail_cluster.core.library import scan_library
-from grail_cluster.core.plan import build_plan
+from grail_cluster.runs.planner import build_plan
 from grail_cluster.sonic import root as sonic_root_mod
 from tests.conftest import base_overrides, make_sonic_root
 

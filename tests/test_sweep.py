@@ -18,8 +18,10 @@ from grail_cluster.cli.main import main
 from grail_cluster.core.config import load
 from grail_cluster.core.errors import ConfigError, DataError
 from grail_cluster.core.library import scan_library
-from grail_cluster.core.plan import build_plan, read_plan
+from grail_cluster.core.plan import read_plan
 from grail_cluster.core.sweep import check_points, expand
+from grail_cluster.runs.planner import build_plan
+from grail_cluster.stages import registry
 from grail_cluster.tools.data.select_top import select_across
 from tests.conftest import base_overrides, make_sonic_root
 from tests.libgen import make_library
@@ -74,7 +76,7 @@ def test_sweep_plan(tmp_path, hoi_lib, sonic_root):
     plan = build_plan(configs[0], index, sweep={"configs": configs, "swept": sweep.swept})
     assert plan.is_sweep and plan.run_id.startswith("advanced_manip_table-sweep-")
     train = plan.stage("train")
-    assert train.size == 4 and train.is_array
+    assert train.size == 4 and registry.get("train").is_array(train.size)
     dirs = [p["experiment_dir"] for p in plan.train["points"]]
     assert len(set(dirs)) == 4 and all(Path(d).parent == Path(plan.run_dir) / "experiments" for d in dirs)
     # Each point's rank slices follow its own num_envs (HOI slicing keeps motions past num_envs unused).
@@ -95,7 +97,7 @@ def test_train_script_holds_every_points_command(tmp_path, hoi_lib, sonic_root):
 
     configs, sweep = _configs(tmp_path, hoi_lib, sonic_root, *SWEEP)
     plan = build_plan(configs[0], scan_library(str(hoi_lib.root)), sweep={"configs": configs, "swept": sweep.swept})
-    body = "\n".join(train_launcher.spec(plan).body)
+    body = "\n".join(registry.get("train").spec(plan).body)
     for n, p in enumerate(plan.train["points"]):
         argv = train_launcher.train_argv(plan, n)
         assert f"++experiment_dir={p['experiment_dir']}" in argv

@@ -18,11 +18,12 @@ import jinja2
 from grail_cluster import __version__
 from grail_cluster.core.jobspec import JobSpec
 from grail_cluster.core.plan import RunPlan
+from grail_cluster.stages import registry
 
 
 def job_specs(plan: RunPlan) -> list[JobSpec]:
-    """One spec per planned stage, in dependency order, from ``launchers/<stage>.py``."""
-    specs = [importlib.import_module(f"grail_cluster.stages.{s.name}").spec(plan) for s in plan.stages]
+    """One spec per planned stage, in dependency order, from its stage (``stages/<stage>.py``)."""
+    specs = [registry.get(s.name).spec(plan) for s in plan.stages]
     for spec in specs:
         spec.python = spec.python or str(plan.config["job"]["python"])
     return specs

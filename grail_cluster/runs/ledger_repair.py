@@ -27,6 +27,7 @@ from grail_cluster.core.plan import PLAN_FILE, RunPlan
 from grail_cluster.core.states import ACTIVE
 from grail_cluster.runs.status import output_roots
 from grail_cluster.runs.submission import compress_ranges, plan_groups
+from grail_cluster.stages import registry
 
 
 @dataclass
@@ -74,7 +75,7 @@ def slurm_jobs(plan: RunPlan, backend: Any) -> list[FoundJob]:
             return None
         base, _, task = jid.strip().partition("_")
         job = jobs.setdefault(base, FoundJob(base, name.strip(), m.group(1), int(m.group(2)), int(m.group(3) or 0),
-                                             plan.stage(m.group(1)).is_array, None))
+                                             registry.get(m.group(1)).is_array(plan.stage(m.group(1)).size), None))
         return job, task
 
     fields = "JobID,JobName,State,ExitCode,Elapsed,NodeList,SubmitLine"

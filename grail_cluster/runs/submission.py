@@ -12,6 +12,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from grail_cluster.core.plan import RunPlan
+from grail_cluster.stages import registry
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,7 @@ def plan_groups(plan: RunPlan, selected: dict[str, list[int]], *, max_array_size
         indices = sorted(set(selected.get(st.name) or []))
         if not indices:
             continue
-        array = st.is_array
+        array = registry.get(st.name).is_array(st.size)
         chunks: dict[int, list[int]] = defaultdict(list)
         for i in indices:
             chunks[i // m if array else 0].append(i)

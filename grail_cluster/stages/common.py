@@ -1,12 +1,16 @@
-"""What every stage launcher shares: the job preamble and the in-job entry command."""
+"""What every stage shares: the job preamble, the in-job entry command and the success marker's outputs."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
+from typing import Any
 
 from grail_cluster.core.jobspec import JobSpec
+from grail_cluster.core.markers import file_digest
 from grail_cluster.core.plan import RunPlan
 from grail_cluster.sonic.commands import shell_join
+from grail_cluster.stages.base import Stage
 
 
 def entry_command(plan: RunPlan, stage: str) -> str:
@@ -16,12 +20,12 @@ def entry_command(plan: RunPlan, stage: str) -> str:
                        "--index", "$GRAIL_INDEX", "--plan-hash", plan.plan_hash])
 
 
-def base_spec(plan: RunPlan, stage: str, *, workdir: str | None = None, sonic: bool = False) -> JobSpec:
-    st = plan.stage(stage)
+def base_spec(plan: RunPlan, stage: Stage, *, workdir: str | None = None, sonic: bool = False) -> JobSpec:
+    st = plan.stage(stage.name)
     cfg = plan.config
     # Stable tracking identities: every W&B run a job starts (each sweep point's training, evals)
     # lands in the run's group with its stage as job type; the user's job.env may still override.
-    env = {"WANDB_RUN_GROUP": plan.run_id, "WANDB_JOB_TYPE": stage}
+    env = {"WANDB_RUN_GROUP": plan.run_id, "WANDB_JOB_TYPE": stage.name}
     env.update({k: str(v) for k, v in (cfg["job"].get("env") or {}).items()})
     setup = list(cfg["job"].get("setup") or [])
     if sonic:
@@ -31,9 +35,9 @@ def base_spec(plan: RunPlan, stage: str, *, workdir: str | None = None, sonic: b
         setup += list(cfg["sonic"].get("setup") or [])
     return JobSpec(
         run_id=plan.run_id,
-        stage=stage,
+        stage=stage.name,
         size=st.size,
-        array=st.is_array,
+        array=stage.is_array(st.size),
         resources=st.resources,
         depends_on=list(st.depends_on),
         workdir=workdir or plan.run_dir,
@@ -45,11 +49,16 @@ def base_spec(plan: RunPlan, stage: str, *, workdir: str | None = None, sonic: b
     )
 
 
-def entry_spec(plan: RunPlan, stage: str, comment: str, *, sonic: bool = False) -> JobSpec:
+def entry_spec(plan: RunPlan, stage: Stage, comment: str, *, sonic: bool = False) -> JobSpec:
     spec = base_spec(plan, stage, sonic=sonic)
     spec.comment = comment
-    spec.body = [entry_command(plan, stage)]
+    spec.body = [entry_command(plan, stage.name)]
     return spec
+
+
+def output_digests(paths: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """A marker's outputs: size and sha256 of each file the stage produced."""
+    return {p: {"size": os.path.getsize(p), "sha256": file_digest(p)} for p in paths}
 
 
 def data_overrides(plan: RunPlan, *, for_eval: bool = False) -> list[str]:

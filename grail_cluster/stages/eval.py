@@ -9,76 +9,22 @@ from __future__ import annotations
 
 import json
 import os
-import re
+import sys
+from collections.abc import Collection
+from typing import Any
 
 from grail_cluster.core.errors import DataError
 from grail_cluster.core.jobspec import JobSpec
-from grail_cluster.core.plan import RunPlan
+from grail_cluster.core.markers import write_marker
+from grail_cluster.core.plan import Dependency, RunPlan
 from grail_cluster.sonic import commands
-from grail_cluster.stages.common import data_overrides, entry_spec
+from grail_cluster.stages import rehearsal
+from grail_cluster.stages.base import ShardStage
+from grail_cluster.stages.checkpoints import resolve_checkpoint, shard_dir, step_of
+from grail_cluster.stages.child import run_child
+from grail_cluster.stages.common import data_overrides, entry_spec, output_digests
 
-_STEP = re.compile(r"model_step_(\d+)\.pt$")
 CHECKPOINT_PLACEHOLDER = "<checkpoint {rank} of select/selection.json>"
-
-
-def spec(plan: RunPlan) -> JobSpec:
-    k, n = plan.eval["num_checkpoints"], plan.eval["num_shards"]
-    s = entry_spec(plan, "eval", f"SONIC eval: {k} checkpoint(s) x {n} shard(s), {plan.eval['strategy']} sharding",
-                   sonic=True)
-    s.workdir = plan.config["sonic"]["root"]
-    return s
-
-
-def step_of(checkpoint: str) -> int | None:
-    m = _STEP.search(os.path.basename(checkpoint))
-    return int(m.group(1)) if m else None
-
-
-def resolve_checkpoint(plan: RunPlan, rank: int) -> tuple[str, int | None]:
-    """(checkpoint path, step) of the ``rank``-th selected checkpoint."""
-    explicit = plan.eval.get("checkpoints") or []
-    if explicit:
-        return explicit[rank], step_of(explicit[rank])
-    path = plan.paths["selection"]
-    try:
-        with open(path) as fh:
-            selection = json.load(fh)
-        top = selection["top"]
-    except FileNotFoundError:
-        raise DataError("selection.json not found: the select stage has not finished", path=path,
-                        fix="run the select stage first (it is a dependency of eval)") from None
-    except (ValueError, KeyError) as exc:
-        raise DataError(f"selection.json is malformed: {exc}", path=path, fix="re-run the select stage") from None
-    if rank >= len(top):
-        raise DataError(f"selection.json lists {len(top)} checkpoints; eval wants rank {rank}", path=path,
-                        fix="lower select.k or lower select.min_sr so enough checkpoints qualify")
-    entry = top[rank]
-    # select-top names checkpoints as GRAIL does: file names relative to the experiment dir.
-    # In a sweep's selection each entry names its own point's experiment dir.
-    exp = entry.get("experiment_dir") or selection.get("experiment_dir") or plan.paths["experiment_dir"]
-    checkpoint = os.path.join(exp, entry["checkpoint"])
-    return checkpoint, int(entry["eval_step"]) if entry.get("eval_step") is not None else step_of(checkpoint)
-
-
-def results_dir(plan: RunPlan, checkpoint: str) -> str:
-    """The experiment dir whose eval/ and exported/ hold a selected checkpoint's results: in a sweep,
-    the winner's own point (two points may both win at the same step), else the run's."""
-    if not plan.is_sweep:
-        return plan.paths["experiment_dir"]
-    if not checkpoint:
-        raise ValueError("a sweep's results dir depends on the checkpoint's point")
-    if checkpoint.startswith("<"):  # a preview: the winner is not known yet
-        return os.path.join(plan.paths["experiment_dir"], "<point>")
-    return os.path.dirname(os.path.abspath(checkpoint))
-
-
-def shard_dir(plan: RunPlan, step: int | None, shard: int, checkpoint: str = "") -> str:
-    step_name = f"step_{step:06d}" if step is not None else "step_last"
-    return os.path.join(results_dir(plan, checkpoint), "eval", step_name, f"phase1_shard_{shard}")
-
-
-def export_dir(plan: RunPlan, checkpoint: str) -> str:
-    return os.path.join(results_dir(plan, checkpoint), "exported")
 
 
 def sonic_argv(plan: RunPlan, index: int, checkpoint: str, step: int | None) -> list[str]:
@@ -110,3 +56,55 @@ def preview_commands(plan: RunPlan) -> list[str]:
                      f"{shard.frames} frames)")
         lines.append(commands.shell_join(argv))
     return lines
+
+
+class Eval(ShardStage):
+    name = "eval"
+
+    def depends_on(self, enabled: Collection[str]) -> list[Dependency]:
+        return [Dependency("select", "afterok")] if "select" in enabled else []
+
+    def spec(self, plan: RunPlan) -> JobSpec:
+        k, n = plan.eval["num_checkpoints"], plan.eval["num_shards"]
+        s = entry_spec(plan, self, f"SONIC eval: {k} checkpoint(s) x {n} shard(s), {plan.eval['strategy']} sharding",
+                       sonic=True)
+        s.workdir = plan.config["sonic"]["root"]
+        return s
+
+    def run(self, plan: RunPlan, index: int) -> int:
+        """One SONIC metrics shard; done when its metrics_eval.json covers exactly the shard's motions."""
+        c, shard = plan.eval_index(index)
+        checkpoint, step = resolve_checkpoint(plan, c)
+        argv = sonic_argv(plan, index, checkpoint, step)
+        out_dir = shard_dir(plan, step, shard.shard, checkpoint)
+        metrics = os.path.join(out_dir, "metrics_eval.json")
+        if os.path.exists(metrics):  # a stale shard from an earlier attempt must not pass for this one
+            os.remove(metrics)
+        print("[grail] " + commands.shell_join(argv), flush=True)
+        code = run_child(argv, plan.config["sonic"]["root"], plan, "eval", index)
+        if code != 0:
+            print(f"[grail] SONIC eval exited with {code}", file=sys.stderr)
+            return code if code > 0 else 128 - code
+        try:
+            with open(metrics) as fh:
+                keys = json.load(fh)["eval/all_metrics_dict"]["motion_keys"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise DataError(f"SONIC eval exited 0 but its metrics_eval.json is missing or unreadable ({exc})",
+                            path=metrics, fix="check the eval log; the shard must write metrics_eval.json") from None
+        if sorted(keys) != sorted(shard.motion_keys):
+            raise DataError(f"metrics_eval.json covers {len(keys)} motions, the shard has {len(shard.motion_keys)}",
+                            path=metrics, fix="the evaluator sliced the library differently from the plan; check "
+                                              "the shard overrides in the log")
+        write_marker(plan.run_dir, "eval", index, plan.plan_hash,
+                     output_digests([metrics]))
+        print(f"[grail] eval shard {shard.shard} of checkpoint step {step}: {len(keys)} motions -> {out_dir}")
+        return 0
+
+    def rehearse(self, plan: RunPlan, index: int) -> dict[str, Any]:
+        """Read the shard's motion files and digest them."""
+        c, shard = plan.eval_index(index)
+        motions = rehearsal.motion_digest(plan, shard.motion_keys)
+        return {"checkpoint_rank": c, "shard": shard.shard, "motions": motions, "digest": rehearsal.combine(c, motions)}
+
+
+STAGE = Eval()

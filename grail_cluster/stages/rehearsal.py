@@ -1,4 +1,5 @@
-"""Rehearsal work: every stage of the DAG does small, real CPU work with the same shape as the real one.
+"""Rehearsal: every stage of the DAG does small, real CPU work with the same shape as the real one
+(each stage's ``rehearse``; this module holds what they share).
 
 Train digests the whole library, eval shard i reads its shard's motion files and digests them,
 render/export shard i derive from eval shard i, merge c combines every export shard of checkpoint
@@ -19,6 +20,7 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +45,7 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def _read_upstream(plan: RunPlan, stage: str, index: int) -> dict[str, Any]:
+def read_upstream(plan: RunPlan, stage: str, index: int) -> dict[str, Any]:
     if not validate_marker(plan.run_dir, stage, index, plan.plan_hash):
         raise DataError(f"upstream {stage} index {index} has no valid success marker",
                         path=str(output_path(plan, stage, index)), fix=f"resubmit {stage} index {index} first")
@@ -51,7 +53,7 @@ def _read_upstream(plan: RunPlan, stage: str, index: int) -> dict[str, Any]:
         return json.load(fh)
 
 
-def _motion_digest(plan: RunPlan, keys: list[str]) -> dict[str, dict[str, Any]]:
+def motion_digest(plan: RunPlan, keys: list[str]) -> dict[str, dict[str, Any]]:
     """Read each motion's robot pickle (through the safe loader) and digest its bytes."""
     root = Path(plan.library["root"])
     out = {}
@@ -67,53 +69,15 @@ def _motion_digest(plan: RunPlan, keys: list[str]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _combine(*parts: Any) -> str:
+def combine(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
-def _work(plan: RunPlan, stage: str, index: int) -> dict[str, Any]:
-    if stage == "train":
-        keys = sorted(k for r in plan.point_train(index)["ranks"] for k in r["motion_keys"]) or []
-        motions = _motion_digest(plan, sorted(set(keys)))
-        return {"motions": len(motions), "digest": _combine(index, motions) if plan.is_sweep else _combine(motions)}
-    if stage == "select":
-        # Across a sweep: every point's training feeds the selection.
-        points = plan.stage("train").size if "train" in plan.stage_names else 0
-        if not points:
-            train = {"digest": "explicit"}
-        elif not plan.is_sweep:
-            train = _read_upstream(plan, "train", 0)
-        else:
-            train = {"digest": _combine([_read_upstream(plan, "train", p)["digest"] for p in range(points)])}
-        k = plan.eval["num_checkpoints"]
-        return {"top": [{"rank": r, "digest": _combine(train["digest"], r)} for r in range(k)]}
-    if stage == "eval":
-        c, shard = plan.eval_index(index)
-        motions = _motion_digest(plan, shard.motion_keys)
-        return {"checkpoint_rank": c, "shard": shard.shard, "motions": motions, "digest": _combine(c, motions)}
-    if stage in ("render", "export"):
-        ev = _read_upstream(plan, "eval", index)
-        return {"checkpoint_rank": ev["checkpoint_rank"], "shard": ev["shard"],
-                "motions": {k: _combine(stage, v) for k, v in ev["motions"].items()}}
-    if stage == "merge":
-        n = plan.eval["num_shards"]
-        merged: dict[str, str] = {}
-        for i in range(index * n, (index + 1) * n):
-            part = _read_upstream(plan, "export", i)
-            for key, value in part["motions"].items():
-                if key in merged:
-                    raise DataError(f"motion {key} appears in two export shards", path=str(output_path(plan, "export", i)))
-                merged[key] = value
-        if "render" in plan.stage_names:
-            for i in range(index * n, (index + 1) * n):
-                _read_upstream(plan, "render", i)
-        return {"checkpoint_rank": index, "motions": dict(sorted(merged.items())), "count": len(merged)}
-    if stage == "web":
-        k = plan.eval["num_checkpoints"]
-        merges = [_read_upstream(plan, "merge", c) for c in range(k)]
-        return {"libraries": [{"checkpoint_rank": m["checkpoint_rank"], "count": m["count"],
-                               "digest": _combine(m["motions"])} for m in merges]}
-    raise DataError(f"no rehearsal work for stage {stage!r}")
+def derive_from_eval(plan: RunPlan, stage: str, index: int) -> dict[str, Any]:
+    """Render and export rehearse alike: each motion of eval shard ``index``, digested with the stage's name."""
+    ev = read_upstream(plan, "eval", index)
+    return {"checkpoint_rank": ev["checkpoint_rank"], "shard": ev["shard"],
+            "motions": {k: combine(stage, v) for k, v in ev["motions"].items()}}
 
 
 def _inject(fault: str) -> None:
@@ -140,7 +104,9 @@ def parse_faults(items: list[str]) -> dict[str, str]:
     return out
 
 
-def run(plan: RunPlan, stage: str, index: int) -> int:
+def run(plan: RunPlan, stage: str, index: int, work: Callable[[RunPlan, int], dict[str, Any]]) -> int:
+    """Index ``index`` of ``stage``: faults first, then ``work`` (the stage's rehearsal), its output
+    and the success marker."""
     cfg = plan.config["rehearsal"]
     attempt = int(os.environ.get("GRAIL_ATTEMPT", "0"))
     fault = parse_faults(cfg.get("faults") or []).get(f"{stage}/{index}")
@@ -148,7 +114,7 @@ def run(plan: RunPlan, stage: str, index: int) -> int:
         _inject(fault)
     if cfg.get("work_seconds"):
         time.sleep(float(cfg["work_seconds"]))
-    result = {"rehearsal": True, "stage": stage, "index": index, **_work(plan, stage, index)}
+    result = {"rehearsal": True, "stage": stage, "index": index, **work(plan, index)}
     path = output_path(plan, stage, index)
     _write_json(path, result)
     if fault == "no_marker" and attempt == 0:

@@ -8,12 +8,17 @@ array: the script holds every point's command and picks its own by ``GRAIL_INDEX
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
+from grail_cluster.core.errors import DataError
 from grail_cluster.core.jobspec import JobSpec
-from grail_cluster.core.plan import RunPlan
+from grail_cluster.core.markers import file_digest, write_marker
+from grail_cluster.core.plan import Resources, RunPlan
 from grail_cluster.core.sweep import flatten
 from grail_cluster.sonic import commands
+from grail_cluster.stages import rehearsal
+from grail_cluster.stages.base import Stage
 from grail_cluster.stages.common import base_spec, data_overrides, entry_command
 
 
@@ -85,40 +90,86 @@ def audit_prefix(plan: RunPlan) -> str:
                                 "--"])
 
 
-def spec(plan: RunPlan) -> JobSpec:
-    s = base_spec(plan, "train", workdir=plan.config["sonic"]["root"], sonic=True)
-    s.comment = f"SONIC training: {plan.train['world_size']} processes, +exp={plan.pipeline['exp']}"
-    if plan.is_sweep:
-        s.comment += f", sweep of {len(plan.train['points'])} points"
-    if plan.config["rehearsal"]["enabled"]:
-        s.comment = "rehearsal: digest every training motion (no SONIC)"
-        s.body = [entry_command(plan, "train")]
+class Train(Stage):
+    """SONIC's training, one index per sweep point; preemptible (a requeue resumes from last.pt)."""
+
+    name = "train"
+    requeue = True
+
+    def enabled(self, config: dict[str, Any], train_enabled: bool) -> bool:
+        return train_enabled
+
+    def size(self, k: int, n: int, points: int) -> int:
+        return points
+
+    def is_array(self, size: int) -> bool:
+        # A sweep's train stage is an array: one index per point, so homogeneous points share it.
+        return size > 1
+
+    def resources(self, config: dict[str, Any]) -> Resources:
+        r = config["resources"]["train"]
+        gpus = 0 if config["train"].get("device") == "cpu" else config["train"]["gpus_per_node"]
+        return Resources(config["train"]["nodes"], gpus, int(r["cpus"]), float(r["mem"]), int(r["time"]))
+
+    def spec(self, plan: RunPlan) -> JobSpec:
+        s = base_spec(plan, self, workdir=plan.config["sonic"]["root"], sonic=True)
+        s.comment = f"SONIC training: {plan.train['world_size']} processes, +exp={plan.pipeline['exp']}"
+        if plan.is_sweep:
+            s.comment += f", sweep of {len(plan.train['points'])} points"
+        if plan.config["rehearsal"]["enabled"]:
+            s.comment = "rehearsal: digest every training motion (no SONIC)"
+            s.body = [entry_command(plan, "train")]
+            return s
+        if not plan.is_sweep:
+            last = commands.shell_join([plan.experiment_dir() + "/last.pt"])
+            s.body = [
+                "# A requeued job continues its own run; a first start warm-starts when fine-tuning.",
+                f"if [ -f {last} ]; then",
+                "  GRAIL_RESUME_ARGS=(++resume=True)",
+                "else",
+                f"  GRAIL_RESUME_ARGS=({commands.shell_join(finetune_args(plan))})",
+                "fi",
+                audit_prefix(plan) + " " + commands.shell_join(train_argv(plan)) + ' "${GRAIL_RESUME_ARGS[@]}"',
+            ]
+        else:
+            s.body = _sweep_body(plan) + [
+                "# A requeued or resubmitted point continues its own run; a first start warm-starts when fine-tuning.",
+                'if [ -f "$GRAIL_EXPERIMENT_DIR/last.pt" ]; then',
+                "  GRAIL_RESUME_ARGS=(++resume=True)",
+                "else",
+                '  GRAIL_RESUME_ARGS=("${GRAIL_WARM_START[@]}")',
+                "fi",
+                audit_prefix(plan) + ' "${GRAIL_TRAIN[@]}" "${GRAIL_RESUME_ARGS[@]}"',
+            ]
+        s.body += [
+            "# Machine rank 0 checks the checkpoints and writes the stage's success marker.",
+            'if [ "${GRAIL_MACHINE_RANK:-0}" = 0 ]; then',
+            "  " + entry_command(plan, "train"),
+            "fi",
+        ]
         return s
-    if not plan.is_sweep:
-        last = commands.shell_join([plan.experiment_dir() + "/last.pt"])
-        s.body = [
-            "# A requeued job continues its own run; a first start warm-starts when fine-tuning.",
-            f"if [ -f {last} ]; then",
-            "  GRAIL_RESUME_ARGS=(++resume=True)",
-            "else",
-            f"  GRAIL_RESUME_ARGS=({commands.shell_join(finetune_args(plan))})",
-            "fi",
-            audit_prefix(plan) + " " + commands.shell_join(train_argv(plan)) + ' "${GRAIL_RESUME_ARGS[@]}"',
-        ]
-    else:
-        s.body = _sweep_body(plan) + [
-            "# A requeued or resubmitted point continues its own run; a first start warm-starts when fine-tuning.",
-            'if [ -f "$GRAIL_EXPERIMENT_DIR/last.pt" ]; then',
-            "  GRAIL_RESUME_ARGS=(++resume=True)",
-            "else",
-            '  GRAIL_RESUME_ARGS=("${GRAIL_WARM_START[@]}")',
-            "fi",
-            audit_prefix(plan) + ' "${GRAIL_TRAIN[@]}" "${GRAIL_RESUME_ARGS[@]}"',
-        ]
-    s.body += [
-        "# Machine rank 0 checks the checkpoints and writes the stage's success marker.",
-        'if [ "${GRAIL_MACHINE_RANK:-0}" = 0 ]; then',
-        "  " + entry_command(plan, "train"),
-        "fi",
-    ]
-    return s
+
+    def run(self, plan: RunPlan, index: int) -> int:
+        """After SONIC's trainer exits 0: the experiment dir must hold checkpoints, then mark done."""
+        from grail_cluster.sonic.experiment import list_checkpoints
+
+        exp = plan.experiment_dir(index)
+        ckpts = [c.path for c in list_checkpoints(exp)]
+        if not ckpts:
+            raise DataError("training exited 0 but wrote no model_step_*.pt or last.pt", path=exp,
+                            fix="check the trainer log (logs/train/0/) and that ++experiment_dir reached SONIC")
+        outputs = {os.path.abspath(p): {"size": os.path.getsize(p), "sha256_head_tail": file_digest(p, full=False)}
+                   for p in ckpts}
+        write_marker(plan.run_dir, "train", index, plan.plan_hash, outputs)
+        print(f"[grail] train done: {len(ckpts)} checkpoint(s) in {exp}")
+        return 0
+
+    def rehearse(self, plan: RunPlan, index: int) -> dict[str, Any]:
+        """Digest every motion the point's ranks train."""
+        keys = sorted(k for r in plan.point_train(index)["ranks"] for k in r["motion_keys"]) or []
+        motions = rehearsal.motion_digest(plan, sorted(set(keys)))
+        digest = rehearsal.combine(index, motions) if plan.is_sweep else rehearsal.combine(motions)
+        return {"motions": len(motions), "digest": digest}
+
+
+STAGE = Train()
