@@ -41,8 +41,8 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench.machine import machine, save_result  # noqa: E402
+from grail_cluster.backends.refresh import recheck_done, refresh  # noqa: E402
 from grail_cluster.core.ledger import Ledger  # noqa: E402
-from grail_cluster.runs.status import recheck_done, refresh  # noqa: E402
 
 PLAN_HASH = "b" * 64
 

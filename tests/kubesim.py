@@ -96,7 +96,7 @@ def _now(offset: float = 0.0) -> str:
 
 
 def compress(ids: list[int]) -> str:
-    from grail_cluster.runs.submission import compress_ranges
+    from grail_cluster.backends.groups import compress_ranges
 
     return compress_ranges(ids)
 

@@ -19,8 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from grail_cluster.backends.kubernetes import KubernetesBackend
-from grail_cluster.backends.kubernetes_driver import Driver
+from grail_cluster.backends.kubernetes.client import KubernetesBackend
+from grail_cluster.backends.kubernetes.driver import Driver
+from grail_cluster.backends.refresh import refresh
 from grail_cluster.cli.main import main
 from grail_cluster.core import config
 from grail_cluster.core.errors import GrailError
@@ -31,7 +32,7 @@ from grail_cluster.core.plan import write_plan
 from grail_cluster.runs.control import cancel, resubmit, submit_run
 from grail_cluster.runs.job_files import render_files, write_files
 from grail_cluster.runs.planner import build_plan
-from grail_cluster.runs.status import refresh, summarise
+from grail_cluster.runs.status import summarise
 from tests.conftest import make_sonic_root
 from tests.kubesim import Controller, KmockServer
 from tests.libgen import make_library

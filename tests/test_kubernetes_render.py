@@ -13,7 +13,10 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from grail_cluster.backends import kubernetes as k8s
+from grail_cluster.backends.kubernetes import lint
+from grail_cluster.backends.kubernetes import names as k8s_names
+from grail_cluster.backends.kubernetes import render as manifests
+from grail_cluster.backends.kubernetes import states as k8s_states
 from grail_cluster.core import config
 from grail_cluster.core.errors import EXIT_USAGE, ConfigError, DataError, GrailError
 from grail_cluster.core.library import scan_library
@@ -60,24 +63,24 @@ def test_every_manifest_and_submitted_copy_validates_strictly(world):
     copies = []
     for stage in plan.stage_names:
         size = plan.stage(stage).size
-        copies += k8s.retarget(docs[f"{stage}.yaml"], name=k8s.job_name("kr", stage, 1, 2),
+        copies += manifests.retarget(docs[f"{stage}.yaml"], name=k8s_names.job_name("kr", stage, 1, 2),
                                indices=[size - 1], round_=2)
-    _, drv = k8s.driver_objects(docs["driver.yaml"], name=k8s.driver_name("kr", 2), round_=2)
+    _, drv = manifests.driver_objects(docs["driver.yaml"], name=k8s_names.driver_name("kr", 2), round_=2)
     for version in VERSIONS:
         for doc in [d for ds in docs.values() for d in ds] + copies + [drv]:
             kubernetes_validate.validate(doc, version, strict=True)
     for rel, ds in docs.items():
         stage = rel.removesuffix(".yaml")
         for doc in ds:
-            assert k8s.lint_manifest(doc, stage_size=None if stage == "driver" else plan.stage(stage).size) == []
+            assert lint.lint_manifest(doc, stage_size=None if stage == "driver" else plan.stage(stage).size) == []
     for doc in copies + [drv]:
-        assert k8s.lint_manifest(doc) == []
+        assert lint.lint_manifest(doc) == []
 
 
 def test_own_checks_catch_what_the_schemas_miss(world):
     plan, _, docs = render(world)
     job = job_of(docs["eval.yaml"])
-    good = k8s.lint_manifest(job, stage_size=8)
+    good = lint.lint_manifest(job, stage_size=8)
     assert good == []
 
     def broken(change) -> list[str]:
@@ -88,18 +91,18 @@ def test_own_checks_catch_what_the_schemas_miss(world):
         # The schemas accept every one of these (enum values and ranges are not in them) ...
         kubernetes_validate.validate(bad, VERSIONS[-1], strict=True)
         # ... our own checks do not.
-        return k8s.lint_manifest(bad, stage_size=8)
+        return lint.lint_manifest(bad, stage_size=8)
 
     assert "completionMode" in broken(lambda j: j["spec"].update(completionMode="indexed"))[0]
     assert "completions 7" in broken(lambda j: j["spec"].update(completions=7, parallelism=7))[0]
     assert "parallelism" in broken(lambda j: j["spec"].update(parallelism=9))[0]
-    assert "leaves the stage's indices" in " ".join(broken(lambda j: k8s._set_env(j, "GRAIL_INDEX_TABLE", "0-8")))
+    assert "leaves the stage's indices" in " ".join(broken(lambda j: manifests.set_env(j, "GRAIL_INDEX_TABLE", "0-8")))
     assert "action 'FailIndexes'" in broken(lambda j: j["spec"]["podFailurePolicy"]["rules"][1].update(action="FailIndexes"))[0]
     assert "operator" in broken(lambda j: j["spec"]["podFailurePolicy"]["rules"][1]["onExitCodes"].update(operator="Equals"))[0]
     assert "FailIndex action needs backoffLimitPerIndex" in " ".join(broken(lambda j: j["spec"].pop("backoffLimitPerIndex")))
     assert "restartPolicy" in " ".join(broken(lambda j: j["spec"]["template"]["spec"].update(restartPolicy="OnFailure")))
     assert "imagePullPolicy" in broken(lambda j: j["spec"]["template"]["spec"]["containers"][0].update(imagePullPolicy="Sometimes"))[0]
-    assert "plain text" in broken(lambda j: k8s._set_env(j, "HF_TOKEN", "hf_abc"))[0]
+    assert "plain text" in broken(lambda j: manifests.set_env(j, "HF_TOKEN", "hf_abc"))[0]
     assert "not a valid label value" in broken(lambda j: j["metadata"]["labels"].update({"x": "-bad-"}))[0]
 
 
@@ -130,7 +133,7 @@ def test_the_pod_reads_its_shard_through_the_index_table(world):
     script = job_of(docs["eval.yaml"])["spec"]["template"]["spec"]["containers"][0]["args"][0]
     table = "1,4-6,9"
     got = [_index_mapping(script, k, table).stdout.strip() for k in range(5)]
-    assert got == ["1", "4", "5", "6", "9"] == [str(i) for i in k8s.parse_ranges(table)]
+    assert got == ["1", "4", "5", "6", "9"] == [str(i) for i in k8s_names.parse_ranges(table)]
     outside = _index_mapping(script, 5, table)
     assert outside.returncode == EXIT_USAGE and "outside GRAIL_INDEX_TABLE" in outside.stderr
     assert _index_mapping(script, 7, "0-7").stdout.strip() == "7"
@@ -140,8 +143,8 @@ def test_a_resubmit_copy_carries_only_its_shards(world):
     plan, _, docs = render(world, "cluster.array_parallelism=3", "cluster.max_failed_indexes=5")
     eval_docs = docs["eval.yaml"]
     # Round 0, every shard: the rendered file is exactly what is created.
-    assert k8s.retarget(eval_docs, name="kr-eval", indices=list(range(8)), round_=0) == eval_docs
-    copy = job_of(k8s.retarget(eval_docs, name="kr-eval-r1", indices=[3, 7], round_=1))
+    assert manifests.retarget(eval_docs, name="kr-eval", indices=list(range(8)), round_=0) == eval_docs
+    copy = job_of(manifests.retarget(eval_docs, name="kr-eval-r1", indices=[3, 7], round_=1))
     env = env_of(copy)
     assert copy["metadata"]["name"] == "kr-eval-r1" and copy["metadata"]["labels"]["grail-cluster/round"] == "1"
     assert copy["spec"]["completions"] == 2 and copy["spec"]["parallelism"] == 2 and copy["spec"]["maxFailedIndexes"] == 2
@@ -208,7 +211,7 @@ def test_multinode_training_rendezvous_at_pod_0(world):
     assert '--num_machines=3 --num_processes=24 "--machine_rank=$GRAIL_MACHINE_RANK" ' \
            '"--main_process_ip=$GRAIL_MASTER_ADDR"' in script
     # A resubmitted training renames the Service, the subdomain and pod 0's host together.
-    copy = k8s.retarget(docs["train.yaml"], name="kr-train-r1", indices=[0], round_=1)
+    copy = manifests.retarget(docs["train.yaml"], name="kr-train-r1", indices=[0], round_=1)
     assert next(d for d in copy if d["kind"] == "Service")["spec"]["selector"] == {"job-name": "kr-train-r1"}
     assert env_of(job_of(copy))["GRAIL_MASTER_ADDR"]["value"] == "kr-train-r1-0.kr-train-r1.default.svc"
     assert job_of(copy)["spec"]["completions"] == 3
@@ -230,7 +233,7 @@ def test_driver_rbac_is_least_privilege(world):
     assert f"-m grail_cluster drive {plan.run_dir} --round \"$GRAIL_DRIVE_ROUND\"" in pod["containers"][0]["args"][0]
     assert pod["volumes"][0]["persistentVolumeClaim"]["claimName"] == "grail-data"
     rule = job["spec"]["podFailurePolicy"]["rules"][1]
-    assert rule["action"] == "FailJob" and rule["onExitCodes"]["values"] == [EXIT_USAGE, k8s.DRIVER_FINISHED_WITH_FAILURES]
+    assert rule["action"] == "FailJob" and rule["onExitCodes"]["values"] == [EXIT_USAGE, k8s_names.DRIVER_FINISHED_WITH_FAILURES]
     _, _, no_rbac = render(world, "cluster.driver.create_rbac=false")
     assert [d["kind"] for d in no_rbac["driver.yaml"]] == ["Job"]
 
@@ -251,17 +254,17 @@ def test_manifests_stay_small_whatever_the_library(world, tmp_path):
 
 
 def test_names_are_dns_labels_and_distinct_per_round():
-    assert k8s.k8s_name("7run", "eval") == "g-7run-eval"  # Services need a leading letter
+    assert k8s_names.k8s_name("7run", "eval") == "g-7run-eval"  # Services need a leading letter
     long = "pnp_table-" + "x" * 80
-    names = {k8s.job_name(long, "eval", 0, r) for r in range(5)} | {k8s.driver_name(long, r) for r in range(5)}
+    names = {k8s_names.job_name(long, "eval", 0, r) for r in range(5)} | {k8s_names.driver_name(long, r) for r in range(5)}
     assert len(names) == 10
     for name in names:
-        assert k8s.DNS_LABEL.fullmatch(name) and len(name) <= 57 and name[0].isalpha()
-    assert k8s.job_name("run", "export", 1, 2) == "run-export-c1-r2"
+        assert lint.DNS_LABEL.fullmatch(name) and len(name) <= 57 and name[0].isalpha()
+    assert k8s_names.job_name("run", "export", 1, 2) == "run-export-c1-r2"
 
 
 def test_submission_is_refused_without_a_shared_volume(world, tmp_path):
-    from grail_cluster.backends.kubernetes import KubernetesBackend
+    from grail_cluster.backends.kubernetes.client import KubernetesBackend
 
     plan, _, _ = render(world)
     plan.config["cluster"]["pvc"] = None
@@ -296,24 +299,24 @@ def test_index_states_from_completed_and_failed_indexes():
             pod(4, "Failed", exit_code=1, reason="Error", created="2026-01-01T00:00:00Z"),
             pod(4, "Failed", exit_code=2, reason="Error", created="2026-01-01T00:05:00Z"),
             pod(5, "Pending", waiting="ImagePullBackOff"), pod(0, "Succeeded", exit_code=0)]
-    got = k8s.shard_states(job, pods)
+    got = k8s_states.shard_states(job, pods)
     assert {i: t.state for i, t in got.items()} == {2: "completed", 5: "out-of-memory", 6: "completed", 7: "timeout",
                                                     8: "failed", 11: "pending"}
     assert got[8].exit_code == "2:0"  # the newest pod of the index decides
     assert got[11].sched_state == "ImagePullBackOff" and got[2].node == "gpu-7" and got[2].elapsed == 100.0
     job["status"]["conditions"] = [{"type": "Failed", "status": "True", "reason": "MaxFailedIndexesExceeded"}]
-    assert k8s.shard_states(job, pods)[11].state == "cancelled"  # stopped because others failed
+    assert k8s_states.shard_states(job, pods)[11].state == "cancelled"  # stopped because others failed
     job["status"] = {}
     job["spec"]["suspend"] = True
-    assert {t.sched_state for t in k8s.shard_states(job, []).values()} == {"Suspended"}
+    assert {t.sched_state for t in k8s_states.shard_states(job, []).values()} == {"Suspended"}
 
 
 def test_multinode_training_is_one_shard():
     job = {"metadata": {"annotations": {"grail-cluster/indices": "0", "grail-cluster/multinode": "true"}},
            "spec": {"completions": 3}, "status": {"completedIndexes": "0,2"}}
-    assert k8s.shard_states(job, [pod(1, "Running")])[0].state == "running"
+    assert k8s_states.shard_states(job, [pod(1, "Running")])[0].state == "running"
     job["status"] = {"completedIndexes": "0,2", "failedIndexes": "1",
                      "conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]}
-    assert k8s.shard_states(job, [pod(1, "Failed", exit_code=1)])[0].state == "failed"
+    assert k8s_states.shard_states(job, [pod(1, "Failed", exit_code=1)])[0].state == "failed"
     job["status"] = {"completedIndexes": "0-2", "conditions": [{"type": "Complete", "status": "True"}]}
-    assert k8s.shard_states(job, [])[0].state == "completed"
+    assert k8s_states.shard_states(job, [])[0].state == "completed"

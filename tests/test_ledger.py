@@ -6,12 +6,14 @@ import time
 
 import pytest
 
+from grail_cluster.backends.groups import compress_ranges, plan_groups
 from grail_cluster.core import config
 from grail_cluster.core.errors import GrailError
 from grail_cluster.core.ledger import Ledger, submit_lock
 from grail_cluster.core.library import scan_library
 from grail_cluster.runs.planner import build_plan
-from grail_cluster.runs.submission import compress_ranges, consumers, downstream_closure, plan_groups
+from grail_cluster.runs.submission import consumers, downstream_closure
+from grail_cluster.stages import registry
 from tests.conftest import base_overrides
 
 
@@ -68,7 +70,7 @@ def plan(tmp_path, hoi_pair, sonic_root):
 
 def test_chunks_offsets_and_aftercorr_partners(plan):
     selected = {st.name: list(range(st.size)) for st in plan.stages}
-    groups = plan_groups(plan, selected, max_array_size=5, parallelism=6)
+    groups = plan_groups(plan, selected, arrays=registry.arrays(plan), max_array_size=5, parallelism=6)
     evals = [g for g in groups if g.stage == "eval"]
     assert [(g.offset, g.task_ids) for g in evals] == [(0, [0, 1, 2, 3, 4]), (5, [0, 1, 2, 3, 4]), (10, [0, 1])]
     assert sum(g.parallelism for g in evals) <= 6
@@ -84,6 +86,7 @@ def test_chunks_offsets_and_aftercorr_partners(plan):
 def test_resubmit_groups_split_by_what_upstream_reruns(plan):
     # eval 3 failed (render/export 3 cancelled with it); render 8 failed on its own (eval 8 is done).
     groups = plan_groups(plan, {"eval": [3], "render": [3, 8], "export": [3], "merge": [0, 1], "web": [0]},
+                         arrays=registry.arrays(plan),
                          max_array_size=None, parallelism=None)
     renders = [g for g in groups if g.stage == "render"]
     assert [(g.indices, [d.kind for d in g.depends]) for g in renders] == [([3], ["aftercorr"]), ([8], [])]

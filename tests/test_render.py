@@ -99,7 +99,7 @@ def test_rendered_files_are_valid(world, case, pipeline, backend, extra, tmp_pat
 def check_manifests(path: Path, plan) -> None:
     import kubernetes_validate
 
-    from grail_cluster.backends.kubernetes import lint_manifest
+    from grail_cluster.backends.kubernetes.lint import lint_manifest
 
     stage = path.stem
     docs = [d for d in yaml.safe_load_all(path.read_text()) if d]

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from grail_cluster.backends.refresh import refresh
 from grail_cluster.backends.slurm import SlurmBackend
 from grail_cluster.cli.main import main
 from grail_cluster.core import config
@@ -21,7 +22,7 @@ from grail_cluster.core.plan import write_plan
 from grail_cluster.runs.control import cancel, resubmit, submit_run
 from grail_cluster.runs.job_files import render_files, write_files
 from grail_cluster.runs.planner import build_plan
-from grail_cluster.runs.status import refresh, run_finished, summarise
+from grail_cluster.runs.status import run_finished, summarise
 from tests.conftest import make_sonic_root
 from tests.libgen import make_library
 
@@ -235,13 +236,14 @@ def test_cancel_stops_a_stage_and_its_dependants(world):
 def test_a_crashed_submitter_is_reconciled_not_doubled(world):
     """A submitter that died after sbatch but before writing the ledger: the next `run` finds the
     job by its name and adopts it instead of queueing the stage twice."""
-    from grail_cluster.runs.submission import plan_groups
+    from grail_cluster.backends.groups import plan_groups
+    from grail_cluster.stages import registry
 
     root, _ = world
     plan = make(root, "crashed", "rehearsal.work_seconds=20")
     backend = SlurmBackend()
-    groups = plan_groups(plan, {st.name: list(range(st.size)) for st in plan.stages}, max_array_size=None,
-                         parallelism=None)
+    groups = plan_groups(plan, {st.name: list(range(st.size)) for st in plan.stages}, arrays=registry.arrays(plan),
+                         max_array_size=None, parallelism=None)
     train = groups[0]
     backend.prepare(plan, ["train"])
     orphan = backend.submit_group(plan, train, name=train.name(plan.run_id, 0), dependency=None, attempt=0,

@@ -12,16 +12,18 @@ import time
 from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import jinja2
 
+from grail_cluster.backends.base import Capabilities, TaskStates, attempt_logs, gate, unsupported
 from grail_cluster.core.errors import GrailError
 from grail_cluster.core.jobspec import JobSpec
-from grail_cluster.core.ledger import Ledger
+from grail_cluster.core.ledger import JobRow, Ledger
 from grail_cluster.core.markers import validate_marker
 from grail_cluster.core.plan import RunPlan
 from grail_cluster.core.signatures import exit_signature, signature
-from grail_cluster.core.states import ACTIVE
+from grail_cluster.core.states import ACTIVE, ShardState
 
 
 def render(plan: RunPlan, specs: list[JobSpec], env: jinja2.Environment) -> dict[str, str]:
@@ -46,7 +48,6 @@ def render(plan: RunPlan, specs: list[JobSpec], env: jinja2.Environment) -> dict
 
 
 # ----------------------------------------------------------------------------- the local executor
-
 
 
 def _alive(pid: int | None) -> bool:
@@ -74,10 +75,15 @@ class LocalBackend:
     """
 
     name = "local"
+    capabilities = Capabilities()
 
     def __init__(self, spawn: bool = True) -> None:
         self.spawn = spawn
         self.calls: Counter[str] = Counter()
+        self.notes: list[str] = []
+
+    def render(self, plan: RunPlan, specs: list[JobSpec], env: jinja2.Environment) -> dict[str, str]:
+        return render(plan, specs, env)
 
     def prepare(self, plan: RunPlan, stages: list[str]) -> None:
         gpus = len(plan.config["cluster"].get("gpus") or [])
@@ -88,6 +94,12 @@ class LocalBackend:
                                  fix="list this machine's GPU ids (cluster.gpus=[0,1,...]) or lower "
                                      f"{'train.gpus_per_node' if stage == 'train' else f'resources.{stage}.gpus'}")
             os.makedirs(os.path.join(plan.paths["logs_dir"], stage), exist_ok=True)
+
+    def find_by_name(self, names: list[str]) -> dict[str, str]:
+        return {}  # nothing runs before start(): a crashed submitter left nothing to adopt
+
+    def max_array_size(self) -> int | None:
+        return None
 
     def submit_group(self, plan: RunPlan, group, *, name: str, dependency: str | None, attempt: int,
                      spec_dir: Path) -> str:
@@ -118,17 +130,20 @@ class LocalBackend:
                 s = ledger.shard(job.stage, idx)
                 if s and s.job_id == job.job_id and s.state in ACTIVE:
                     if validate_marker(plan.run_dir, job.stage, idx, plan.plan_hash):
-                        ledger.update_shard(job.stage, idx, "done")
+                        ledger.update_shard(job.stage, idx, ShardState.DONE)
                     else:
-                        ledger.update_shard(job.stage, idx, "failed", sched_state="RUNNER_GONE",
+                        ledger.update_shard(job.stage, idx, ShardState.FAILED, sched_state="RUNNER_GONE",
                                             signature="the local runner exited before this shard finished")
             ledger.settle(job.job_id)
 
-    def live_states(self, jobs: list) -> dict:
+    def live_states(self, jobs: list[JobRow]) -> TaskStates:
+        return {}  # the runner writes each shard's state itself
+
+    def final_states(self, job_ids: set[str]) -> TaskStates:
         return {}
 
-    def final_states(self, job_ids: set[str]) -> dict:
-        return {}
+    def task_id(self, job: JobRow, index: int) -> str:
+        raise unsupported(self.name, "cancels whole jobs only", "cancel the whole stage")
 
     def cancel(self, job_ids: list[str], ledger: Ledger | None = None) -> None:
         if ledger is None:
@@ -136,6 +151,12 @@ class LocalBackend:
         for pid in self.runner_pids(ledger):
             if _alive(pid):
                 os.kill(pid, signal.SIGTERM)
+
+    def log_paths(self, plan: RunPlan, stage: str, index: int, attempt: int, job: JobRow | None = None) -> list[Path]:
+        return []  # the runner's own capture (local-<job>_<index>.err) is read by the runner only
+
+    def pod_logs(self, plan: RunPlan, stage: str, index: int, *, tail: int | None = None) -> list[tuple[str, str]]:
+        raise unsupported(self.name, "keeps no output beside the log files", "read them with `grail-cluster logs`")
 
 
 class Runner:
@@ -158,15 +179,9 @@ class Runner:
     def _tasks(self, ledger: Ledger) -> dict[tuple[str, int], str]:
         return {(j.stage, i): j.job_id for j in ledger.jobs() if j.round == self.round for i in j.indices}
 
-    def _deps(self, stage: str, idx: int, tasks: dict) -> list[tuple[str, int]]:
-        out = []
-        for dep in self.plan.stage(stage).depends_on:
-            if dep.kind == "aftercorr":
-                if (dep.stage, idx) in tasks:
-                    out.append((dep.stage, idx))
-            else:
-                out += [t for t in tasks if t[0] == dep.stage]
-        return out
+    def _upstreams(self, stage: str, by_stage: dict[str, dict[int, ShardState]]) -> list[tuple[str, str, Any]]:
+        """The gate's view of a stage's dependencies: this round's shards of each upstream stage."""
+        return [(dep.kind, dep.stage, by_stage.get(dep.stage, {})) for dep in self.plan.stage(stage).depends_on]
 
     def run(self) -> int:
         signal.signal(signal.SIGTERM, lambda *_: setattr(self, "cancelled", True))
@@ -174,40 +189,43 @@ class Runner:
         with Ledger(self.plan.run_dir) as ledger:
             tasks = self._tasks(ledger)
             order = [t for st in self.plan.stage_names for t in sorted(tasks) if t[0] == st]
-            state: dict[tuple[str, int], str] = {t: "pending" for t in order}
+            state: dict[tuple[str, int], ShardState] = {t: ShardState.PENDING for t in order}
             while True:
                 if self.cancelled:
                     self._cancel_all(ledger, state)
                     break
                 self._reap(ledger, state)
+                by_stage: dict[str, dict[int, ShardState]] = {}
+                for (st, i), s in state.items():
+                    by_stage.setdefault(st, {})[i] = s
                 for t in order:
-                    if state[t] != "pending":
+                    if state[t] != ShardState.PENDING:
                         continue
-                    deps = self._deps(*t, tasks)
-                    if any(state.get(d) not in (None, "pending", "running", "done") for d in deps):
+                    verdict = gate(t[1], self._upstreams(t[0], by_stage))
+                    if verdict.state == "blocked":
                         # The local analogue of --kill-on-invalid-dep: an upstream failed.
-                        state[t] = "cancelled"
-                        ledger.update_shard(*t, "cancelled", sched_state="DEPENDENCY_FAILED",
+                        state[t] = ShardState.CANCELLED
+                        ledger.update_shard(*t, ShardState.CANCELLED, sched_state="DEPENDENCY_FAILED",
                                             signature="an upstream shard failed; resubmit it first")
-                        continue
-                    if all(state.get(d, "done") == "done" for d in deps):
+                    elif verdict.state == "ready":
                         self._start(ledger, spec_dir, t, tasks[t], state)
+                    by_stage[t[0]][t[1]] = state[t]  # what later shards of this pass see
                 if self.progress:
                     self.progress(state)
-                if not any(s in ("pending", "running") for s in state.values()):
+                if not any(s in ACTIVE for s in state.values()):
                     break
                 time.sleep(0.1)
             for job in {j for j in tasks.values()}:
                 ledger.settle(job)
-        return 0 if all(s == "done" for s in state.values()) else 1
+        return 0 if all(s == ShardState.DONE for s in state.values()) else 1
 
     def _start(self, ledger: Ledger, spec_dir: Path, t: tuple[str, int], job_id: str, state: dict) -> None:
         stage, idx = t
         res = self.plan.stage(stage).resources
         need_cpus = min(res.cpus, self.cpus)
         if res.gpus > self.total_gpus:
-            state[t] = "failed"
-            ledger.update_shard(stage, idx, "failed", sched_state="UNSATISFIABLE",
+            state[t] = ShardState.FAILED
+            ledger.update_shard(stage, idx, ShardState.FAILED, sched_state="UNSATISFIABLE",
                                 signature=f"needs {res.gpus} GPU(s); cluster.gpus lists {self.total_gpus}")
             return
         if need_cpus > self.free_cpus or res.gpus > len(self.free_gpus):
@@ -221,12 +239,10 @@ class Runner:
             proc = subprocess.Popen(["bash", str(spec_dir / f"{stage}.sh")], env=env, stdout=out, stderr=err,
                                     stdin=subprocess.DEVNULL, start_new_session=True)
         self.running[t] = (proc, time.time(), need_cpus, gpus, job_id)
-        state[t] = "running"
-        ledger.update_shard(stage, idx, "running", sched_state="RUNNING", node="localhost")
+        state[t] = ShardState.RUNNING
+        ledger.update_shard(stage, idx, ShardState.RUNNING, sched_state="RUNNING", node="localhost")
 
     def _reap(self, ledger: Ledger, state: dict) -> None:
-        from grail_cluster.runs.status import log_paths
-
         for t, (proc, started, cpus, gpus, job_id) in list(self.running.items()):
             stage, idx = t
             limit = self.plan.stage(stage).resources.time_min * 60
@@ -243,18 +259,18 @@ class Runner:
             elapsed = time.time() - started
             exit_code = f"{code}:0" if code >= 0 else f"0:{-code}"
             if timed_out:
-                new, sched = "timeout", "TIMEOUT"
+                new, sched = ShardState.TIMEOUT, "TIMEOUT"
             elif code == 0:
                 ok = validate_marker(self.plan.run_dir, stage, idx, self.plan.plan_hash)
-                new, sched = ("done", "COMPLETED") if ok else ("missing-output", "COMPLETED")
+                new, sched = (ShardState.DONE if ok else ShardState.MISSING_OUTPUT), "COMPLETED"
             else:
-                new, sched = "failed", "FAILED"
+                new, sched = ShardState.FAILED, "FAILED"
             sig = None
-            if new != "done":
-                paths = log_paths(self.plan.run_dir, stage, idx, self.round) + [
+            if new != ShardState.DONE:
+                paths = attempt_logs(self.plan.run_dir, stage, idx, self.round) + [
                     Path(self.plan.paths["logs_dir"]) / stage / f"local-{job_id}_{idx}.err"]
                 sig = signature(paths, new) or exit_signature(exit_code)
-                if new == "missing-output":
+                if new == ShardState.MISSING_OUTPUT:
                     sig = "exited 0 but wrote no valid success marker"
             state[t] = new
             ledger.update_shard(stage, idx, new, sched_state=sched, exit_code=exit_code, elapsed=elapsed, signature=sig)
@@ -274,55 +290,14 @@ class Runner:
         for t, (proc, *_rest) in list(self.running.items()):
             self._kill(proc)
             proc.wait()
-            state[t] = "cancelled"
-            ledger.update_shard(*t, "cancelled", sched_state="CANCELLED", signature="cancelled")
+            state[t] = ShardState.CANCELLED
+            ledger.update_shard(*t, ShardState.CANCELLED, sched_state="CANCELLED", signature="cancelled")
         self.running.clear()
         for t, s in state.items():
-            if s == "pending":
-                state[t] = "cancelled"
-                ledger.update_shard(*t, "cancelled", sched_state="CANCELLED", signature="cancelled before it started")
-
-
-def run_foreground(plan: RunPlan, console, json_out: bool = False) -> int:
-    """``grail-cluster run cluster=local``: submit, then run here with progress bars; Ctrl-C cancels."""
-    import json
-
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-    from grail_cluster.runs.control import submit_run
-    from grail_cluster.runs.status import summarise
-
-    result = submit_run(plan, backend=LocalBackend(spawn=False))
-    with Ledger(plan.run_dir) as ledger:
-        ledger.set_meta(f"runner_pid_r{result.round}", os.getpid())  # this process is the runner
-    progress = Progress(TextColumn("{task.description:<8}"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("{task.fields[states]}"), console=console, disable=json_out)
-    bars = {st.name: progress.add_task(st.name, total=st.size, states="") for st in plan.stages}
-
-    def show(state: dict) -> None:
-        for st in plan.stages:
-            mine = [s for (name, _), s in state.items() if name == st.name]
-            counts = Counter(mine)
-            progress.update(bars[st.name], completed=sum(v for k, v in counts.items() if k not in ("pending", "running")),
-                            states=" ".join(f"{k}:{v}" for k, v in sorted(counts.items()) if k != "done"))
-
-    runner = Runner(plan.run_dir, result.round, progress=show)
-    previous = signal.signal(signal.SIGINT, lambda *_: setattr(runner, "cancelled", True))
-    try:
-        with progress:
-            code = runner.run()
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    with Ledger(plan.run_dir) as ledger:
-        stages = summarise(plan, ledger)
-    if json_out:
-        sys.stdout.write(json.dumps({"run_id": plan.run_id, "run_dir": plan.run_dir, "ok": code == 0,
-                                     "cancelled": runner.cancelled,
-                                     "stages": [{"name": s.name, "counts": s.counts} for s in stages]}, indent=1) + "\n")
-    else:
-        console.print(f"run {plan.run_id}: {'done' if code == 0 else 'cancelled' if runner.cancelled else 'finished with failures'}"
-                      f"; status: grail-cluster status {plan.run_dir}")
-    return 130 if runner.cancelled else code
+            if s == ShardState.PENDING:
+                state[t] = ShardState.CANCELLED
+                ledger.update_shard(*t, ShardState.CANCELLED, sched_state="CANCELLED",
+                                    signature="cancelled before it started")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,14 +12,17 @@ import os
 import re
 import subprocess
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
 import jinja2
 
+from grail_cluster.backends.base import Capabilities, TaskInfo, TaskStates, unsupported
+from grail_cluster.backends.groups import plan_groups
 from grail_cluster.core.errors import GrailError
 from grail_cluster.core.jobspec import JobSpec
+from grail_cluster.core.ledger import JobRow
 from grail_cluster.core.plan import RunPlan
+from grail_cluster.core.states import JobState
 
 
 def slurm_time(minutes: int) -> str:
@@ -49,18 +52,18 @@ def render_job(cluster: dict, log_dir: str, spec: JobSpec, env: jinja2.Environme
 def render(plan: RunPlan, specs: list[JobSpec], env: jinja2.Environment) -> dict[str, str]:
     files = {f"{spec.stage}.sh": render_script(plan, spec, env) for spec in specs}
     files["submit.sh"] = env.get_template("slurm/submit.sh.j2").render(
-        plan=plan, specs=specs, log_root=plan.paths["logs_dir"], lines=submission_lines(plan))
+        plan=plan, specs=specs, log_root=plan.paths["logs_dir"], lines=submission_lines(plan, {spec.stage: spec.array for spec in specs}))
     return files
 
 
-def submission_lines(plan: RunPlan) -> list[str]:
+def submission_lines(plan: RunPlan, arrays: dict[str, bool]) -> list[str]:
     """The sbatch calls `grail-cluster run` makes for this plan, as shell, with ``$JOB_<stage>_<n>``
-    for job ids that exist only once submitted (arrays chunked by ``cluster.max_array_size`` if set)."""
-    from grail_cluster.runs.submission import plan_groups
+    for job ids that exist only once submitted (arrays chunked by ``cluster.max_array_size`` if set);
+    ``arrays``: which stages are arrays."""
     from grail_cluster.sonic.commands import shell_join
 
     max_size = plan.config["cluster"].get("max_array_size")
-    groups = plan_groups(plan, {st.name: list(range(st.size)) for st in plan.stages},
+    groups = plan_groups(plan, {st.name: list(range(st.size)) for st in plan.stages}, arrays=arrays,
                          max_array_size=max_size, parallelism=plan.config["cluster"].get("array_parallelism"))
     lines = [] if max_size else ["# arrays are chunked at submit time when the cluster's MaxArraySize is smaller"]
     by_stage: dict[str, list] = {}
@@ -103,24 +106,16 @@ def sinfo_nodes(timeout: float = 20.0) -> tuple[str | None, str | None]:
 
 # ----------------------------------------------------------------------------- submission and polling
 
-# SLURM job states -> shard states (COMPLETED is settled by the marker: done or missing-output).
+_J = JobState
+# SLURM job states -> task states (COMPLETED is settled by the marker: done or missing-output).
 STATE_MAP = {
-    "PENDING": "pending", "REQUEUED": "pending", "REQUEUE_HOLD": "pending", "REQUEUE_FED": "pending",
-    "CONFIGURING": "pending", "SUSPENDED": "pending", "RESIZING": "pending", "PREEMPTED": "pending",
-    "RUNNING": "running", "COMPLETING": "running", "STAGE_OUT": "running", "SIGNALING": "running",
-    "COMPLETED": "completed", "FAILED": "failed", "BOOT_FAIL": "failed", "DEADLINE": "timeout",
-    "CANCELLED": "cancelled", "REVOKED": "cancelled", "TIMEOUT": "timeout", "NODE_FAIL": "node-fail",
-    "OUT_OF_MEMORY": "out-of-memory", "SPECIAL_EXIT": "failed",
+    "PENDING": _J.PENDING, "REQUEUED": _J.PENDING, "REQUEUE_HOLD": _J.PENDING, "REQUEUE_FED": _J.PENDING,
+    "CONFIGURING": _J.PENDING, "SUSPENDED": _J.PENDING, "RESIZING": _J.PENDING, "PREEMPTED": _J.PENDING,
+    "RUNNING": _J.RUNNING, "COMPLETING": _J.RUNNING, "STAGE_OUT": _J.RUNNING, "SIGNALING": _J.RUNNING,
+    "COMPLETED": _J.COMPLETED, "FAILED": _J.FAILED, "BOOT_FAIL": _J.FAILED, "DEADLINE": _J.TIMEOUT,
+    "CANCELLED": _J.CANCELLED, "REVOKED": _J.CANCELLED, "TIMEOUT": _J.TIMEOUT, "NODE_FAIL": _J.NODE_FAIL,
+    "OUT_OF_MEMORY": _J.OUT_OF_MEMORY, "SPECIAL_EXIT": _J.FAILED,
 }
-
-
-@dataclass(frozen=True)
-class TaskInfo:
-    state: str  # shard-level: pending | running | completed | failed | cancelled | timeout | ...
-    sched_state: str  # SLURM's word
-    exit_code: str | None = None
-    elapsed: float | None = None
-    node: str | None = None
 
 
 def _executor_class():
@@ -177,9 +172,14 @@ class SlurmBackend:
     """sbatch through submitit; one ``squeue`` per refresh, ``sacct`` only to settle finished jobs."""
 
     name = "slurm"
+    capabilities = Capabilities(chunks_arrays=True, cancels_tasks=True)
 
     def __init__(self) -> None:
         self.calls: Counter[str] = Counter()
+        self.notes: list[str] = []
+
+    def render(self, plan: RunPlan, specs: list[JobSpec], env: jinja2.Environment) -> dict[str, str]:
+        return render(plan, specs, env)
 
     def _run(self, argv: list[str], *, check: bool = True) -> subprocess.CompletedProcess:
         self.calls[argv[0]] += 1
@@ -248,7 +248,10 @@ class SlurmBackend:
 
     # ------------------------------------------------------------------ poll
 
-    def live_states(self, jobs: list) -> dict[tuple[str, int | None], TaskInfo]:
+    def reconcile(self, plan: RunPlan, ledger) -> None:
+        """Nothing to reconcile: the queue and accounting say everything."""
+
+    def live_states(self, jobs: list[JobRow]) -> TaskStates:
         """Queued and running tasks of the given ledger jobs: one ``squeue`` whatever their number."""
         info: dict[tuple[str, int | None], TaskInfo] = {}
         if not jobs:
@@ -266,11 +269,11 @@ class SlurmBackend:
                 continue
             tasks: list[int | None] = list(expand_task_ids(task)) if task else [None]
             for t in tasks:
-                info[(base, t)] = TaskInfo(STATE_MAP.get(state, "pending"), state, None, parse_duration(elapsed),
+                info[(base, t)] = TaskInfo(STATE_MAP.get(state, JobState.PENDING), state, None, parse_duration(elapsed),
                                            node or None)
         return info
 
-    def final_states(self, job_ids: set[str]) -> dict[tuple[str, int | None], TaskInfo]:
+    def final_states(self, job_ids: set[str]) -> TaskStates:
         """How finished jobs ended, from accounting: one ``sacct`` per 200 job ids (normally one)."""
         info: dict[tuple[str, int | None], TaskInfo] = {}
         ids = sorted(job_ids, key=int)
@@ -286,20 +289,33 @@ class SlurmBackend:
                 base, _, task = jid.partition("_")
                 tasks: list[int | None] = list(expand_task_ids(task)) if task else [None]
                 for t in tasks:
-                    info[(base, t)] = TaskInfo(STATE_MAP.get(state, "failed"), state, exit_code,
+                    info[(base, t)] = TaskInfo(STATE_MAP.get(state, JobState.FAILED), state, exit_code,
                                                parse_duration(elapsed), None if node in ("", "None assigned") else node)
         return info
 
     # ------------------------------------------------------------------ cancel
 
     @staticmethod
-    def task_id(job, index: int) -> str:
+    def task_id(job: JobRow, index: int) -> str:
         """scancel's id of one shard of a ledger job: ``<array job>_<task>`` (task = index - offset)."""
         return f"{job.job_id}_{index - job.index_offset}" if job.array_spec else job.job_id
 
     def cancel(self, job_ids: list[str], ledger=None) -> None:
         if job_ids:
             self._run(["scancel", *job_ids], check=False)
+
+    # ------------------------------------------------------------------ logs
+
+    def log_paths(self, plan: RunPlan, stage: str, index: int, attempt: int, job: JobRow | None = None) -> list[Path]:
+        """sbatch's --output/--error files of the job (array task) that ran the shard."""
+        if job is None:
+            return []
+        suffix = f"{job.job_id}_{index - job.index_offset}" if job.array_spec else job.job_id
+        base = Path(plan.run_dir) / "logs" / stage
+        return [base / f"slurm-{suffix}.err", base / f"slurm-{suffix}.out"]
+
+    def pod_logs(self, plan: RunPlan, stage: str, index: int, *, tail: int | None = None) -> list[tuple[str, str]]:
+        raise unsupported(self.name, "keeps each shard's output in log files", "read them with `grail-cluster logs`")
 
 
 def submit_flags(*, name: str, array_spec: str | None, dependency: str | None, offset: int, attempt: int) -> list[str]:

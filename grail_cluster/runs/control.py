@@ -11,30 +11,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from grail_cluster.backends import get_backend
+from grail_cluster.backends.base import Backend
+from grail_cluster.backends.groups import Group, plan_groups
+from grail_cluster.backends.refresh import output_roots, refresh
 from grail_cluster.core.errors import GrailError
 from grail_cluster.core.ledger import Ledger, submit_lock
 from grail_cluster.core.markers import retire_marker, validate_marker
 from grail_cluster.core.plan import RunPlan
-from grail_cluster.core.states import ACTIVE, FAILED
-from grail_cluster.runs.status import output_roots, refresh
-from grail_cluster.runs.submission import Group, consumers, downstream_closure, plan_groups
-
-
-def get_backend(name: str) -> Any:
-    if name == "slurm":
-        from grail_cluster.backends.slurm import SlurmBackend
-
-        return SlurmBackend()
-    if name == "local":
-        from grail_cluster.backends.local import LocalBackend
-
-        return LocalBackend()
-    if name == "kubernetes":
-        from grail_cluster.backends.kubernetes import KubernetesBackend
-
-        return KubernetesBackend()
-    raise GrailError(f"submitting to cluster={name} is not supported by this version",
-                     fix="use cluster=slurm, cluster=kubernetes or cluster=local")
+from grail_cluster.core.states import ACTIVE, FAILED, ShardState
+from grail_cluster.runs.submission import consumers, downstream_closure
+from grail_cluster.stages import registry
 
 
 @dataclass
@@ -57,11 +44,11 @@ def _dependency(group: Group, round_jobs: dict[str, list[tuple[Group, str]]]) ->
     return ",".join(parts) or None
 
 
-def _submit_groups(plan: RunPlan, ledger: Ledger, backend: Any, groups: list[Group], round_: int) -> Submitted:
+def _submit_groups(plan: RunPlan, ledger: Ledger, backend: Backend, groups: list[Group], round_: int) -> Submitted:
     spec_dir = Path(plan.paths["specs_dir"]) / backend.name
     names = [g.name(plan.run_id, round_) for g in groups]
     existing = {j.name: j.job_id for j in ledger.jobs()}
-    queued = backend.find_by_name([n for n in names if n not in existing]) if hasattr(backend, "find_by_name") else {}
+    queued = backend.find_by_name([n for n in names if n not in existing])
     round_jobs: dict[str, list[tuple[Group, str]]] = {}
     jobs, adopted = [], 0
     backend.prepare(plan, [g.stage for g in groups])
@@ -87,7 +74,7 @@ def _submit_groups(plan: RunPlan, ledger: Ledger, backend: Any, groups: list[Gro
     return Submitted(round_, jobs, adopted)
 
 
-def submit_run(plan: RunPlan, *, wait_lock: bool = False, backend: Any = None) -> Submitted:
+def submit_run(plan: RunPlan, *, wait_lock: bool = False, backend: Backend | None = None) -> Submitted:
     """Submit every stage of a freshly planned run; refuses if this run was submitted before."""
     backend = backend or get_backend(plan.backend)
     with submit_lock(plan.run_dir, wait=wait_lock), Ledger(plan.run_dir) as ledger:
@@ -98,7 +85,8 @@ def submit_run(plan: RunPlan, *, wait_lock: bool = False, backend: Any = None) -
         ledger.set_meta("plan_hash", plan.plan_hash)
         ledger.set_meta("backend", plan.backend)
         selected = {st.name: list(range(st.size)) for st in plan.stages}
-        groups = plan_groups(plan, selected, max_array_size=_max_array_size(backend, ledger, plan),
+        groups = plan_groups(plan, selected, arrays=registry.arrays(plan),
+                             max_array_size=_max_array_size(backend, ledger, plan),
                              parallelism=_parallelism(plan))
         done = {j.name for j in ledger.jobs()}
         if all(g.name(plan.run_id, 0) in done for g in groups):
@@ -109,10 +97,10 @@ def submit_run(plan: RunPlan, *, wait_lock: bool = False, backend: Any = None) -
         return _submit_groups(plan, ledger, backend, groups, 0)
 
 
-def _max_array_size(backend: Any, ledger: Ledger, plan: RunPlan | None = None) -> int | None:
+def _max_array_size(backend: Backend, ledger: Ledger, plan: RunPlan | None = None) -> int | None:
     """``cluster.max_array_size`` if set, else read once per run (``scontrol show config``) and kept
     in the ledger."""
-    if not hasattr(backend, "max_array_size"):
+    if not backend.capabilities.chunks_arrays:
         return None
     configured = plan.config["cluster"].get("max_array_size") if plan else None
     if configured:
@@ -140,14 +128,14 @@ def select_for_resubmit(plan: RunPlan, ledger: Ledger, *, stages: list[str] | No
     for st in plan.stages:
         for idx in range(st.size):
             s = shards.get((st.name, idx))
-            state = s.state if s else "unsubmitted"
-            if state != "done":
+            state = s.state if s else ShardState.UNSUBMITTED
+            if state != ShardState.DONE:
                 not_done.setdefault(st.name, set()).add(idx)
             if stages and st.name not in stages:
                 continue
             if indices is not None and idx not in indices:
                 continue
-            if state in states or (state == "unsubmitted" and "missing" in states):
+            if state in states or (state == ShardState.UNSUBMITTED and "missing" in states):
                 seeds.setdefault(st.name, set()).add(idx)
     # A shard whose marker is valid is done, whatever the scheduler said: never run it again. Valid by
     # hash, not only by size: a shard that `status --verify` found changed keeps its size.
@@ -175,7 +163,7 @@ def resubmit(plan: RunPlan, *, stages: list[str] | None = None, indices: list[in
                              fix="wait until the run settles (`grail-cluster watch`), or cancel it first")
         selected = select_for_resubmit(plan, ledger, stages=stages, indices=indices, states=states)
         round_ = ledger.next_round()
-        groups = plan_groups(plan, {k: sorted(v) for k, v in selected.items()},
+        groups = plan_groups(plan, {k: sorted(v) for k, v in selected.items()}, arrays=registry.arrays(plan),
                              max_array_size=_max_array_size(backend, ledger, plan), parallelism=_parallelism(plan))
         if dry_run or not groups:
             return Submitted(round_, [{"stage": g.stage, "indices": g.indices, "array": g.array_spec,
@@ -213,7 +201,7 @@ def cancel(plan: RunPlan, *, stage: str | None = None, indices: list[int] | None
             bad = [i for i in indices if not 0 <= i < plan.stage(stage).size]
             if bad:
                 raise GrailError(f"{stage} has no index {bad[0]} (0..{plan.stage(stage).size - 1})")
-            if not hasattr(backend, "task_id"):
+            if not backend.capabilities.cancels_tasks:
                 raise GrailError(f"cluster={plan.backend} cancels whole jobs only",
                                  fix=f"cancel the whole stage (--stage {stage}), or use cluster=slurm")
             ids = [backend.task_id(j, i) for j in jobs if j.stage == stage for i in indices if i in j.indices]

@@ -6,7 +6,6 @@ which writes each file to a temp name and renames it, so a crash leaves no half-
 
 from __future__ import annotations
 
-import importlib
 import os
 import shlex
 import tempfile
@@ -16,6 +15,7 @@ from pathlib import Path
 import jinja2
 
 from grail_cluster import __version__
+from grail_cluster.backends import get_backend
 from grail_cluster.core.jobspec import JobSpec
 from grail_cluster.core.plan import RunPlan
 from grail_cluster.stages import registry
@@ -44,10 +44,8 @@ def template_env() -> jinja2.Environment:
 
 
 def render_files(plan: RunPlan, backend: str | None = None) -> dict[str, str]:
-    backend = backend or plan.backend
-    module = importlib.import_module(f"grail_cluster.backends.{backend}")
     specs = job_specs(plan)
-    files = module.render(plan, specs, template_env())
+    files = get_backend(backend or plan.backend).render(plan, specs, template_env())
     from grail_cluster.stages.eval import preview_commands
 
     files["eval_commands.sh"] = (

@@ -20,13 +20,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from grail_cluster.backends import get_backend
+from grail_cluster.backends.base import TaskInfo
+from grail_cluster.backends.groups import compress_ranges, plan_groups
+from grail_cluster.backends.refresh import output_roots
 from grail_cluster.core.errors import ConfigError, GrailError
 from grail_cluster.core.ledger import LEDGER_FILE, SCHEMA_VERSION, Ledger, submit_lock
 from grail_cluster.core.markers import marker_problem, read_marker
 from grail_cluster.core.plan import PLAN_FILE, RunPlan
-from grail_cluster.core.states import ACTIVE
-from grail_cluster.runs.status import output_roots
-from grail_cluster.runs.submission import compress_ranges, plan_groups
+from grail_cluster.core.states import ACTIVE, JobState, ShardState
 from grail_cluster.stages import registry
 
 
@@ -61,7 +63,7 @@ def _since(plan: RunPlan) -> str:
 def slurm_jobs(plan: RunPlan, backend: Any) -> list[FoundJob]:
     """This run's jobs, by name: one ``squeue`` (queued and running tasks, one per line) and one
     ``sacct`` (how the others ended, and the submit line, which carries each chunk's index offset)."""
-    from grail_cluster.backends.slurm import STATE_MAP, TaskInfo, expand_task_ids, parse_duration
+    from grail_cluster.backends.slurm import STATE_MAP, expand_task_ids, parse_duration
 
     pattern = name_pattern(plan.run_id)
     jobs: dict[str, FoundJob] = {}
@@ -104,7 +106,7 @@ def slurm_jobs(plan: RunPlan, backend: Any) -> list[FoundJob]:
         if job.offset is None and (m := re.search(r"GRAIL_INDEX_OFFSET=(\d+)", submit_line)):
             job.offset = int(m.group(1))
         word = state.split()[0] if state else "PENDING"
-        info = TaskInfo(STATE_MAP.get(word, "failed"), word, exit_code, parse_duration(elapsed),
+        info = TaskInfo(STATE_MAP.get(word, JobState.FAILED), word, exit_code, parse_duration(elapsed),
                         None if node in ("", "None assigned") else node)
         for t in (expand_task_ids(task) if task else [None]):
             job.tasks[t] = info
@@ -121,7 +123,7 @@ def slurm_jobs(plan: RunPlan, backend: Any) -> list[FoundJob]:
         if found is None:
             continue
         job, task = found
-        info = TaskInfo(STATE_MAP.get(state, "pending"), state, None, parse_duration(elapsed), node or None)
+        info = TaskInfo(STATE_MAP.get(state, JobState.PENDING), state, None, parse_duration(elapsed), node or None)
         for t in (expand_task_ids(task) if task else [None]):
             job.tasks[t] = info
     _fill_offsets(plan, backend, list(jobs.values()))
@@ -140,8 +142,8 @@ def _fill_offsets(plan: RunPlan, backend: Any, jobs: list[FoundJob]) -> None:
         for j in missing:
             j.offset = 0
         return
-    groups = plan_groups(plan, {st.name: list(range(st.size)) for st in plan.stages}, max_array_size=size,
-                         parallelism=None)
+    groups = plan_groups(plan, {st.name: list(range(st.size)) for st in plan.stages}, arrays=registry.arrays(plan),
+                         max_array_size=size, parallelism=None)
     first = {(g.stage, g.chunk): g.offset for g in groups}
     for j in missing:
         if j.round == 0:
@@ -212,8 +214,6 @@ def set_aside(run_dir: Path, label: str) -> Path | None:
 
 def repair(plan: RunPlan, *, force: bool = False) -> dict[str, Any]:
     """Rebuild the ledger; returns what was found (counts, re-attached jobs, where the old file went)."""
-    from grail_cluster.runs.control import get_backend
-
     run_dir = Path(plan.run_dir)
     if plan.backend not in ("slurm", "local"):
         raise ConfigError(f"repair-ledger rebuilds SLURM and local runs; this run uses cluster={plan.backend}",
@@ -266,23 +266,23 @@ def _rebuild(plan: RunPlan, found: list[FoundJob], local: dict[tuple[str, int], 
                 info = job.tasks.get(task) if job else None
                 problem = marker_problem(plan.run_dir, st.name, idx, plan.plan_hash, roots=roots)
                 if problem is None:
-                    state, sig = "done", None
+                    state, sig = ShardState.DONE, None
                 elif info is not None and info.state in ACTIVE:
                     state, sig = info.state, None
                     attached.append(f"{job.job_id}_{task}" if task is not None else job.job_id)
                 elif info is not None:
-                    state = "missing-output" if info.state == "completed" else info.state
+                    state = ShardState.MISSING_OUTPUT if info.state == JobState.COMPLETED else info.state
                     sig = f"ledger rebuilt: the scheduler says {info.sched_state} and {problem}"
                 elif (st.name, idx) in local:
-                    state, sig = "missing-output", f"ledger rebuilt: ran in round {local[(st.name, idx)]}, but {problem}"
+                    state, sig = ShardState.MISSING_OUTPUT, f"ledger rebuilt: ran in round {local[(st.name, idx)]}, but {problem}"
                     attempt = local[(st.name, idx)]
                 else:
-                    state, sig = "missing-output", f"ledger rebuilt: no scheduler job found and {problem}"
+                    state, sig = ShardState.MISSING_OUTPUT, f"ledger rebuilt: no scheduler job found and {problem}"
                 ledger.restore_shard(st.name, idx, job.round if job else attempt, job.job_id if job else None, state,
                                      sched_state=info.sched_state if info else None,
                                      exit_code=info.exit_code if info else None, node=info.node if info else None,
                                      elapsed=info.elapsed if info else None, signature=sig)
-                counts[state] = counts.get(state, 0) + 1
+                counts[str(state)] = counts.get(str(state), 0) + 1
         ledger.set_meta("round_floor", floor)
         for job in found:  # earlier attempts keep how they ended, as far as the scheduler remembers
             for t, info in job.tasks.items():
@@ -290,7 +290,7 @@ def _rebuild(plan: RunPlan, found: list[FoundJob], local: dict[tuple[str, int], 
                 if i is not None and covering.get((job.stage, i), (None,))[0] is not job:
                     ledger.db.execute("UPDATE attempts SET state=?, sched_state=?, exit_code=?, elapsed=? "
                                       "WHERE stage=? AND idx=? AND attempt=? AND job_id=?",
-                                      ("missing-output" if info.state == "completed" else info.state,
+                                      (ShardState.MISSING_OUTPUT if info.state == JobState.COMPLETED else info.state,
                                        info.sched_state, info.exit_code, info.elapsed, job.stage, i, job.round,
                                        job.job_id))
         current = {(s.stage, s.idx): s for s in ledger.shards()}

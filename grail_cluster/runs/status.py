@@ -1,12 +1,6 @@
-"""Refresh the ledger from markers and the scheduler, and summarise a run.
+"""Summarise a run from its ledger: per stage, the shard counts, wall time and failures.
 
-A refresh costs O(1) scheduler calls whatever the shard count: one ``squeue`` for everything still
-queued or running, and one ``sacct`` only for jobs that left the queue without a valid marker.
-Markers decide "done"; a task the scheduler calls COMPLETED without a marker is ``missing-output``.
-
-"Done" must stay true: every refresh re-checks each done shard's marker and the outputs it lists
-(a stat each, no scheduler call; ``verify`` re-hashes them), and a shard whose evidence is gone or
-changed becomes ``missing-output`` with the file named, for ``resubmit`` to repair.
+The ledger is brought up to date first by :func:`grail_cluster.backends.refresh.refresh`.
 """
 
 from __future__ import annotations
@@ -14,117 +8,12 @@ from __future__ import annotations
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from grail_cluster.core.ledger import Ledger
-from grail_cluster.core.markers import marker_problem, read_marker, validate_marker
+from grail_cluster.core.markers import read_marker
 from grail_cluster.core.plan import RunPlan
-from grail_cluster.core.signatures import exit_signature, signature
-from grail_cluster.core.states import ACTIVE, FAILED
-
-
-def log_paths(run_dir: str | Path, stage: str, idx: int, attempt: int, job_id: str | None = None,
-              task: int | None = None) -> list[Path]:
-    """Our per-attempt logs first, then the scheduler's own files (which catch what happened
-    before the job script's first line or after it was killed, e.g. the time-limit message)."""
-    base = Path(run_dir) / "logs" / stage
-    paths = [base / str(idx) / f"{attempt}.err", base / str(idx) / f"{attempt}.out"]
-    if job_id:
-        suffix = f"{job_id}_{task}" if task is not None else job_id
-        paths += [base / f"slurm-{suffix}.err", base / f"slurm-{suffix}.out"]
-    return paths
-
-
-def output_roots(plan: RunPlan) -> list[str]:
-    """Where a marker's absolute outputs may lie: the run dir and the experiment dir(s)."""
-    roots = [plan.run_dir, plan.paths["experiment_dir"]]
-    if plan.is_sweep:
-        roots += [p["experiment_dir"] for p in plan.train["points"]]
-    return roots
-
-
-def recheck_done(plan: RunPlan, ledger: Ledger, *, deep: bool = False) -> list[tuple[str, int, str]]:
-    """One pass over the settled shards: a done shard whose marker or outputs are gone or changed
-    becomes ``missing-output`` (the signature names the file); a missing-output shard whose marker
-    is valid again (files restored) is done. Returns the (stage, index, problem) demoted."""
-    roots = output_roots(plan)
-    demoted = []
-    for s in ledger.shards():
-        if s.state == "done":
-            problem = marker_problem(plan.run_dir, s.stage, s.idx, plan.plan_hash, deep=deep, roots=roots)
-            if problem:
-                ledger.update_shard(s.stage, s.idx, "missing-output", signature=f"was done, but {problem}")
-                ledger.event("evidence-lost", s.stage, s.idx, s.attempt, problem=problem, deep=deep)
-                demoted.append((s.stage, s.idx, problem))
-        elif s.state == "missing-output" and (s.signature or "").startswith("was done, but"):
-            # Restored files are re-hashed (few shards): a change only --verify saw keeps its size.
-            if marker_problem(plan.run_dir, s.stage, s.idx, plan.plan_hash, deep=True, roots=roots) is None:
-                ledger.update_shard(s.stage, s.idx, "done", signature=None)
-                ledger.event("evidence-restored", s.stage, s.idx, s.attempt)
-    return demoted
-
-
-def refresh(plan: RunPlan, ledger: Ledger, backend: Any, *, verify: bool = False) -> None:
-    """Settle what the scheduler finished, then re-check the evidence of everything done."""
-    if _settle(plan, ledger, backend) == "owned-by-driver":
-        return
-    recheck_done(plan, ledger, deep=verify)
-
-
-def _settle(plan: RunPlan, ledger: Ledger, backend: Any) -> str | None:
-    unsettled = ledger.jobs(unsettled=True)
-    if not unsettled:
-        return None
-    if hasattr(backend, "reconcile"):
-        # local: a dead runner's shards; kubernetes: one snapshot of the run's Jobs and pods, and a
-        # driver Job in the cluster that owns the ledger while it runs (then nothing is written here).
-        if backend.reconcile(plan, ledger) == "owned-by-driver":
-            return "owned-by-driver"
-        unsettled = ledger.jobs(unsettled=True)
-        if not unsettled:
-            return None
-    live = backend.live_states(unsettled)
-    # One read of every shard row; rows are only written when something changed, so a refresh of a
-    # quiet 2,000-shard run is a single query plus the scheduler call.
-    shards = {(s.stage, s.idx): s for s in ledger.shards()}
-    roots = output_roots(plan)
-    unresolved: list[tuple[Any, int, int | None]] = []
-    for job in unsettled:
-        for idx in job.indices:
-            task = idx - job.index_offset if job.array_spec else None
-            shard = shards.get((job.stage, idx))
-            if shard is None or shard.job_id != job.job_id or shard.state == "done":
-                continue  # superseded by a later attempt, or settled
-            t = live.get((job.job_id, task))
-            if validate_marker(plan.run_dir, job.stage, idx, plan.plan_hash, roots=roots):
-                ledger.update_shard(job.stage, idx, "done", sched_state=t.sched_state if t else "COMPLETED",
-                                    elapsed=t.elapsed if t else shard.elapsed, node=t.node if t else shard.node)
-            elif t is not None:
-                if (t.state, t.sched_state, t.node) != (shard.state, shard.sched_state, shard.node):
-                    ledger.update_shard(job.stage, idx, t.state, sched_state=t.sched_state, elapsed=t.elapsed,
-                                        node=t.node)
-            elif shard.state in ACTIVE:
-                unresolved.append((job, idx, task))
-    final = backend.final_states({job.job_id for job, _, _ in unresolved}) if unresolved else {}
-    for job, idx, task in unresolved:
-        t = final.get((job.job_id, task))
-        if t is None or t.state in ACTIVE:
-            continue  # accounting lags the queue by a second or so; next refresh settles it
-        state = "missing-output" if t.state == "completed" else t.state
-        attempt = shards[(job.stage, idx)].attempt
-        sig = signature(log_paths(plan.run_dir, job.stage, idx, attempt, job.job_id, task), state) \
-            or exit_signature(t.exit_code)
-        if state == "missing-output":
-            sig = "exited 0 but wrote no valid success marker" + (f" ({sig})" if sig else "")
-        ledger.update_shard(job.stage, idx, state, sched_state=t.sched_state, exit_code=t.exit_code,
-                            elapsed=t.elapsed, node=t.node, signature=sig)
-    current = {(s.stage, s.idx): s for s in ledger.shards()}
-    for job in unsettled:
-        rows = [current.get((job.stage, i)) for i in job.indices]
-        if all(s is None or s.job_id != job.job_id or s.state not in ACTIVE for s in rows):
-            ledger.settle(job.job_id)
-    return None
+from grail_cluster.core.states import ACTIVE, FAILED, ShardState
 
 
 @dataclass
@@ -137,7 +26,7 @@ class StageStatus:
 
     @property
     def finished(self) -> bool:
-        return not any(self.counts.get(s) for s in (*ACTIVE, "unsubmitted"))
+        return not any(self.counts.get(s) for s in (*ACTIVE, ShardState.UNSUBMITTED))
 
 
 def summarise(plan: RunPlan, ledger: Ledger) -> list[StageStatus]:
@@ -149,7 +38,7 @@ def summarise(plan: RunPlan, ledger: Ledger) -> list[StageStatus]:
         failures = []
         for idx in range(st.size):
             s = shards.get((st.name, idx))
-            state = s.state if s else "unsubmitted"
+            state = s.state if s else ShardState.UNSUBMITTED
             counts[state] += 1
             if s and state in FAILED:
                 failures.append({"index": idx, "state": state, "attempt": s.attempt, "job_id": s.job_id,
@@ -159,12 +48,12 @@ def summarise(plan: RunPlan, ledger: Ledger) -> list[StageStatus]:
         if stage_jobs:
             # From the stage's first submission to its last finished shard (markers carry the time).
             start = min(j.submitted_at for j in stage_jobs)
-            if counts.get("running") or counts.get("pending"):
+            if counts.get(ShardState.RUNNING) or counts.get(ShardState.PENDING):
                 end = time.time()
             else:
                 ends = [m["finished_at"] for i in range(st.size)
                         if (m := read_marker(plan.run_dir, st.name, i)) and "finished_at" in m]
-                ends += [s.updated_at for (name, _), s in shards.items() if name == st.name and s.state != "done"]
+                ends += [s.updated_at for (name, _), s in shards.items() if name == st.name and s.state != ShardState.DONE]
                 end = max(ends) if ends else start
             wall = max(0.0, end - start)
         out.append(StageStatus(st.name, st.size, dict(counts), wall, failures))

@@ -32,12 +32,14 @@ import signal
 import time
 from typing import Any
 
-from grail_cluster.backends.kubernetes import ANN_CANCEL, KubernetesBackend, parse_depends
+from grail_cluster.backends.base import gate, parse_depends
+from grail_cluster.backends.kubernetes.client import KubernetesBackend
+from grail_cluster.backends.kubernetes.names import ANN_CANCEL, DRIVER_FINISHED_WITH_FAILURES
+from grail_cluster.backends.refresh import refresh
 from grail_cluster.core.errors import EXIT_OK, GrailError
 from grail_cluster.core.ledger import Ledger
 from grail_cluster.core.markers import validate_marker
-from grail_cluster.core.states import ACTIVE
-from grail_cluster.runs.status import refresh
+from grail_cluster.core.states import ACTIVE, ShardState
 
 
 def readiness(row: Any, jobs_by_id: dict[str, Any], shards: dict[tuple[str, int], Any]
@@ -45,7 +47,7 @@ def readiness(row: Any, jobs_by_id: dict[str, Any], shards: dict[tuple[str, int]
     """("wait", ...) while an upstream ledger job is unsettled, else ("go", runnable, {blocked: why})."""
     mine = {i for i in row.indices
             if (s := shards.get((row.stage, i))) is not None and s.job_id == row.job_id and s.state in ACTIVE}
-    blocked: dict[int, str] = {}
+    upstreams = []
     for kind, upstream in parse_depends(row.depends):
         for up_id in upstream:
             up = jobs_by_id.get(up_id)
@@ -53,17 +55,10 @@ def readiness(row: Any, jobs_by_id: dict[str, Any], shards: dict[tuple[str, int]
                 continue
             if not up.settled:
                 return "wait", set(), {}
-            not_done = {i: (shards[(up.stage, i)].state if (up.stage, i) in shards else "unsubmitted")
-                        for i in up.indices if (up.stage, i) not in shards or shards[(up.stage, i)].state != "done"}
-            if kind == "aftercorr":
-                for i in mine:
-                    if i in not_done:
-                        blocked.setdefault(i, f"upstream {up.stage} {i} is {not_done[i]}")
-            elif not_done:
-                first = min(not_done)
-                more = f" (and {len(not_done) - 1} more)" if len(not_done) > 1 else ""
-                for i in mine:
-                    blocked.setdefault(i, f"upstream {up.stage} {first} is {not_done[first]}{more}")
+            states = {i: shards[(up.stage, i)].state if (up.stage, i) in shards else ShardState.UNSUBMITTED
+                      for i in up.indices}
+            upstreams.append((kind, up.stage, states))
+    blocked = {i: verdict.why for i in mine if (verdict := gate(i, upstreams)).state == "blocked"}
     return "go", mine - set(blocked), blocked
 
 
@@ -116,12 +111,12 @@ class Driver:
     def _create(self, ledger: Ledger, row: Any, runnable: set[int], blocked: dict[int, str]) -> None:
         plan = self.plan
         for idx, why in sorted(blocked.items()):
-            ledger.update_shard(row.stage, idx, "cancelled", sched_state="DEPENDENCY_FAILED", signature=why)
+            ledger.update_shard(row.stage, idx, ShardState.CANCELLED, sched_state="DEPENDENCY_FAILED", signature=why)
         todo = []
         for idx in sorted(runnable):
             if validate_marker(plan.run_dir, row.stage, idx, plan.plan_hash):
                 # Never run a done shard again, whatever asked for it.
-                ledger.update_shard(row.stage, idx, "done", sched_state="ALREADY_DONE")
+                ledger.update_shard(row.stage, idx, ShardState.DONE, sched_state="ALREADY_DONE")
             else:
                 todo.append(idx)
         if blocked:
@@ -146,7 +141,8 @@ class Driver:
             wanted |= set(filter(None, ((job["metadata"].get("annotations") or {}).get(ANN_CANCEL) or "").split(",")))
         for row in ledger.jobs(unsettled=True):
             if row.job_id in wanted:
-                self.backend.settle_row(ledger, row, "cancelled", "CANCELLED", "cancelled (grail-cluster cancel)")
+                self.backend.settle_row(ledger, row, ShardState.CANCELLED, "CANCELLED",
+                                        "cancelled (grail-cluster cancel)")
                 self.backend.created_jobs.add(row.job_id)  # never create it now
                 ledger.event("cancel", row.stage, None, row.round, job_id=row.job_id, by="driver")
                 self.log(f"{row.stage}: {row.job_id} cancelled on request")
@@ -161,7 +157,7 @@ class Driver:
                 for idx in row.indices:
                     s = ledger.shard(row.stage, idx)
                     if s is not None and s.job_id == row.job_id:
-                        states[s.state] = states.get(s.state, 0) + 1
+                        states[str(s.state)] = states.get(str(s.state), 0) + 1  # plain words: it is printed
         return {"round": self.round, "settled": all(j.settled for j in rows), "shards": states}
 
     def check_alone(self) -> None:
@@ -174,8 +170,6 @@ class Driver:
                              fix=f"follow it with `grail-cluster watch {self.plan.run_dir}`, or delete that Job first")
 
     def run(self, interval: float | None = None) -> int:
-        from grail_cluster.backends.kubernetes import DRIVER_FINISHED_WITH_FAILURES
-
         interval = float(interval or self.plan.config["cluster"]["driver"]["poll_seconds"])
         self.log(f"driving run {self.plan.run_id} round {self.round} (namespace "
                  f"{self.plan.config['cluster']['namespace']}, looks at least every {interval:g} s)")
@@ -187,7 +181,7 @@ class Driver:
         if self.stopped:
             self.log("stopped (SIGTERM); a restarted driver continues from the ledger")
             return 143
-        ok = set(result["shards"]) <= {"done"}
+        ok = set(result["shards"]) <= {ShardState.DONE}
         self.log(f"round {self.round} settled: {result['shards']}"
                  + ("" if ok else f"; see `grail-cluster status {self.plan.run_dir}`, repair with `grail-cluster resubmit`"))
         return EXIT_OK if ok else DRIVER_FINISHED_WITH_FAILURES
@@ -197,9 +191,9 @@ class Driver:
 
 
 def cmd_drive(args: argparse.Namespace) -> int:
-    from grail_cluster.cli.runs import _load_run
+    from grail_cluster.core.run_dir import load_run
 
-    plan = _load_run(args.run)
+    plan = load_run(args.run)
     driver = Driver(plan.run_dir, args.round)
     if args.once:
         done = driver.step()
