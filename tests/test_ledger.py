@@ -129,3 +129,35 @@ def test_damaged_ledgers_are_refused_not_recreated(tmp_path):
     with pytest.raises(DataError) as exc:
         Ledger(tmp_path / "never-submitted", create=False)
     assert "no ledger.sqlite" in str(exc.value)
+
+
+def test_the_dependency_gate():
+    """One rule for the local runner and the Kubernetes driver (SLURM applies it itself)."""
+    from grail_cluster.backends.base import gate
+
+    done, running, failed = "done", "running", "failed"
+    # aftercorr: only the same index counts, and only if it runs upstream in this round.
+    assert gate(3, [("aftercorr", "eval", {3: done, 4: failed})]).state == "ready"
+    assert gate(3, [("aftercorr", "eval", {3: running, 4: failed})]).state == "waiting"
+    assert gate(5, [("aftercorr", "eval", {3: running})]).state == "ready"
+    blocked = gate(3, [("aftercorr", "eval", {3: "timeout"})])
+    assert (blocked.state, blocked.why) == ("blocked", "upstream eval 3 is timeout")
+    # afterok: every upstream shard; a failure blocks at once, even while others still run.
+    assert gate(0, [("afterok", "export", {0: done, 1: running})]).state == "waiting"
+    blocked = gate(0, [("afterok", "export", {0: running, 1: failed, 2: "unsubmitted"})])
+    assert blocked.why == "upstream export 1 is failed (and 1 more)"
+    # The first blocking dependency names the reason.
+    assert gate(0, [("afterok", "a", {0: done}), ("afterok", "b", {0: "cancelled"})]).why == "upstream b 0 is cancelled"
+    assert gate(0, []).state == "ready"
+
+
+def test_every_registered_backend_speaks_the_protocol():
+    from grail_cluster.backends import BACKENDS, get_backend
+    from grail_cluster.backends.base import Backend
+
+    for name in BACKENDS:
+        backend = get_backend(name)
+        assert isinstance(backend, Backend) and backend.name == name
+    with pytest.raises(GrailError) as exc:
+        get_backend("nomad")
+    assert "cluster=nomad is not supported" in str(exc.value)
