@@ -58,6 +58,7 @@ if str(REPO) not in sys.path:
 
 from bench.machine import machine, mark_dataset, reuse_dataset, save_result  # noqa: E402
 from grail_cluster.tools.web import generate as gen  # noqa: E402
+from grail_cluster.tools.web import library_meta, pages  # noqa: E402
 from grail_cluster.tools.web.serve import make_server  # noqa: E402
 from tests.libgen import make_library  # noqa: E402
 
@@ -214,8 +215,8 @@ def peer_generate(lib: Path, out: Path) -> int:
     import numpy as np
 
     (out / "vis").mkdir(parents=True)
-    for name in gen.ASSETS:
-        shutil.copyfile(gen.assets_dir() / name, out / name)
+    for name in pages.ASSETS:
+        shutil.copyfile(pages.assets_dir() / name, out / name)
     motions = []
     rel_vis = os.path.relpath(lib / "vis", out / "vis")
     for p in sorted((lib / "robot").glob("*.pkl")):
@@ -224,7 +225,7 @@ def peer_generate(lib: Path, out: Path) -> int:
         if isinstance(d, dict) and len(d) == 1 and isinstance(next(iter(d.values())), dict):
             d = next(iter(d.values()))
         entry: dict[str, Any] = {"name": stem}
-        for k in gen.FRAME_KEYS:
+        for k in library_meta.FRAME_KEYS:
             if k in d:
                 entry["frames"] = len(d[k])
                 break
@@ -235,7 +236,7 @@ def peer_generate(lib: Path, out: Path) -> int:
         if mp.exists():
             raw = joblib.load(mp)
             entry["meta"] = {k: (np.asarray(raw[k]).tolist() if k != "object_name" else raw[k])
-                             for k in gen.META_KEYS if k in raw}
+                             for k in library_meta.META_KEYS if k in raw}
         motions.append(entry)
     manifest = {"title": lib.name, "source": str(lib), "num_motions": len(motions),
                 "num_with_video": sum("video" in m for m in motions), "motions": motions}

@@ -23,6 +23,8 @@ import pytest
 from grail_cluster.cli.main import main as cli
 from grail_cluster.core.errors import ConfigError
 from grail_cluster.tools.web import generate as gen
+from grail_cluster.tools.web import pages
+from grail_cluster.tools.web.library_meta import object_class
 from grail_cluster.tools.web.serve import make_server
 from tests.libgen import make_library, write_malicious_pickle
 
@@ -144,8 +146,8 @@ def test_manifest_has_grail_schema_and_review_fields(tmp_path, review):
     n_fail = sum(r["terminated"] for r in review["rows"].values())
     assert man["num_failed"] == n_fail and man["num_success"] == len(review["keys"]) - n_fail
     assert man["table_quat_convention"] == "wxyz" and man["metrics_sources"]["eval_metrics"] == [str(review["metrics"])]
-    for name in gen.ASSETS:
-        assert (site / name).read_bytes() == (gen.assets_dir() / name).read_bytes()
+    for name in pages.ASSETS:
+        assert (site / name).read_bytes() == (pages.assets_dir() / name).read_bytes()
     page = (site / "index.html").read_text()
     assert "Content-Security-Policy" in page and "script-src 'self'" in page and "http://" not in page and "https://" not in page
     js = (site / "main.js").read_text()
@@ -173,11 +175,11 @@ def test_plain_library_defaults_and_grail_frame_keys(tmp_path):
 
 
 def test_object_class_rules():
-    assert gen.object_class("pickup_table__apple_0__000") == "apple"
-    assert gen.object_class("pickup_ground__water_bottle_12__004") == "water_bottle"
-    assert gen.object_class("mug_3_jason_take2_0001") == "mug"
-    assert gen.object_class("kid_001_indoor2-pickup-table_rand00001", "cup") == "cup"
-    assert gen.object_class("kid_001_indoor2-pickup-table_rand00001") is None
+    assert object_class("pickup_table__apple_0__000") == "apple"
+    assert object_class("pickup_ground__water_bottle_12__004") == "water_bottle"
+    assert object_class("mug_3_jason_take2_0001") == "mug"
+    assert object_class("kid_001_indoor2-pickup-table_rand00001", "cup") == "cup"
+    assert object_class("kid_001_indoor2-pickup-table_rand00001") is None
 
 
 def test_export_manifest_metrics_and_nan(tmp_path):
@@ -253,14 +255,14 @@ def _broken_assets(tmp_path: Path) -> Path:
     broken = tmp_path / "assets-without-main-js"
     broken.mkdir()
     for name in ("index.html", "style.css"):
-        shutil.copyfile(gen.assets_dir() / name, broken / name)
+        shutil.copyfile(pages.assets_dir() / name, broken / name)
     return broken
 
 
 def test_new_output_appears_whole_or_not_at_all(tmp_path, review, monkeypatch):
     site = tmp_path / "site"
     broken = _broken_assets(tmp_path)
-    monkeypatch.setattr(gen, "assets_dir", lambda: broken)  # fails half-way through writing the site
+    monkeypatch.setattr(pages, "assets_dir", lambda: broken)  # fails half-way through writing the site
     with pytest.raises(FileNotFoundError):
         gen.generate(review["lib"], site)
     assert not site.exists()
@@ -274,7 +276,7 @@ def test_existing_output_is_updated_atomically(tmp_path, review, monkeypatch):
     before = (site / "manifest.json").read_bytes()
 
     broken = _broken_assets(tmp_path)
-    monkeypatch.setattr(gen, "assets_dir", lambda: broken)  # fails half-way through the update
+    monkeypatch.setattr(pages, "assets_dir", lambda: broken)  # fails half-way through the update
     with pytest.raises(FileNotFoundError):
         gen.generate(review["lib"], site, title="second")
     monkeypatch.undo()

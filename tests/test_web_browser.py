@@ -17,6 +17,7 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 
 from grail_cluster.tools.web import generate as gen
+from grail_cluster.tools.web import pages
 from grail_cluster.tools.web.serve import make_server
 from tests.test_web import XSS, XSS_KEY, make_review_library, write_mp4
 
@@ -328,8 +329,8 @@ def test_untrusted_metadata_is_shown_as_text(page, server, site):
 def test_large_manifest_renders_only_visible_cards(page, server, tmp_path_factory):
     """20,000 synthetic motions: the grid keeps a few dozen cards in the DOM, scrolling and search work."""
     big = tmp_path_factory.mktemp("big")
-    for name in gen.ASSETS:
-        (big / name).write_bytes((gen.assets_dir() / name).read_bytes())
+    for name in pages.ASSETS:
+        (big / name).write_bytes((pages.assets_dir() / name).read_bytes())
     n = 20000
     objs = ("apple", "mug", "box", "bottle", "bowl")
     ms = [{"name": f"pickup_table__{objs[i % 5]}_{i // 15}__{i % 3:03d}_{i:05d}", "frames": 20 + i % 400,
