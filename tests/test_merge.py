@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from grail_cluster.core.errors import DataError
-from grail_cluster.tools.data import merge as merge_mod
+from grail_cluster.tools.data import merge_files
 from grail_cluster.tools.data.merge import merge_step, register
 from tests.libgen import make_library, make_terrain_library
 
@@ -255,7 +255,7 @@ def test_link_falls_back_to_copy_on_exdev(pool, tmp_path, monkeypatch):
     def no_link(src, dst):
         raise OSError(18, "Invalid cross-device link")  # EXDEV
 
-    monkeypatch.setattr(merge_mod.os, "link", no_link)
+    monkeypatch.setattr(merge_files.os, "link", no_link)
     rep = merge_step(exp, STEP, num_shards=1)
     assert rep["sound"] and rep["mode"] == "copy" and rep["copied"] == rep["files"]
 
@@ -269,7 +269,7 @@ def test_error_midway_leaves_no_output(pool, tmp_path, monkeypatch):
     # now shard_1 changes and the new merge dies half-way: the old merge stays as it was
     make_shard(pool, step_dir(exp) / "shard_1", range(5, 15))
     calls = {"n": 0}
-    real = merge_mod._Placer.place
+    real = merge_files.Placer.place
 
     def flaky(self, src, dst):
         calls["n"] += 1
@@ -277,7 +277,7 @@ def test_error_midway_leaves_no_output(pool, tmp_path, monkeypatch):
             raise OSError(28, "No space left on device")
         real(self, src, dst)
 
-    monkeypatch.setattr(merge_mod._Placer, "place", flaky)
+    monkeypatch.setattr(merge_files.Placer, "place", flaky)
     with pytest.raises(OSError):
         merge_step(exp, STEP, num_shards=2)
     assert (out / "export_manifest.json").read_bytes() == before

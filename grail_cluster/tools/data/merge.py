@@ -37,322 +37,36 @@ Contract (grail-contracts.md §5.4, §5.5, §1.5, §1.7): reads
 from __future__ import annotations
 
 import argparse
-import errno
 import json
 import os
-import re
 import shutil
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from grail_cluster.core.errors import EXIT_OK, EXIT_PROBLEMS, ConfigError, DataError
-from grail_cluster.tools.data.io import replace_dir, sha256_file, write_json
-
-MANIFEST = "export_manifest.json"
-SUBDIRS = ("robot", "objects", "meta", "object_usd", "vis")
-PLACEHOLDER = "flat_placeholder.usd"
-USD_SUFFIXES = (".usd", ".usda")
-_SHARD_RE = re.compile(r"^shard_(\d+)$")
-# Errors that mean "this file system cannot hard-link here": copy instead.
-_NO_LINK = {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EACCES}
-
-
-# ----------------------------------------------------------------------------- scanning
-
-
-@dataclass
-class _Shard:
-    rank: int
-    path: Path
-    status: str = "ok"  # ok | missing | no_manifest | bad_manifest
-    error: DataError | None = None
-    files: list[str] = field(default_factory=list)  # posix paths relative to the shard
-    robot_keys: set[str] = field(default_factory=set)
-    all_keys: set[str] = field(default_factory=set)
-    file_key: dict[str, str | None] = field(default_factory=dict)
-    manifest: dict[str, Any] | None = None
-    has_videos: bool = False
-
-
-def _walk(root: Path) -> list[str]:
-    """Every regular file under ``root`` as a posix path relative to it (symlinks followed)."""
-    out: list[str] = []
-    stack = [("", root)]
-    while stack:
-        prefix, d = stack.pop()
-        with os.scandir(d) as it:
-            for e in it:
-                rel = prefix + e.name
-                if e.is_dir():
-                    stack.append((rel + "/", Path(e.path)))
-                elif e.is_file():
-                    out.append(rel)
-    return out
-
-
-def _stem_key(rel: str) -> str | None:
-    """The motion key a file belongs to by stem, or None (textures are matched later)."""
-    top, _, rest = rel.partition("/")
-    name = rest.rsplit("/", 1)[-1]
-    stem, dot, suffix = name.rpartition(".")
-    if not dot:
-        return None
-    suffix = "." + suffix
-    if top in ("robot", "objects", "meta"):
-        return stem if suffix == ".pkl" and name != "metadata.pkl" else None
-    if top == "object_usd":
-        if rest.startswith("textures/") or name == PLACEHOLDER:
-            return None
-        return stem if suffix in USD_SUFFIXES else None
-    if top == "vis":
-        return stem if suffix == ".mp4" else None
-    return None
-
-
-def _texture_key(rel: str, keys: set[str]) -> str | None:
-    """``object_usd/textures/<key>/...`` (nested) or ``object_usd/textures/<key>_*`` (flat)."""
-    rest = rel[len("object_usd/textures/"):]
-    first, sep, _ = rest.partition("/")
-    if sep:
-        return first if first in keys else None
-    best = None
-    for i, ch in enumerate(first):  # longest key followed by "_"
-        if ch == "_" and first[:i] in keys:
-            best = first[:i]
-    return best
-
-
-def _load_manifest(path: Path) -> dict[str, Any]:
-    fix = "re-run the export of this shard (grail.data_export.export_successful_rollouts), or remove the shard"
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"cannot read export manifest: {exc}", path=path, fix=fix) from None
-    except json.JSONDecodeError as exc:
-        raise DataError(f"malformed export manifest (invalid JSON: {exc})", path=path, fix=fix) from None
-    if not isinstance(data, dict):
-        raise DataError("malformed export manifest: expected a JSON object", path=path, fix=fix)
-    for name in ("total_motions_evaluated", "exported_count"):
-        value = data.get(name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise DataError(f"malformed export manifest: {name!r} must be a non-negative integer, "
-                            f"got {value!r}", path=path, fix=fix)
-    skipped = data.get("skipped_no_trajectory", 0)
-    if isinstance(skipped, bool) or not isinstance(skipped, int) or skipped < 0:
-        raise DataError(f"malformed export manifest: 'skipped_no_trajectory' must be a non-negative "
-                        f"integer, got {skipped!r}", path=path, fix=fix)
-    motions = data.get("exported_motions")
-    if not isinstance(motions, list) or not all(
-        isinstance(m, dict) and isinstance(m.get("motion_key"), str) for m in motions
-    ):
-        raise DataError("malformed export manifest: 'exported_motions' must be a list of objects "
-                        "with a string 'motion_key'", path=path, fix=fix)
-    if data["exported_count"] != len(motions):
-        raise DataError(f"export manifest says exported_count {data['exported_count']} but lists "
-                        f"{len(motions)} exported_motions", path=path, fix=fix)
-    if data["exported_count"] > data["total_motions_evaluated"]:
-        raise DataError(f"export manifest says {data['exported_count']} exported of "
-                        f"{data['total_motions_evaluated']} evaluated", path=path, fix=fix)
-    keys = [m["motion_key"] for m in motions]
-    if len(set(keys)) != len(keys):
-        raise DataError("export manifest lists a motion_key twice", path=path, fix=fix)
-    outputs = data.get("outputs")
-    if outputs is not None and not (isinstance(outputs, dict) and all(
-            isinstance(k, str) and isinstance(v, str) for k, v in outputs.items())):
-        raise DataError("malformed export manifest: 'outputs' must map file paths to sha256 digests",
-                        path=path, fix=fix)
-    return data
-
-
-def _scan_shard(rank: int, path: Path) -> _Shard:
-    sh = _Shard(rank, path)
-    if not path.is_dir():
-        sh.status = "missing"
-        return sh
-    for sub in SUBDIRS:
-        if (path / sub).is_dir():
-            sh.files.extend(f"{sub}/{rel}" for rel in _walk(path / sub))
-    sh.files.sort()
-    for rel in sh.files:
-        key = _stem_key(rel)
-        sh.file_key[rel] = key
-        if key is not None:
-            sh.all_keys.add(key)
-            if rel.startswith("robot/"):
-                sh.robot_keys.add(key)
-            if rel.startswith("vis/"):
-                sh.has_videos = True
-    for rel in sh.files:
-        if rel.startswith("object_usd/textures/"):
-            key = _texture_key(rel, sh.all_keys)
-            sh.file_key[rel] = key
-    if (path / MANIFEST).is_file():
-        try:
-            sh.manifest = _load_manifest(path / MANIFEST)
-        except DataError as exc:
-            # Unreadable evidence makes the merge unsound (and named), it does not stop the report.
-            sh.status = "bad_manifest"
-            sh.error = exc
-    else:
-        sh.status = "no_manifest"
-    return sh
-
-
-def _step_dir(exp_dir: Path, step: int | str) -> Path:
-    try:
-        n = int(step)
-    except (TypeError, ValueError):
-        raise ConfigError(f"--step must be an integer, got {step!r}") from None
-    exported = exp_dir / "exported"
-    candidates = list(dict.fromkeys([exported / f"step_{n:06d}", exported / f"step_{n}"]))
-    found = [c for c in candidates if c.is_dir()]
-    if len(found) > 1:
-        raise DataError(f"both {found[0].name} and {found[1].name} exist: ambiguous step",
-                        path=exported, fix="keep one of the two step directories")
-    if not found:
-        have = sorted(p.name for p in exported.glob("step_*")) if exported.is_dir() else []
-        raise DataError(f"no export for step {n} (looked for {', '.join(c.name for c in candidates)})",
-                        path=exported,
-                        fix=f"existing steps: {', '.join(have)}" if have else "run the export stage first")
-    return found[0]
-
-
-# ----------------------------------------------------------------------------- building
-
-
-class _Placer:
-    """Hard-link (falling back to copies when the file system refuses) or copy files."""
-
-    def __init__(self, link: bool):
-        self.link = link
-        self.linked = 0
-        self.copied = 0
-
-    def place(self, src: Path, dst: Path) -> None:
-        if self.link:
-            try:
-                os.link(src, dst)
-                self.linked += 1
-                return
-            except OSError as exc:
-                if exc.errno not in _NO_LINK:
-                    raise
-                self.link = False  # this file system cannot link: copy the rest
-        shutil.copyfile(src, dst)
-        self.copied += 1
-
-
-def _hash_all(paths: list[Path]) -> list[str]:
-    if not paths:
-        return []
-    workers = max(1, min(8, os.cpu_count() or 1))
-    n_chunks = workers * 4
-    chunks = [paths[i::n_chunks] for i in range(n_chunks)]
-    with ThreadPoolExecutor(max_workers=workers) as ex:
-        results = list(ex.map(lambda ps: [sha256_file(p) for p in ps], chunks))
-    out: list[str] = [""] * len(paths)
-    for i, res in enumerate(results):
-        out[i::n_chunks] = res
-    return out
-
-
-def _count(rels: list[str]) -> dict[str, int]:
-    c = {"robot": 0, "objects": 0, "object_usd": 0, "vis": 0}
-    for rel in rels:
-        key = _stem_key(rel)
-        if key is None:
-            continue
-        top = rel.split("/", 1)[0]
-        if top in c:
-            c[top] += 1
-    return c
-
-
-UNSOUND_SUFFIX = ".unsound"
-SUPERSEDED_SUFFIX = ".superseded"
-_FIX_RERUN = ("re-run the export of the shard(s) named (`grail-cluster export ...`, or `grail-cluster resubmit "
-              "RUN --stage export`), then merge again")
-
-
-@dataclass
-class _Findings:
-    """Soundness problems, each with the file it is about and how to fix it."""
-
-    items: list[dict[str, Any]] = field(default_factory=list)
-
-    def add(self, problem: str, *, path: str | Path | None = None, fix: str = _FIX_RERUN) -> None:
-        self.items.append({"problem": problem, "path": None if path is None else str(path), "fix": fix})
-
-    def rendered(self) -> list[str]:
-        return [f"{f['path']}: {f['problem']}" if f["path"] else f["problem"] for f in self.items]
-
-
-def _pickle_truncated(path: Path) -> bool:
-    """An uncompressed pickle (protocol >= 2, as GRAIL's exports and ours write them) ends with the
-    STOP opcode; one that does not was cut short. Compressed joblib files cannot be judged this
-    cheaply and pass; an empty file never does."""
-    try:
-        size = path.stat().st_size
-        if size == 0:
-            return True
-        with open(path, "rb") as fh:
-            head = fh.read(1)
-            fh.seek(size - 1)
-            tail = fh.read(1)
-    except OSError:
-        return True
-    return head == b"\x80" and tail != b"."
-
-
-def _input_digests(step_dir: Path, shards: list[_Shard]) -> dict[str, str]:
-    """sha256 of every shard manifest this merge read: what it was built from."""
-    return {f"shard_{s.rank}/{MANIFEST}": sha256_file(s.path / MANIFEST) for s in shards if s.manifest is not None}
-
-
-def _same_inputs(old_inputs: Any, step_dir: Path) -> bool:
-    if not isinstance(old_inputs, dict) or not old_inputs:
-        return False
-    for rel, digest in old_inputs.items():
-        path = step_dir / str(rel)
-        try:
-            if not path.is_file() or sha256_file(path) != digest:
-                return False
-        except OSError:
-            return False
-    return True
-
-
-def _free_name(path: Path) -> Path:
-    n = 1
-    cand = path
-    while cand.exists():
-        n += 1
-        cand = path.with_name(f"{path.name}.{n}")
-    return cand
-
-
-def _settle_previous(final: Path, step_dir: Path) -> dict[str, Any] | None:
-    """An unsound merge is about to be published beside ``final``. A previous ``final`` stays only
-    when it is a sound merge of exactly the shard manifests still on disk (then it is still the
-    right answer for those shards; this merge differs only in its arguments); anything else is moved
-    to ``<final>.superseded`` so nothing at the final path looks like the result of this merge."""
-    if not final.exists():
-        return None
-    try:
-        old = json.loads((final / MANIFEST).read_text())
-    except (OSError, ValueError):
-        old = None
-    if isinstance(old, dict) and old.get("sound") is True and _same_inputs(old.get("inputs"), step_dir):
-        return {"path": str(final), "action": "kept",
-                "why": "a sound merge of the same shard manifests (byte for byte) as are on disk now"}
-    aside = _free_name(final.with_name(final.name + SUPERSEDED_SUFFIX))
-    os.replace(final, aside)
-    why = ("its shard manifests changed since it was merged" if isinstance(old, dict) and old.get("inputs")
-           else "it records no inputs this merge can compare" if isinstance(old, dict) and old.get("sound") is True
-           else "it was itself unsound or unreadable")
-    return {"path": str(aside), "action": "moved", "why": why}
+from grail_cluster.tools.data.io import replace_dir, write_json
+from grail_cluster.tools.data.merge_files import (
+    FIX_RERUN,
+    UNSOUND_SUFFIX,
+    Findings,
+    Placer,
+    count_files,
+    hash_all,
+    input_digests,
+    pickle_truncated,
+    settle_previous,
+)
+from grail_cluster.tools.data.merge_scan import (
+    MANIFEST,
+    PLACEHOLDER,
+    SHARD_RE,
+    SUBDIRS,
+    Shard,
+    find_step_dir,
+    scan_shard,
+    stem_key,
+    walk_files,
+)
 
 
 def merge_step(
@@ -370,7 +84,7 @@ def merge_step(
 
     A sound merge is published at ``output`` (default ``<step>/merged``). An unsound one goes to
     ``<output>.unsound`` with its manifest saying why, unless ``allow_unsound`` (it then lands at
-    ``output``, still marked ``"sound": false``). See :func:`_settle_previous` for what happens to a
+    ``output``, still marked ``"sound": false``). See :func:`settle_previous` for what happens to a
     previous merge at ``output``.
 
     ``provenance`` (the run's ``provenance.json``: SONIC commit, library and BPS hashes, config) is
@@ -385,15 +99,15 @@ def merge_step(
     if not 0 < overlap_threshold <= 1:
         raise ConfigError(f"--overlap_threshold must be in (0, 1], got {overlap_threshold!r}")
     exp_dir = Path(exp_dir)
-    step_dir = _step_dir(exp_dir, step)
+    step_dir = find_step_dir(exp_dir, step)
     final = Path(output) if output is not None else step_dir / "merged"
     src_root = Path(source_data) if source_data is not None else None
     if src_root is not None and not (src_root / "robot").is_dir():
         raise DataError("source library has no robot/ directory", path=src_root,
                         fix="--source_data must be the library the evaluation ran on")
 
-    shards = [_scan_shard(r, step_dir / f"shard_{r}") for r in range(num_shards)]
-    findings = _Findings()
+    shards = [scan_shard(r, step_dir / f"shard_{r}") for r in range(num_shards)]
+    findings = Findings()
     warnings: list[str] = []
 
     missing = [s.rank for s in shards if s.status == "missing"]
@@ -404,7 +118,7 @@ def merge_step(
         if s.status == "no_manifest":
             findings.add(f"shard_{s.rank} has no {MANIFEST} (export incomplete?)", path=s.path)
         elif s.status == "bad_manifest":
-            findings.add(s.error.problem, path=s.error.path, fix=s.error.fix or _FIX_RERUN)
+            findings.add(s.error.problem, path=s.error.path, fix=s.error.fix or FIX_RERUN)
         if s.manifest is not None:
             listed = {m["motion_key"] for m in s.manifest["exported_motions"]}
             if listed != s.robot_keys:
@@ -426,7 +140,7 @@ def merge_step(
     # Stale shards: beyond N on disk, or a pair overlapping too much (another num_shards).
     stale: list[dict[str, Any]] = []
     beyond = sorted(int(m.group(1)) for p in step_dir.iterdir()
-                    if (m := _SHARD_RE.match(p.name)) and p.is_dir() and int(m.group(1)) >= num_shards)
+                    if (m := SHARD_RE.match(p.name)) and p.is_dir() and int(m.group(1)) >= num_shards)
     for r in beyond:
         stale.append({"shards": [r], "reason": f"shard_{r} exists but --num_shards is {num_shards}"})
     present = [s for s in shards if s.status != "missing"]
@@ -467,8 +181,8 @@ def merge_step(
 
     # Plan: destination -> source.
     plan: dict[str, Path] = {}
-    origin: dict[str, _Shard] = {}
-    deferred: list[tuple[str, Path, _Shard]] = []
+    origin: dict[str, Shard] = {}
+    deferred: list[tuple[str, Path, Shard]] = []
     dropped_files = 0
     root_extras: dict[str, Path] = {}
     for s in present:
@@ -506,7 +220,7 @@ def merge_step(
 
     # Checks on what will be written.
     rels = sorted(plan)
-    counts = _count(rels)
+    counts = count_files(rels)
     any_videos = any(s.has_videos for s in present)
     checked = ["robot", "objects", "object_usd"] + (["vis"] if any_videos else [])
     if len({counts[c] for c in checked}) > 1:
@@ -515,7 +229,7 @@ def merge_step(
                          "any shard has videos); re-run the export of the shard(s) short of files")
     unhashed = [rel for rel in rels if rel in origin and not isinstance((origin[rel].manifest or {}).get("outputs"), dict)
                 and rel.endswith(".pkl")]
-    truncated = [rel for rel in unhashed if _pickle_truncated(plan[rel])]
+    truncated = [rel for rel in unhashed if pickle_truncated(plan[rel])]
     for rel in truncated[:20]:
         findings.add("truncated pickle (it does not end with the pickle STOP opcode)", path=plan[rel])
     if len(truncated) > 20:
@@ -524,11 +238,11 @@ def merge_step(
     unique_keys = sorted(set().union(*(s.robot_keys for s in present)) if present else set())
     coverage = source_total = None
     if src_root is not None:
-        source_total = sum(1 for rel in _walk(src_root / "robot")
+        source_total = sum(1 for rel in walk_files(src_root / "robot")
                            if rel.endswith(".pkl") and rel.rsplit("/", 1)[-1] != "metadata.pkl")
         coverage = round(len(unique_keys) / source_total, 6) if source_total else None
         if source_total:
-            src_keys = {rel.rsplit("/", 1)[-1][:-4] for rel in _walk(src_root / "robot")}
+            src_keys = {rel.rsplit("/", 1)[-1][:-4] for rel in walk_files(src_root / "robot")}
             unknown = [k for k in unique_keys if k not in src_keys]
             if unknown:
                 warnings.append(f"{len(unknown)} merged keys are not in the source library "
@@ -559,10 +273,10 @@ def merge_step(
         shard_rows.append({"rank": s.rank, "status": s.status, "exported": len(s.robot_keys), "kept": kept})
     for r in beyond:
         robot = step_dir / f"shard_{r}" / "robot"
-        n = sum(1 for rel in _walk(robot) if _stem_key("robot/" + rel)) if robot.is_dir() else 0
+        n = sum(1 for rel in walk_files(robot) if stem_key("robot/" + rel)) if robot.is_dir() else 0
         shard_rows.append({"rank": r, "status": "stale", "exported": n, "kept": 0})
 
-    placer = _Placer(link)
+    placer = Placer(link)
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
     final.parent.mkdir(parents=True, exist_ok=True)
     if tmp.exists():
@@ -578,7 +292,7 @@ def merge_step(
                 (tmp / parent).mkdir(parents=True, exist_ok=True)
                 made.add(parent)
             placer.place(plan[rel], tmp / rel)
-        digests = dict(zip(rels, _hash_all([tmp / rel for rel in rels]), strict=True))
+        digests = dict(zip(rels, hash_all([tmp / rel for rel in rels]), strict=True))
         # The shard's own export recorded every file's hash: a file changed (or cut short) since then
         # must not pass into the merged library unnoticed.
         changed = [rel for rel in rels if rel in origin
@@ -611,7 +325,7 @@ def merge_step(
             "counts": counts,
             "hand_action_kind": hand_kind,
             "hand_action_kinds": hand_kinds,
-            "inputs": _input_digests(step_dir, present),
+            "inputs": input_digests(step_dir, present),
             "sound": sound,
             "allowed_unsound": bool(allow_unsound and not sound),
             "problems": findings.rendered(),
@@ -628,7 +342,7 @@ def merge_step(
             dest = final
         else:
             dest = unsound_dir
-            previous = _settle_previous(final, step_dir)
+            previous = settle_previous(final, step_dir)
         replace_dir(tmp, dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -781,3 +495,4 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable report")
     p.set_defaults(func=_cmd_merge)
     return p
+
