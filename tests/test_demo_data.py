@@ -18,7 +18,8 @@ import pytest
 from grail_cluster.cli.main import main
 from grail_cluster.core.library import scan_library
 from grail_cluster.tools.data.bps import read_usd_mesh, sample_surface
-from grail_cluster.tools.data.demo_library import HAND_BODY, PALM_OFFSET, generate_library
+from grail_cluster.tools.data.demo_geometry import HAND_BODY, PALM_OFFSET
+from grail_cluster.tools.data.demo_library import generate_library
 from grail_cluster.tools.data.g1 import G1_MUJOCO_JOINTS, g1_mjcf_path
 
 FPS = 30
