@@ -274,7 +274,7 @@ def build_plan(c: dict[str, Any], index: LibraryIndex, *, provenance: dict[str, 
         provenance=dict(provenance or {}),
     )
     if sweep:
-        # Each winner's results go under its own point's experiment dir (stages.eval.results_dir).
+        # Each winner's results go under its own point's experiment dir (stages.checkpoints.results_dir).
         del plan.paths["eval_dir"], plan.paths["export_dir"]
     if train_enabled:
         check_checkpoint_count(plan, k)
