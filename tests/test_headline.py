@@ -177,7 +177,7 @@ def test_missing_shard_makes_every_headline_partial(finished_run, tmp_path):
 
 def test_headline_from_hand_written_metrics(tmp_path):
     """A second reading, straight from contracts §4.2: metrics written by hand, one shard unreadable."""
-    from grail_cluster.runs.headline import checkpoint_headline, headline_text
+    from grail_cluster.tools.data.headline import checkpoint_headline, headline_text
 
     step = tmp_path / "eval" / "step_000500"
     tables = {0: {"motion_keys": ["a", "b", "c", "d"], "terminated": [False, True, False, False]},

@@ -92,7 +92,7 @@ def plan_from_overrides(overrides: list[str], *, multirun: bool = False, sweep_f
     index = progress_scan(c["data"]["motion_lib"], layout=layout, usd_dir=c["data"].get("object_usd_dir"),
                           bps_dir=c["data"].get("bps_dir"))
     plan = build_plan(c, index, provenance=sources(c, index.bps_dir), sweep=sweep)
-    from grail_cluster.core.plan_checks import check_cluster
+    from grail_cluster.runs.planner import check_cluster
 
     # The scheduler's limits (one sinfo call), before anything is written or queued.
     for note in check_cluster(plan):

@@ -106,7 +106,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return EXIT_OK
     from rich.markup import escape
 
-    from grail_cluster.runs.headline import headline_text
+    from grail_cluster.tools.data.headline import headline_text
 
     for c in result["checkpoints"]:
         out.print(escape(f"checkpoint {headline_text(c['headline'])}; merged library {c['merged']}"), highlight=False)

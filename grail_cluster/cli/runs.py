@@ -163,7 +163,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     data = _status_data(plan, verify=getattr(args, "verify", False))
     if only is not None:
         data["points"] = [p for p in data["points"] if p["point"] in only]
-    from grail_cluster.runs.headline import evaluated_headlines, headline_text
+    from grail_cluster.runs.headline import evaluated_headlines
+    from grail_cluster.tools.data.headline import headline_text
 
     # What the run found, counted as `summarize` counts it (every eval shard's metrics_eval.json).
     data["results"] = evaluated_headlines(plan)

@@ -148,18 +148,3 @@ def check_partition(plan: RunPlan, sinfo_text: str) -> list[str]:
     if part.avail not in ("up", "UP"):
         notes.append(f"partition {part.name} is {part.avail}: jobs will queue until it is up")
     return notes
-
-
-def check_cluster(plan: RunPlan) -> list[str]:
-    """The scheduler-side checks of ``plan``'s backend: notes to print, or a ConfigError."""
-    cluster = plan.config["cluster"]
-    if plan.backend != "slurm":
-        return []
-    if not cluster.get("check_limits", True):
-        return ["cluster.check_limits=false: partition limits not checked"]
-    from grail_cluster.backends.slurm import sinfo_nodes
-
-    text, why = sinfo_nodes()
-    if text is None:
-        return [why or "partition limits not checked"]
-    return check_partition(plan, text)

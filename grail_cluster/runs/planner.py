@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from grail_cluster import __version__
+from grail_cluster.backends.slurm import sinfo_nodes
 from grail_cluster.core.doctor import Problem, diagnose, has_errors, parse_allow
 from grail_cluster.core.errors import ConfigError, DataError
 from grail_cluster.core.library import LibraryIndex
@@ -26,6 +27,7 @@ from grail_cluster.core.plan import (
     canonical_json,
     content_hash,
 )
+from grail_cluster.core.plan_checks import check_partition
 from grail_cluster.core.sharding import balance, make_shards
 from grail_cluster.core.sweep import point_name
 from grail_cluster.sonic import commands as sonic_cmd
@@ -353,3 +355,16 @@ def check_checkpoint_count(plan: RunPlan, k: int) -> None:
                 f"(or train.iterations={k * period})")
     raise ConfigError(f"select.k={k} but the training writes at most {total} checkpoint(s) ({where}); "
                       "select would fail after the whole training ran", fix=fix)
+
+
+def check_cluster(plan: RunPlan) -> list[str]:
+    """The scheduler-side checks of ``plan``'s backend: notes to print, or a ConfigError."""
+    cluster = plan.config["cluster"]
+    if plan.backend != "slurm":
+        return []
+    if not cluster.get("check_limits", True):
+        return ["cluster.check_limits=false: partition limits not checked"]
+    text, why = sinfo_nodes()
+    if text is None:
+        return [why or "partition limits not checked"]
+    return check_partition(plan, text)

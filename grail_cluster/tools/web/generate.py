@@ -148,7 +148,7 @@ def _cmd_web(args: argparse.Namespace) -> int:
     if args.json:
         sys.stdout.write(json.dumps(summary, indent=1, sort_keys=True) + "\n")
         return EXIT_OK
-    from grail_cluster.runs.headline import headline_text
+    from grail_cluster.tools.data.headline import headline_text
 
     print(f"wrote {summary['output']}: {summary['num_motions']} motions, {summary['num_with_video']} with video "
           f"({summary['videos']}), in {summary['seconds']:.2f} s "

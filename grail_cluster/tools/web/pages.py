@@ -162,7 +162,7 @@ def site_row(name: str, step: int, man: dict[str, Any]) -> dict[str, Any]:
 
 def sites_page(index: dict[str, Any]) -> str:
     """A static page linking the per-step viewers (every value escaped)."""
-    from grail_cluster.runs.headline import headline_text, partial_text
+    from grail_cluster.tools.data.headline import headline_text, partial_text
 
     e = html.escape
     rows = []

@@ -279,7 +279,7 @@ def build_manifest(motion_lib: str | Path, *, title: str | None = None, metrics:
     known = n_success + n_failed
     # The run's truth about this checkpoint (eval metrics of every shard), not the library's own
     # counts: a merged library holds only successes, so num_success/num_motions is always 100%.
-    from grail_cluster.runs.headline import library_headline
+    from grail_cluster.tools.data.headline import library_headline
 
     headline = library_headline(root)
     manifest: dict[str, Any] = {
