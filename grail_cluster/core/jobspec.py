@@ -1,6 +1,6 @@
 """Backend-neutral job specs: what a stage runs, with which resources, after what.
 
-A launcher (``launchers/<stage>.py``) turns the plan into one :class:`JobSpec` per stage; a backend
+Each stage (``stages/<stage>.py``, its ``spec``) turns the plan into one :class:`JobSpec` per stage; a backend
 template (``job_templates/<backend>/``) turns the spec into a script or manifest. The body is plain
 shell that may use these variables, which every backend defines the same way:
 
