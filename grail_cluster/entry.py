@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[grail] {args.stage} {args.index} is already done (valid marker); nothing to do (--force reruns)")
             return 0
         stage = registry.get(args.stage)
-        if plan.config.get("rehearsal", {}).get("enabled"):
+        if plan.settings.rehearsal.enabled:
             return rehearsal.run(plan, args.stage, args.index, stage.rehearse)
         return stage.run(plan, args.index)
     except GrailError as exc:

@@ -77,6 +77,7 @@ def sweep_configs(overrides: list[str], sweep_file: str | None) -> tuple[list[di
 def plan_from_overrides(overrides: list[str], *, multirun: bool = False, sweep_file: str | None = None):
     from grail_cluster.core import config
     from grail_cluster.core.provenance import sources
+    from grail_cluster.core.settings import settings
     from grail_cluster.runs.planner import build_plan
 
     sweep = None
@@ -88,9 +89,9 @@ def plan_from_overrides(overrides: list[str], *, multirun: bool = False, sweep_f
         c = config.load(overrides)
     # Terrain pipelines force terrain discovery; HOI pipelines auto-detect so that a terrain root
     # handed to an HOI pipeline is caught as a mismatch instead of half-indexed.
-    layout = "terrain" if c["pipeline"]["kind"] == "terrain" else "auto"
-    index = progress_scan(c["data"]["motion_lib"], layout=layout, usd_dir=c["data"].get("object_usd_dir"),
-                          bps_dir=c["data"].get("bps_dir"))
+    cs = settings(c)
+    layout = "terrain" if cs.pipeline.kind == "terrain" else "auto"
+    index = progress_scan(cs.data.motion_lib, layout=layout, usd_dir=cs.data.object_usd_dir, bps_dir=cs.data.bps_dir)
     plan = build_plan(c, index, provenance=sources(c, index.bps_dir), sweep=sweep)
     from grail_cluster.runs.planner import check_cluster
 

@@ -21,6 +21,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from grail_cluster.core.settings import Settings
 
 PROBE_DEFAULTS = {"wait": 300, "time": 2, "gpus": None}
 
@@ -215,49 +219,49 @@ def split_args(first: str | None, overrides: list[str]) -> tuple[list[str], dict
     return cfg_over, opts
 
 
-def _request(c: dict, gpus: int) -> dict:
+def _request(cs: Settings, gpus: int) -> dict:
     from grail_cluster import __version__
     from grail_cluster.sonic.commands import resolve_script
     from grail_cluster.sonic.reference import reference_root
 
-    reference = os.path.abspath(c["sonic"]["root"]) == os.path.abspath(reference_root())
-    rehearsal = bool(c["rehearsal"].get("enabled"))
-    paths = {"data.motion_lib": (os.path.abspath(c["data"]["motion_lib"]), "read")}
+    reference = os.path.abspath(cs.sonic.root) == os.path.abspath(reference_root())
+    rehearsal = bool(cs.rehearsal.enabled)
+    paths = {"data.motion_lib": (os.path.abspath(cs.data.motion_lib), "read")}
     for key in ("bps_dir", "object_usd_dir", "flat_motion_dir"):
-        if c["data"].get(key):
-            paths[f"data.{key}"] = (os.path.abspath(c["data"][key]), "read")
-    run_root = os.path.abspath(os.path.expanduser(c["run"]["root"]))
+        if getattr(cs.data, key):
+            paths[f"data.{key}"] = (os.path.abspath(getattr(cs.data, key)), "read")
+    run_root = os.path.abspath(os.path.expanduser(cs.run.root))
     paths["run.root"] = (run_root, "write")
-    req = {"version": __version__, "gpus": gpus, "paths": paths, "wandb_mode": c["sonic"].get("wandb_mode"),
+    req = {"version": __version__, "gpus": gpus, "paths": paths, "wandb_mode": cs.sonic.wandb_mode,
            "wandb_needed": not reference and not rehearsal}
     if not rehearsal:
-        root = c["sonic"]["root"]
+        root = cs.sonic.root
         paths["sonic.root"] = (os.path.abspath(root), "read" if reference else "write")
-        req.update(sonic_root=os.path.abspath(root), sonic_python=c["sonic"]["python"],
-                   sonic_setup=list(c["sonic"].get("setup") or []), isaaclab=not reference,
-                   sonic_scripts=[resolve_script(root, c["sonic"]["train_script"], "train_agent_trl.py"),
-                                  resolve_script(root, c["sonic"]["eval_script"], "eval_agent_trl.py")])
+        req.update(sonic_root=os.path.abspath(root), sonic_python=cs.sonic.python,
+                   sonic_setup=list(cs.sonic.setup or []), isaaclab=not reference,
+                   sonic_scripts=[resolve_script(root, cs.sonic.train_script, "train_agent_trl.py"),
+                                  resolve_script(root, cs.sonic.eval_script, "eval_agent_trl.py")])
     return req
 
 
-def _default_gpus(c: dict) -> int:
-    if c["train"]["enabled"] and not c["select"].get("checkpoints") and c["train"].get("device") != "cpu":
-        return int(c["train"]["gpus_per_node"])
-    return int(c["resources"]["eval"].get("gpus", 0))
+def _default_gpus(cs: Settings) -> int:
+    if cs.train.enabled and not cs.select.checkpoints and cs.train.device != "cpu":
+        return int(cs.train.gpus_per_node)
+    return int(cs.resources.eval.gpus or 0)
 
 
-def _spec(c: dict, probe_dir: Path, gpus: int, minutes: int, python: str):
+def _spec(cs: Settings, probe_dir: Path, gpus: int, minutes: int, python: str):
     from grail_cluster.core.jobspec import JobSpec
     from grail_cluster.core.plan import Resources
     from grail_cluster.sonic.commands import shell_join
 
-    env = {k: str(v) for k, v in (c["job"].get("env") or {}).items()}
-    env.update({k: str(v) for k, v in (c["sonic"].get("env") or {}).items()})
-    if c["sonic"].get("wandb_mode"):
-        env["WANDB_MODE"] = str(c["sonic"]["wandb_mode"])
+    env = {k: str(v) for k, v in (cs.job.env or {}).items()}
+    env.update({k: str(v) for k, v in (cs.sonic.env or {}).items()})
+    if cs.sonic.wandb_mode:
+        env["WANDB_MODE"] = str(cs.sonic.wandb_mode)
     return JobSpec(run_id="grail-probe", stage="probe", size=1, array=False,
                    resources=Resources(1, gpus, 1, 1.0, minutes), depends_on=[], workdir=str(probe_dir),
-                   run_dir=str(probe_dir), plan_hash="probe-" + probe_dir.name, setup=list(c["job"].get("setup") or []),
+                   run_dir=str(probe_dir), plan_hash="probe-" + probe_dir.name, setup=list(cs.job.setup or []),
                    env=dict(sorted(env.items())), comment="grail-cluster doctor --cluster: what a compute node sees",
                    body=[shell_join([python, str(probe_dir / "probe.py"), str(probe_dir / "request.json"),
                                      str(probe_dir / "result.json")])],
@@ -274,8 +278,8 @@ def _log_tail(probe_dir: Path, lines: int = 6) -> str:
     return " | ".join(text[-lines:])
 
 
-def _run_local(c: dict, script: Path, result: Path, gpus: int, wait: int) -> dict:
-    ids = [str(g) for g in (c["cluster"].get("gpus") or [])]
+def _run_local(cs: Settings, script: Path, result: Path, gpus: int, wait: int) -> dict:
+    ids = [str(g) for g in (cs.cluster.gpus or [])]
     env = {**os.environ, "GRAIL_INDEX": "0", "GRAIL_ATTEMPT": "0", "CUDA_VISIBLE_DEVICES": ",".join(ids[:gpus])}
     try:
         proc = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=wait,
@@ -315,22 +319,23 @@ def _run_slurm(script: Path, result: Path, wait: int) -> dict:
 def run_probe(items_first: str | None, overrides: list[str]) -> dict:
     from grail_cluster.core import config
     from grail_cluster.core.errors import ConfigError
+    from grail_cluster.core.settings import settings
     from grail_cluster.runs.job_files import template_env
 
     cfg_over, opts = split_args(items_first, overrides)
-    c = config.load(cfg_over)
-    backend = c["cluster"]["backend"]
+    cs = settings(config.load(cfg_over))
+    backend = cs.cluster.backend
     if backend not in ("slurm", "local"):
         raise ConfigError(f"doctor --cluster probes cluster=slurm or cluster=local, not {backend}",
                           fix="use cluster=slurm or cluster=local (Kubernetes pods: `kubectl run` with the image)")
-    gpus = opts["gpus"] if opts["gpus"] is not None else _default_gpus(c)
-    run_root = Path(c["run"]["root"]).expanduser().absolute()
+    gpus = opts["gpus"] if opts["gpus"] is not None else _default_gpus(cs)
+    run_root = Path(cs.run.root).expanduser().absolute()
     probe_dir = run_root / ".probe" / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     probe_dir.mkdir(parents=True)
-    request = _request(c, gpus)
+    request = _request(cs, gpus)
     (probe_dir / "request.json").write_text(json.dumps(request, indent=1))
     (probe_dir / "probe.py").write_text(Path(__file__).read_text())
-    spec = _spec(c, probe_dir, gpus, opts["time"], str(c["job"]["python"]))
+    spec = _spec(cs, probe_dir, gpus, opts["time"], str(cs.job.python))
     env = template_env()
     script = probe_dir / "probe.sh"
     result = probe_dir / "result.json"
@@ -338,13 +343,13 @@ def run_probe(items_first: str | None, overrides: list[str]) -> dict:
         from grail_cluster.backends.slurm import render_job
 
         (probe_dir / "logs" / "probe").mkdir(parents=True)
-        script.write_text(render_job(c["cluster"], str(probe_dir / "logs" / "probe"), spec, env))
+        script.write_text(render_job(cs.cluster, str(probe_dir / "logs" / "probe"), spec, env))
         outcome = _run_slurm(script, result, opts["wait"])
     else:
         script.write_text(env.get_template("local/job.sh.j2").render(spec=spec, r=spec.resources, master_port=0))
-        outcome = _run_local(c, script, result, gpus, opts["wait"])
-    report = {"backend": backend, "partition": c["cluster"].get("partition"), "probe_dir": str(probe_dir),
-              "job_python": c["job"]["python"], "gpus_requested": gpus, **outcome}
+        outcome = _run_local(cs, script, result, gpus, opts["wait"])
+    report = {"backend": backend, "partition": getattr(cs.cluster, "partition", None),  # cluster=local has none
+              "probe_dir": str(probe_dir), "job_python": cs.job.python, "gpus_requested": gpus, **outcome}
     if result.exists():
         report.update(json.loads(result.read_text()))
     else:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from grail_cluster.core.errors import DataError, GrailError
+from grail_cluster.core.settings import Settings, settings
 
 PLAN_VERSION = 1
 PLAN_FILE = "plan.json"
@@ -117,6 +118,17 @@ class RunPlan:
             self.__dict__["_eval_shards"] = cached
         return cached
 
+    @property
+    def settings(self) -> Settings:
+        """The typed view of ``config`` (``plan.settings.eval.num_shards``); ``config`` stays the dict
+        plan.json holds and hashes."""
+        # Built once, beside the fields (asdict and plan.json never see it): stages read it per index.
+        cached = self.__dict__.get("_settings")
+        if cached is None:
+            cached = settings(self.config)
+            self.__dict__["_settings"] = cached
+        return cached
+
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -135,6 +147,12 @@ class RunPlan:
         if not self.is_sweep:
             return self.config
         return _merged(self.config, self.train["points"][point]["config"])
+
+    def point_settings(self, point: int = 0) -> Settings:
+        """The typed view of :meth:`point_config`."""
+        if not self.is_sweep:
+            return self.settings
+        return settings(self.point_config(point))
 
     def point_train(self, point: int = 0) -> dict[str, Any]:
         """World size and rank slices of point ``point``'s training."""

@@ -102,7 +102,8 @@ def _max_array_size(backend: Backend, ledger: Ledger, plan: RunPlan | None = Non
     in the ledger."""
     if not backend.capabilities.chunks_arrays:
         return None
-    configured = plan.config["cluster"].get("max_array_size") if plan else None
+    # Only cluster=slurm has the key; a backend that chunks arrays may still run another cluster's plan (tests).
+    configured = getattr(plan.settings.cluster, "max_array_size", None) if plan else None
     if configured:
         return int(configured)
     value = ledger.meta("max_array_size")
@@ -113,7 +114,7 @@ def _max_array_size(backend: Backend, ledger: Ledger, plan: RunPlan | None = Non
 
 
 def _parallelism(plan: RunPlan) -> int | None:
-    value = plan.config["cluster"].get("array_parallelism")
+    value = getattr(plan.settings.cluster, "array_parallelism", None)  # slurm and kubernetes have it, local not
     return int(value) if value else None
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from grail_cluster.core.settings import settings
 from grail_cluster.tools.data.headline import checkpoint_headline, read_manifest
 
 CACHE_FILE = ".headline_cache.json"
@@ -49,6 +48,6 @@ def run_headlines(plan) -> list[dict[str, Any]]:
 def evaluated_headlines(plan) -> list[dict[str, Any]]:
     """The headlines of a run's checkpoints that have eval metrics to show (for ``status``): none for
     a rehearsal (its eval writes no metrics) or before any eval shard finished."""
-    if settings(plan.config).rehearsal.enabled or "eval" not in plan.stage_names:
+    if plan.settings.rehearsal.enabled or "eval" not in plan.stage_names:
         return []
     return [h for h in run_headlines(plan) if h["shards_ok"] > 0]

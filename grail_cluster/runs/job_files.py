@@ -25,7 +25,7 @@ def job_specs(plan: RunPlan) -> list[JobSpec]:
     """One spec per planned stage, in dependency order, from its stage (``stages/<stage>.py``)."""
     specs = [registry.get(s.name).spec(plan) for s in plan.stages]
     for spec in specs:
-        spec.python = spec.python or str(plan.config["job"]["python"])
+        spec.python = spec.python or str(plan.settings.job.python)
     return specs
 
 

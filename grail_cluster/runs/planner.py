@@ -28,6 +28,7 @@ from grail_cluster.core.plan import (
     content_hash,
 )
 from grail_cluster.core.plan_checks import check_partition
+from grail_cluster.core.settings import Settings, settings
 from grail_cluster.core.sharding import balance, make_shards
 from grail_cluster.core.sweep import point_name
 from grail_cluster.sonic import commands as sonic_cmd
@@ -37,15 +38,15 @@ from grail_cluster.stages import registry
 from grail_cluster.stages.train import train_argv
 
 
-def _stages(c: dict[str, Any], k: int, n: int, train_enabled: bool, points: int = 1) -> list[StagePlan]:
+def _stages(cs: Settings, k: int, n: int, train_enabled: bool, points: int = 1) -> list[StagePlan]:
     """The registry's stages this run has, in registry order, each sized and wired by its own rules."""
-    chosen = [s for s in registry.STAGES if s.enabled(c, train_enabled)]
+    chosen = [s for s in registry.STAGES if s.enabled(cs, train_enabled)]
     names = {s.name for s in chosen}
-    return [StagePlan(s.name, s.size(k, n, points), s.depends_on(names), s.resources(c), requeue=s.requeue)
+    return [StagePlan(s.name, s.size(k, n, points), s.depends_on(names), s.resources(cs), requeue=s.requeue)
             for s in chosen]
 
 
-def _library_summary(index: LibraryIndex, c: dict[str, Any]) -> dict[str, Any]:
+def _library_summary(index: LibraryIndex, cs: Settings) -> dict[str, Any]:
     return {
         "root": index.root,
         "layout": index.layout,
@@ -54,21 +55,21 @@ def _library_summary(index: LibraryIndex, c: dict[str, Any]) -> dict[str, Any]:
         "fingerprint": index.fingerprint(),
         "usd_dir": index.usd_dir,
         "bps_dir": index.bps_dir,
-        "flat_placeholder": c["data"].get("flat_usd_path") or index.flat_placeholder,
+        "flat_placeholder": cs.data.flat_usd_path or index.flat_placeholder,
         "root_rot": sorted({m.root_rot for m in index.motions}),
     }
 
 
-def _train_ranks(c: dict[str, Any], index: LibraryIndex, usd_of: dict[str, str], warnings: list[str]) -> dict[str, Any]:
-    tr = c["train"]
-    nodes, gpus = tr["nodes"], tr["gpus_per_node"]
+def _train_ranks(cs: Settings, index: LibraryIndex, usd_of: dict[str, str], warnings: list[str]) -> dict[str, Any]:
+    tr = cs.train
+    nodes, gpus = tr.nodes, tr.gpus_per_node
     world = nodes * gpus
-    num_envs = 4 if tr["smoke"] else tr["num_envs"]
+    num_envs = 4 if tr.smoke else tr.num_envs
     keys = sorted(index.keys)
     ranks: list[TrainRank] = []
     out: dict[str, Any] = {"world_size": world, "nodes": nodes, "gpus_per_node": gpus, "num_envs_per_process": num_envs}
     if index.layout == "terrain":
-        ratio = int(c["pipeline"].get("flat_to_terrain_ratio", 0))
+        ratio = int(cs.pipeline.flat_to_terrain_ratio or 0)
         n_terrain = slicing.terrain_envs(num_envs, ratio)
         for rank in range(world):
             idx = slicing.terrain_window(len(keys), num_envs, ratio, rank)
@@ -104,15 +105,15 @@ def _train_ranks(c: dict[str, Any], index: LibraryIndex, usd_of: dict[str, str],
     return out
 
 
-def _eval_plan(c: dict[str, Any], index: LibraryIndex, k: int) -> dict[str, Any]:
-    ev = c["eval"]
-    n = ev["num_shards"]
+def _eval_plan(cs: Settings, index: LibraryIndex, k: int) -> dict[str, Any]:
+    ev = cs.eval
+    n = ev.num_shards
     keys = sorted(index.keys)
     if n > len(keys):
         raise ConfigError(f"eval.num_shards={n} is more than the {len(keys)} motions of the library",
                           fix=f"set eval.num_shards to at most {len(keys)}")
     frames = {m.key: int(m.frames or 0) for m in index.motions}
-    shards = make_shards(ev["sharding"], keys, frames, n)
+    shards = make_shards(ev.sharding, keys, frames, n)
     terrain = index.layout == "terrain"
     out_shards = []
     for s in shards:
@@ -121,25 +122,25 @@ def _eval_plan(c: dict[str, Any], index: LibraryIndex, k: int) -> dict[str, Any]
             # The terrain slicer takes a window of num_envs keys: exactly the shard, no wrap-around.
             num_envs = size
         else:
-            num_envs = ev["num_envs"] or size
+            num_envs = ev.num_envs or size
             if num_envs < size:
                 # SONIC's blocks hold at most ceil(T/N) keys, so N = ceil(T/num_envs) shards fit; the
                 # frame-balanced packing does not bound key counts, so it is offered only with sonic_block.
                 shards_needed = -(-len(keys) // num_envs)
-                also = "" if ev["sharding"] == "sonic_block" else " with eval.sharding=sonic_block"
+                also = "" if ev.sharding == "sonic_block" else " with eval.sharding=sonic_block"
                 raise ConfigError(
                     f"eval.num_envs={num_envs} is smaller than shard {s.shard} ({size} motions): SONIC needs one "
                     "batch per shard (num_envs >= shard size), or dynamic per-env USDs get the wrong collision meshes",
                     fix=f"eval.num_envs={max(len(x.motion_keys) for x in shards)} (or null: the largest shard), or "
                         f"eval.num_shards={shards_needed}{also}")
-        if ev["sharding"] == "sonic_block" and not terrain:
+        if ev.sharding == "sonic_block" and not terrain:
             overrides = sonic_cmd.block_shard_overrides(n, s.shard)
         else:
             overrides = sonic_cmd.keys_shard_overrides(s.motion_keys)
         out_shards.append(EvalShard(s.shard, s.motion_keys, s.frames, num_envs, overrides))
     total = sum(s.frames for s in shards)
     return {
-        "strategy": ev["sharding"],
+        "strategy": ev.sharding,
         "num_checkpoints": k,
         "num_shards": n,
         "size": k * n,
@@ -153,14 +154,16 @@ def _eval_plan(c: dict[str, Any], index: LibraryIndex, k: int) -> dict[str, Any]
 
 
 def _run_id(c: dict[str, Any], index: LibraryIndex, points: list[dict[str, Any]] | None = None) -> str:
-    if c["run"].get("id"):
-        return str(c["run"]["id"])
+    """``c`` is the composed dict: the id hashes exactly what the user composed."""
+    cs = settings(c)
+    if cs.run.id:
+        return str(cs.run.id)
     inputs = {k: v for k, v in c.items() if k != "run"}
     if points is None:
         digest = hashlib.sha256(canonical_json([inputs, index.fingerprint()]).encode()).hexdigest()
-        return f"{c['pipeline']['name']}-{digest[:8]}"
+        return f"{cs.pipeline.name}-{digest[:8]}"
     digest = hashlib.sha256(canonical_json([inputs, points, index.fingerprint()]).encode()).hexdigest()
-    return f"{c['pipeline']['name']}-sweep-{digest[:8]}"
+    return f"{cs.pipeline.name}-sweep-{digest[:8]}"
 
 
 def _sweep_train(c: dict[str, Any], index: LibraryIndex, usd_of: dict[str, str], warnings: list[str],
@@ -170,7 +173,7 @@ def _sweep_train(c: dict[str, Any], index: LibraryIndex, usd_of: dict[str, str],
     points = []
     for n, (cfg, swept) in enumerate(zip(sweep["configs"], sweep["swept"], strict=True)):
         own: list[str] = []
-        ranks = _train_ranks(cfg, index, usd_of, own)
+        ranks = _train_ranks(settings(cfg), index, usd_of, own)
         warnings += [f"sweep point {n}: {w}" for w in own]
         points.append({
             "point": n, "name": point_name(n), "overrides": list(swept),
@@ -185,15 +188,16 @@ def _sweep_train(c: dict[str, Any], index: LibraryIndex, usd_of: dict[str, str],
 
 
 def check_library(index: LibraryIndex, c: dict[str, Any]) -> list[Problem]:
-    problems = diagnose(index, c["pipeline"].get("needs"), c["pipeline"]["name"],
-                        parse_allow(c["data"].get("allow")))
+    cs = settings(c)
+    # The composed needs as given: doctor fills a missing level with "no", the schema with its default.
+    problems = diagnose(index, c["pipeline"].get("needs"), cs.pipeline.name, parse_allow(cs.data.allow))
     if has_errors(problems):
         first = next(p for p in problems if p.severity == "error")
         n = sum(1 for p in problems if p.severity == "error")
         raise DataError(
-            f"the motion library is not ready for {c['pipeline']['name']} ({n} problem{'s' if n > 1 else ''}); first: {first.problem}",
+            f"the motion library is not ready for {cs.pipeline.name} ({n} problem{'s' if n > 1 else ''}); first: {first.problem}",
             path=first.path,
-            fix=f"{first.fix}; run `grail-cluster doctor {index.root} pipeline={c['pipeline']['name']}` for the full list",
+            fix=f"{first.fix}; run `grail-cluster doctor {index.root} pipeline={cs.pipeline.name}` for the full list",
         )
     return problems
 
@@ -212,10 +216,11 @@ def build_plan(c: dict[str, Any], index: LibraryIndex, *, provenance: dict[str, 
     ``sweep`` (``{"configs": [...], "swept": [[...], ...]}``, from :mod:`grail_cluster.core.sweep`) makes the
     train stage one index per point; ``c`` is then the first point's config.
     """
-    pipeline = c["pipeline"]
-    if (index.layout == "terrain") != (pipeline["kind"] == "terrain"):
+    cs = settings(c)
+    pipeline = cs.pipeline
+    if (index.layout == "terrain") != (pipeline.kind == "terrain"):
         raise ConfigError(
-            f"pipeline {pipeline['name']} expects a {pipeline['kind']} library but {index.root} looks like a "
+            f"pipeline {pipeline.name} expects a {pipeline.kind} library but {index.root} looks like a "
             f"{index.layout} library",
             fix="pick the matching pipeline (terrain_tracking for terrain roots with flat_placeholder.usd)",
         )
@@ -224,24 +229,25 @@ def build_plan(c: dict[str, Any], index: LibraryIndex, *, provenance: dict[str, 
     problems = check_library(index, c)
     warnings = [f"library: {p.problem}" for p in problems if p.severity == "warn"] + sonic_warnings
 
-    explicit = list(c["select"].get("checkpoints") or [])
-    train_enabled = bool(c["train"]["enabled"]) and not explicit
-    k = len(explicit) if explicit else c["select"]["k"]
+    explicit = list(cs.select.checkpoints or [])
+    train_enabled = bool(cs.train.enabled) and not explicit
+    k = len(explicit) if explicit else cs.select.k
     if sweep and not train_enabled:
         raise ConfigError("a sweep trains one run per point, but training is off (train.enabled=false or "
                           "select.checkpoints set)", fix="drop -m, or enable training")
-    if sweep and c["cluster"]["backend"] == "kubernetes" and c["train"]["nodes"] > 1:
+    if sweep and cs.cluster.backend == "kubernetes" and cs.train.nodes > 1:
         # Multi-node training already uses the Indexed Job's index as the machine rank.
         raise ConfigError("a sweep of multi-node points cannot share one Indexed Job on Kubernetes",
                           fix="train.nodes=1 for the sweep, or cluster=slurm (one array of multi-node tasks)")
+    # The points' own composed values, hashed as given (the run id).
     point_inputs = [{"train": x["train"], "resources": x["resources"]["train"],
                      "sonic": x["sonic"].get("extra_overrides")} for x in sweep["configs"]] if sweep else None
     run_id = _run_id(c, index, point_inputs)
-    run_dir = str(Path(c["run"]["root"]).expanduser().resolve() / run_id)
-    if sweep and c["train"].get("experiment_dir"):
+    run_dir = str(Path(cs.run.root).expanduser().resolve() / run_id)
+    if sweep and cs.train.experiment_dir:
         raise ConfigError("train.experiment_dir cannot be set for a sweep: each point gets its own",
                           fix="drop train.experiment_dir; points write <run dir>/experiments/p000, p001, ...")
-    exp_dir = c["train"].get("experiment_dir") or os.path.join(run_dir, "experiments" if sweep else "experiment")
+    exp_dir = cs.train.experiment_dir or os.path.join(run_dir, "experiments" if sweep else "experiment")
     usd_of = {m.key: m.usd or index.shared_usd or "" for m in index.motions}
 
     if not train_enabled:
@@ -249,15 +255,15 @@ def build_plan(c: dict[str, Any], index: LibraryIndex, *, provenance: dict[str, 
     elif sweep:
         train = _sweep_train(c, index, usd_of, warnings, sweep, exp_dir, run_id)
     else:
-        train = _train_ranks(c, index, usd_of, warnings)
+        train = _train_ranks(cs, index, usd_of, warnings)
     plan = RunPlan(
         version=PLAN_VERSION,
         run_id=run_id,
         run_dir=run_dir,
         grail_cluster_version=__version__,
-        pipeline={k2: pipeline[k2] for k2 in sorted(pipeline)},
-        backend=c["cluster"]["backend"],
-        library=_library_summary(index, c),
+        pipeline=dict(sorted(c["pipeline"].items())),  # the composed group as given (plan.json, the hash)
+        backend=cs.cluster.backend,
+        library=_library_summary(index, cs),
         paths={
             "run_dir": run_dir,
             "experiment_dir": exp_dir,
@@ -268,9 +274,9 @@ def build_plan(c: dict[str, Any], index: LibraryIndex, *, provenance: dict[str, 
             "specs_dir": os.path.join(run_dir, "specs"),
             "logs_dir": os.path.join(run_dir, "logs"),
         },
-        stages=_stages(c, k, c["eval"]["num_shards"], train_enabled, len(sweep["configs"]) if sweep else 1),
+        stages=_stages(cs, k, cs.eval.num_shards, train_enabled, len(sweep["configs"]) if sweep else 1),
         train=train,
-        eval={**_eval_plan(c, index, k), "checkpoints": explicit},
+        eval={**_eval_plan(cs, index, k), "checkpoints": explicit},
         config=c,
         warnings=warnings,
         provenance=dict(provenance or {}),
@@ -359,10 +365,9 @@ def check_checkpoint_count(plan: RunPlan, k: int) -> None:
 
 def check_cluster(plan: RunPlan) -> list[str]:
     """The scheduler-side checks of ``plan``'s backend: notes to print, or a ConfigError."""
-    cluster = plan.config["cluster"]
     if plan.backend != "slurm":
         return []
-    if not cluster.get("check_limits", True):
+    if not plan.settings.cluster.check_limits:  # a slurm plan: SlurmCluster
         return ["cluster.check_limits=false: partition limits not checked"]
     text, why = sinfo_nodes()
     if text is None:

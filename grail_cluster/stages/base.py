@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 
 from grail_cluster.core.jobspec import JobSpec
 from grail_cluster.core.plan import Dependency, Resources, RunPlan
+from grail_cluster.core.settings import Settings
 
 
 class Stage:
@@ -21,7 +22,7 @@ class Stage:
     name: ClassVar[str]
     requeue: ClassVar[bool] = False  # preemptible: SLURM --requeue and a USR2 warning
 
-    def enabled(self, config: dict[str, Any], train_enabled: bool) -> bool:
+    def enabled(self, config: Settings, train_enabled: bool) -> bool:
         """Whether the run has this stage; ``train_enabled`` is false when training is off or the
         checkpoints are given (``select.checkpoints``)."""
         return True
@@ -38,10 +39,10 @@ class Stage:
         """An array/Indexed Job even when size == 1 (so resubmits can name indices)."""
         return False
 
-    def resources(self, config: dict[str, Any]) -> Resources:
+    def resources(self, config: Settings) -> Resources:
         """One node with ``resources.<name>``."""
-        r = config["resources"][self.name]
-        return Resources(1, int(r.get("gpus", 0)), int(r["cpus"]), float(r["mem"]), int(r["time"]))
+        r = getattr(config.resources, self.name)
+        return Resources(1, int(r.gpus or 0), int(r.cpus), float(r.mem), int(r.time))
 
     def spec(self, plan: RunPlan) -> JobSpec:
         """The backend-neutral job spec of this stage."""

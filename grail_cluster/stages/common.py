@@ -15,24 +15,24 @@ from grail_cluster.stages.base import Stage
 
 def entry_command(plan: RunPlan, stage: str) -> str:
     """The in-job entry: reads this index's slice from plan.json and checks the plan hash."""
-    python = plan.config["job"]["python"]
+    python = plan.settings.job.python
     return shell_join([python, "-m", "grail_cluster.entry", stage, "--run-dir", plan.run_dir,
                        "--index", "$GRAIL_INDEX", "--plan-hash", plan.plan_hash])
 
 
 def base_spec(plan: RunPlan, stage: Stage, *, workdir: str | None = None, sonic: bool = False) -> JobSpec:
     st = plan.stage(stage.name)
-    cfg = plan.config
+    cfg = plan.settings
     # Stable tracking identities: every W&B run a job starts (each sweep point's training, evals)
     # lands in the run's group with its stage as job type; the user's job.env may still override.
     env = {"WANDB_RUN_GROUP": plan.run_id, "WANDB_JOB_TYPE": stage.name}
-    env.update({k: str(v) for k, v in (cfg["job"].get("env") or {}).items()})
-    setup = list(cfg["job"].get("setup") or [])
+    env.update({k: str(v) for k, v in (cfg.job.env or {}).items()})
+    setup = list(cfg.job.setup or [])
     if sonic:
-        env.update({k: str(v) for k, v in (cfg["sonic"].get("env") or {}).items()})
-        if cfg["sonic"].get("wandb_mode"):
-            env["WANDB_MODE"] = str(cfg["sonic"]["wandb_mode"])
-        setup += list(cfg["sonic"].get("setup") or [])
+        env.update({k: str(v) for k, v in (cfg.sonic.env or {}).items()})
+        if cfg.sonic.wandb_mode:
+            env["WANDB_MODE"] = str(cfg.sonic.wandb_mode)
+        setup += list(cfg.sonic.setup or [])
     return JobSpec(
         run_id=plan.run_id,
         stage=stage.name,
@@ -70,7 +70,7 @@ def data_overrides(plan: RunPlan, *, for_eval: bool = False) -> list[str]:
     from grail_cluster.sonic import commands
 
     lib = plan.library
-    data = plan.config["data"]
+    data = plan.settings.data
     if lib["layout"] == "terrain":
         # The plan holds data.flat_usd_path or the one the index found; SONIC finds the root one itself,
         # so only a placeholder elsewhere (legacy object_usd/, or the user's) is named explicitly.
@@ -79,6 +79,6 @@ def data_overrides(plan: RunPlan, *, for_eval: bool = False) -> list[str]:
             placeholder = None
         return commands.terrain_data_overrides(
             lib["root"], flat_usd_path=placeholder,
-            flat_motion_dir=None if for_eval else data.get("flat_motion_dir"),
+            flat_motion_dir=None if for_eval else data.flat_motion_dir,
             flat_to_terrain_ratio=0 if for_eval else int(plan.pipeline.get("flat_to_terrain_ratio", 0)))
     return commands.hoi_data_overrides(lib["root"], lib["usd_dir"], lib["bps_dir"])

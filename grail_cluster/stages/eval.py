@@ -29,15 +29,15 @@ CHECKPOINT_PLACEHOLDER = "<checkpoint {rank} of select/selection.json>"
 
 def sonic_argv(plan: RunPlan, index: int, checkpoint: str, step: int | None) -> list[str]:
     _, shard = plan.eval_index(index)
-    cfg = plan.config
+    cfg = plan.settings
     return commands.eval_argv(
-        python=cfg["sonic"]["python"],
-        script=commands.resolve_script(cfg["sonic"]["root"], cfg["sonic"]["eval_script"], "eval_agent_trl.py"),
+        python=cfg.sonic.python,
+        script=commands.resolve_script(cfg.sonic.root, cfg.sonic.eval_script, "eval_agent_trl.py"),
         checkpoint=checkpoint, num_envs=shard.num_envs, output_dir=shard_dir(plan, step, shard.shard, checkpoint),
         data_overrides=data_overrides(plan, for_eval=True), shard_overrides=shard.sonic_overrides,
-        record_trajectories=bool(cfg["eval"]["record_trajectories"]),
+        record_trajectories=bool(cfg.eval.record_trajectories),
         zero_motion_randomisation=plan.pipeline.get("kind") == "hoi",
-        extra=cfg["sonic"].get("eval_overrides") or [],
+        extra=cfg.sonic.eval_overrides or [],
     )
 
 
@@ -68,7 +68,7 @@ class Eval(ShardStage):
         k, n = plan.eval["num_checkpoints"], plan.eval["num_shards"]
         s = entry_spec(plan, self, f"SONIC eval: {k} checkpoint(s) x {n} shard(s), {plan.eval['strategy']} sharding",
                        sonic=True)
-        s.workdir = plan.config["sonic"]["root"]
+        s.workdir = plan.settings.sonic.root
         return s
 
     def run(self, plan: RunPlan, index: int) -> int:
@@ -81,7 +81,7 @@ class Eval(ShardStage):
         if os.path.exists(metrics):  # a stale shard from an earlier attempt must not pass for this one
             os.remove(metrics)
         print("[grail] " + commands.shell_join(argv), flush=True)
-        code = run_child(argv, plan.config["sonic"]["root"], plan, "eval", index)
+        code = run_child(argv, plan.settings.sonic.root, plan, "eval", index)
         if code != 0:
             print(f"[grail] SONIC eval exited with {code}", file=sys.stderr)
             return code if code > 0 else 128 - code

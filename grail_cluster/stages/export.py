@@ -34,9 +34,9 @@ class Export(ShardStage):
         checkpoint, step = resolve_checkpoint(plan, c)
         require_step(checkpoint, step)
         out = os.path.join(export_dir(plan, checkpoint), f"step_{step:06d}", f"shard_{shard.shard}")
-        ex = plan.config["export"]
+        ex = plan.settings.export
         manifest = export_shard(shard_dir(plan, step, shard.shard, checkpoint), plan.library["root"], out,
-                                obj_pos_threshold=ex.get("obj_pos_threshold"), min_progress=float(ex["min_progress"]),
+                                obj_pos_threshold=ex.obj_pos_threshold, min_progress=float(ex.min_progress),
                                 hand_actions=(plan.pipeline.get("needs") or {}).get("hand_actions", "no") != "no",
                                 checkpoint=checkpoint, step=step)
         path = os.path.join(out, "export_manifest.json")

@@ -107,13 +107,13 @@ def parse_faults(items: list[str]) -> dict[str, str]:
 def run(plan: RunPlan, stage: str, index: int, work: Callable[[RunPlan, int], dict[str, Any]]) -> int:
     """Index ``index`` of ``stage``: faults first, then ``work`` (the stage's rehearsal), its output
     and the success marker."""
-    cfg = plan.config["rehearsal"]
+    cfg = plan.settings.rehearsal
     attempt = int(os.environ.get("GRAIL_ATTEMPT", "0"))
-    fault = parse_faults(cfg.get("faults") or []).get(f"{stage}/{index}")
+    fault = parse_faults(cfg.faults or []).get(f"{stage}/{index}")
     if fault and attempt == 0 and fault != "no_marker":
         _inject(fault)
-    if cfg.get("work_seconds"):
-        time.sleep(float(cfg["work_seconds"]))
+    if cfg.work_seconds:
+        time.sleep(float(cfg.work_seconds))
     result = {"rehearsal": True, "stage": stage, "index": index, **work(plan, index)}
     path = output_path(plan, stage, index)
     _write_json(path, result)

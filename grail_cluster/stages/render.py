@@ -10,6 +10,7 @@ from grail_cluster.core.errors import DataError
 from grail_cluster.core.jobspec import JobSpec
 from grail_cluster.core.markers import write_marker
 from grail_cluster.core.plan import Dependency, RunPlan
+from grail_cluster.core.settings import Settings
 from grail_cluster.stages import rehearsal
 from grail_cluster.stages.base import ShardStage
 from grail_cluster.stages.checkpoints import resolve_checkpoint, shard_dir
@@ -19,8 +20,8 @@ from grail_cluster.stages.common import entry_spec, output_digests
 class Render(ShardStage):
     name = "render"
 
-    def enabled(self, config: dict[str, Any], train_enabled: bool) -> bool:
-        return bool(config["render"]["enabled"])
+    def enabled(self, config: Settings, train_enabled: bool) -> bool:
+        return bool(config.render.enabled)
 
     def depends_on(self, enabled: Collection[str]) -> list[Dependency]:
         return [Dependency("eval", "aftercorr")]
@@ -35,12 +36,12 @@ class Render(ShardStage):
         c, shard = plan.eval_index(index)
         checkpoint, step = resolve_checkpoint(plan, c)
         sdir = shard_dir(plan, step, shard.shard, checkpoint)
-        render = plan.config["render"]
+        render = plan.settings.render
         # One render worker per CPU the job was given, not per CPU of the node it shares with other jobs.
         summary = render_stage(sdir, usd_dir=plan.library.get("usd_dir"), source_data=plan.library["root"],
-                               resolution=str(render["resolution"]),
-                               workers=plan.stage("render").resources.cpus, lod_mm=render.get("lod_mm") or 0.0,
-                               camera_offset=tuple(render.get("camera_offset") or DEFAULT_CAMERA_OFFSET))
+                               resolution=str(render.resolution),
+                               workers=plan.stage("render").resources.cpus, lod_mm=render.lod_mm or 0.0,
+                               camera_offset=tuple(render.camera_offset or DEFAULT_CAMERA_OFFSET))
         if summary["failed"]:
             first = summary["failed"][0]
             raise DataError(f"{len(summary['failed'])} of {summary['selected']} motion(s) failed to render; first: "

@@ -10,6 +10,7 @@ from grail_cluster.core.errors import DataError
 from grail_cluster.core.jobspec import JobSpec
 from grail_cluster.core.markers import write_marker
 from grail_cluster.core.plan import Dependency, RunPlan
+from grail_cluster.core.settings import Settings
 from grail_cluster.stages import rehearsal
 from grail_cluster.stages.base import Stage
 from grail_cluster.stages.common import entry_spec, output_digests
@@ -18,7 +19,7 @@ from grail_cluster.stages.common import entry_spec, output_digests
 class Select(Stage):
     name = "select"
 
-    def enabled(self, config: dict[str, Any], train_enabled: bool) -> bool:
+    def enabled(self, config: Settings, train_enabled: bool) -> bool:
         return train_enabled
 
     def depends_on(self, enabled: Collection[str]) -> list[Dependency]:
@@ -36,7 +37,7 @@ class Select(Stage):
 
         k = plan.eval["num_checkpoints"]
         opts = {"k": k, "hoi": plan.pipeline.get("tiebreak") == "obj_pos_error",
-                "min_sr": float(plan.config["select"].get("min_sr") or 0.0)}
+                "min_sr": float(plan.settings.select.min_sr or 0.0)}
         if plan.is_sweep:
             dirs = [p["experiment_dir"] for p in plan.train["points"]]
             result = select_across(experiment_dirs=dirs, group=plan.run_id, **opts)

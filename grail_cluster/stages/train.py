@@ -15,6 +15,7 @@ from grail_cluster.core.errors import DataError
 from grail_cluster.core.jobspec import JobSpec
 from grail_cluster.core.markers import file_digest, write_marker
 from grail_cluster.core.plan import Resources, RunPlan
+from grail_cluster.core.settings import Settings, TrainSettings
 from grail_cluster.core.sweep import flatten
 from grail_cluster.sonic import commands
 from grail_cluster.stages import rehearsal
@@ -23,12 +24,12 @@ from grail_cluster.stages.common import base_spec, data_overrides, entry_command
 
 
 def finetune_args(plan: RunPlan, point: int = 0) -> list[str]:
-    ft = plan.point_config(point)["train"]["finetune"]
-    ckpt = ft.get("checkpoint")
+    ft = plan.point_settings(point).train.finetune
+    ckpt = ft.checkpoint
     if ckpt == "release":
         ckpt = plan.pipeline.get("finetune_checkpoint")
     # Default: the documented recipe, weights and optimizer (++resume=True ++checkpoint=<pt>).
-    return commands.finetune_overrides(ckpt, mode=ft.get("mode") or "resume", resume=bool(ft.get("resume")))
+    return commands.finetune_overrides(ckpt, mode=ft.mode or "resume", resume=bool(ft.resume))
 
 
 def _hydra_value(value: Any) -> str:
@@ -41,30 +42,30 @@ def _hydra_value(value: Any) -> str:
     return str(value)
 
 
-def sonic_overrides(train: dict[str, Any]) -> list[str]:
+def sonic_overrides(train: TrainSettings) -> list[str]:
     """``train.overrides`` (a nested mapping of SONIC keys) as ``++a.b.c=value`` arguments."""
-    flat = flatten(train.get("overrides") or {})
+    flat = flatten(train.overrides or {})
     return [f"++{key}={_hydra_value(value)}" for key, value in sorted(flat.items()) if key and value != {}]
 
 
 def train_argv(plan: RunPlan, point: int = 0) -> list[str]:
-    cfg = plan.point_config(point)
-    tr = cfg["train"]
-    iterations = tr.get("iterations")
+    cfg = plan.point_settings(point)
+    tr = cfg.train
+    iterations = tr.iterations
     # The shorter fine-tune schedule applies to a warm start from a checkpoint, not to a plain resume.
-    if iterations is None and tr["finetune"].get("checkpoint") and plan.pipeline.get("finetune_iterations"):
+    if iterations is None and tr.finetune.checkpoint and plan.pipeline.get("finetune_iterations"):
         iterations = plan.pipeline["finetune_iterations"]
     # Every point of a sweep logs into one W&B group, the run id (the env sets it too, for tools
     # that read WANDB_RUN_GROUP; SONIC passes its own wandb_group to wandb.init).
     group = [f"++wandb.wandb_group={plan.run_id}"] if plan.is_sweep else []
     return commands.train_argv(
-        nodes=tr["nodes"], gpus_per_node=tr["gpus_per_node"],
-        launcher=cfg["sonic"].get("launcher") or ["accelerate", "launch"], device=tr.get("device", "gpu"),
-        script=commands.resolve_script(cfg["sonic"]["root"], cfg["sonic"]["train_script"], "train_agent_trl.py"),
-        exp=plan.pipeline["exp"], num_envs=tr["num_envs"], data_overrides=data_overrides(plan),
-        experiment_dir=plan.experiment_dir(point), smoke=bool(tr["smoke"]), iterations=iterations,
-        save_frequency=tr.get("save_frequency"),
-        seed=tr.get("seed"), extra=group + sonic_overrides(tr) + list(cfg["sonic"].get("extra_overrides") or []),
+        nodes=tr.nodes, gpus_per_node=tr.gpus_per_node,
+        launcher=cfg.sonic.launcher or ["accelerate", "launch"], device=tr.device,
+        script=commands.resolve_script(cfg.sonic.root, cfg.sonic.train_script, "train_agent_trl.py"),
+        exp=plan.pipeline["exp"], num_envs=tr.num_envs, data_overrides=data_overrides(plan),
+        experiment_dir=plan.experiment_dir(point), smoke=bool(tr.smoke), iterations=iterations,
+        save_frequency=tr.save_frequency,
+        seed=tr.seed, extra=group + sonic_overrides(tr) + list(cfg.sonic.extra_overrides or []),
     )
 
 
@@ -85,7 +86,7 @@ def _sweep_body(plan: RunPlan) -> list[str]:
 def audit_prefix(plan: RunPlan) -> str:
     """The trainer runs under the in-job slice audit: SONIC's [Motion Shard]/[PerRankUSD]/[PerRankMotion]
     lines are compared with plan.json and a mismatch stops the job early (grail_cluster/stages/slice_watch.py)."""
-    return commands.shell_join([plan.config["job"]["python"], "-m", "grail_cluster.entry", "audit-slices", "train",
+    return commands.shell_join([plan.settings.job.python, "-m", "grail_cluster.entry", "audit-slices", "train",
                                 "--run-dir", plan.run_dir, "--index", "$GRAIL_INDEX", "--plan-hash", plan.plan_hash,
                                 "--"])
 
@@ -96,7 +97,7 @@ class Train(Stage):
     name = "train"
     requeue = True
 
-    def enabled(self, config: dict[str, Any], train_enabled: bool) -> bool:
+    def enabled(self, config: Settings, train_enabled: bool) -> bool:
         return train_enabled
 
     def size(self, k: int, n: int, points: int) -> int:
@@ -106,17 +107,17 @@ class Train(Stage):
         # A sweep's train stage is an array: one index per point, so homogeneous points share it.
         return size > 1
 
-    def resources(self, config: dict[str, Any]) -> Resources:
-        r = config["resources"]["train"]
-        gpus = 0 if config["train"].get("device") == "cpu" else config["train"]["gpus_per_node"]
-        return Resources(config["train"]["nodes"], gpus, int(r["cpus"]), float(r["mem"]), int(r["time"]))
+    def resources(self, config: Settings) -> Resources:
+        r = config.resources.train
+        gpus = 0 if config.train.device == "cpu" else config.train.gpus_per_node
+        return Resources(config.train.nodes, gpus, int(r.cpus), float(r.mem), int(r.time))
 
     def spec(self, plan: RunPlan) -> JobSpec:
-        s = base_spec(plan, self, workdir=plan.config["sonic"]["root"], sonic=True)
+        s = base_spec(plan, self, workdir=plan.settings.sonic.root, sonic=True)
         s.comment = f"SONIC training: {plan.train['world_size']} processes, +exp={plan.pipeline['exp']}"
         if plan.is_sweep:
             s.comment += f", sweep of {len(plan.train['points'])} points"
-        if plan.config["rehearsal"]["enabled"]:
+        if plan.settings.rehearsal.enabled:
             s.comment = "rehearsal: digest every training motion (no SONIC)"
             s.body = [entry_command(plan, "train")]
             return s

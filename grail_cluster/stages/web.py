@@ -15,6 +15,7 @@ from grail_cluster.core.errors import DataError
 from grail_cluster.core.jobspec import JobSpec
 from grail_cluster.core.markers import write_marker
 from grail_cluster.core.plan import Dependency, RunPlan
+from grail_cluster.core.settings import Settings
 from grail_cluster.stages import rehearsal
 from grail_cluster.stages.base import Stage
 from grail_cluster.stages.checkpoints import export_dir, require_step, resolve_checkpoint
@@ -24,8 +25,8 @@ from grail_cluster.stages.common import entry_spec, output_digests
 class Web(Stage):
     name = "web"
 
-    def enabled(self, config: dict[str, Any], train_enabled: bool) -> bool:
-        return bool(config["web"]["enabled"])
+    def enabled(self, config: Settings, train_enabled: bool) -> bool:
+        return bool(config.web.enabled)
 
     def depends_on(self, enabled: Collection[str]) -> list[Dependency]:
         return [Dependency("merge", "afterok")]
@@ -47,7 +48,7 @@ class Web(Stage):
             # A sweep's winners may share a step; their sites are named by point too.
             name = f"{os.path.basename(os.path.dirname(checkpoint))}_step_{step:06d}" if plan.is_sweep else None
             libraries.append((step, merged, name) if name else (step, merged))
-        title = (plan.config.get("web") or {}).get("title") or plan.run_id
+        title = plan.settings.web.title or plan.run_id
         result = generate_run_site(plan.paths["web_dir"], libraries, title=title)
         manifests = [result["manifest"]] + [os.path.join(result["output"], s["path"], "manifest.json")
                                             for s in result["sites"]]
