@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Collection, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
@@ -45,6 +45,35 @@ class TaskInfo:
 TaskStates = dict[tuple[str, int | None], TaskInfo]
 
 
+@dataclass
+class FoundJob:
+    """One job of a run that the scheduler still knows, found by the name submission gave it."""
+
+    job_id: str
+    name: str
+    stage: str
+    chunk: int
+    round: int
+    array: bool
+    offset: int | None
+    tasks: dict[int | None, TaskInfo] = field(default_factory=dict)  # task id -> TaskInfo (live or final)
+
+    def index(self, task: int | None) -> int | None:
+        if not self.array:
+            return 0
+        return None if task is None or self.offset is None else task + self.offset
+
+
+@dataclass
+class FoundRun:
+    """What a scheduler still knows of one run without its ledger (``repair-ledger`` rebuilds from it)."""
+
+    jobs: list[FoundJob] = field(default_factory=list)  # by (round, stage, chunk): later rounds last
+    # Shards the backend ran but whose job it no longer knows (the local runner's log names): the
+    # latest round per (stage, index).
+    rounds: dict[tuple[str, int], int] = field(default_factory=dict)
+
+
 @dataclass(frozen=True)
 class Capabilities:
     """What the runs layer may ask of a backend beyond the common protocol."""
@@ -52,6 +81,7 @@ class Capabilities:
     chunks_arrays: bool = False  # max_array_size(): arrays are cut under the cluster's MaxArraySize
     cancels_tasks: bool = False  # task_id(): one shard of an array job can be cancelled alone
     pod_logs: bool = False  # pod_logs(): the scheduler keeps each shard's output (Kubernetes)
+    finds_jobs: bool = False  # find_run_jobs(): a run's jobs can be found without its ledger
 
 
 @runtime_checkable
@@ -71,6 +101,11 @@ class Backend(Protocol):
 
     def find_by_name(self, names: list[str]) -> dict[str, str]:
         """Jobs a crashed submitter already queued under these names: {name: job id}."""
+
+    def find_run_jobs(self, plan: RunPlan, arrays: Mapping[str, bool]) -> FoundRun:
+        """What the scheduler still knows of this run's jobs, by the names submission gave them
+        (``capabilities.finds_jobs``; ``arrays``: which stages are arrays). A GrailError while the
+        backend itself still writes the run's ledger."""
 
     def max_array_size(self) -> int | None:
         """The cluster's array limit (``capabilities.chunks_arrays``)."""

@@ -9,6 +9,7 @@ Chunks of stages joined by ``aftercorr`` line up because both are cut at the sam
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -47,6 +48,11 @@ class Group:
         # <run>:<stage>:<chunk> lets a crashed submitter find what it already queued.
         base = f"{run_id}:{self.stage}:{self.chunk}"
         return base if round_ == 0 else f"{base}:r{round_}"
+
+
+def name_pattern(run_id: str) -> re.Pattern[str]:
+    """The names :meth:`Group.name` gives this run's jobs: stage, chunk and round as groups."""
+    return re.compile(rf"^{re.escape(run_id)}:([A-Za-z_]+):(\d+)(?::r(\d+))?$")
 
 
 def compress_ranges(ids: list[int]) -> str:

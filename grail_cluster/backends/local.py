@@ -5,21 +5,23 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import jinja2
 
-from grail_cluster.backends.base import Capabilities, TaskStates, attempt_logs, gate, unsupported
+from grail_cluster.backends.base import Capabilities, FoundRun, TaskStates, attempt_logs, gate, unsupported
 from grail_cluster.core.errors import GrailError
 from grail_cluster.core.jobspec import JobSpec
-from grail_cluster.core.ledger import JobRow, Ledger
+from grail_cluster.core.ledger import LEDGER_FILE, JobRow, Ledger
 from grail_cluster.core.markers import validate_marker
 from grail_cluster.core.plan import RunPlan
 from grail_cluster.core.signatures import exit_signature, signature
@@ -28,7 +30,7 @@ from grail_cluster.core.states import ACTIVE, ShardState
 
 def render(plan: RunPlan, specs: list[JobSpec], env: jinja2.Environment) -> dict[str, str]:
     template = env.get_template("local/job.sh.j2")
-    port = int(plan.config["train"].get("master_port") or 29500)
+    port = int(plan.settings.train.master_port or 29500)
     files = {f"{spec.stage}.sh": template.render(spec=spec, r=spec.resources, master_port=port) for spec in specs}
     jobs = [
         {
@@ -48,6 +50,9 @@ def render(plan: RunPlan, specs: list[JobSpec], env: jinja2.Environment) -> dict
 
 
 # ----------------------------------------------------------------------------- the local executor
+
+# What a detached runner runs (``python -m``): also how repair-ledger recognises one among processes.
+RUNNER_MODULE = "grail_cluster.backends.local"
 
 
 def _alive(pid: int | None) -> bool:
@@ -75,7 +80,7 @@ class LocalBackend:
     """
 
     name = "local"
-    capabilities = Capabilities()
+    capabilities = Capabilities(finds_jobs=True)
 
     def __init__(self, spawn: bool = True) -> None:
         self.spawn = spawn
@@ -86,7 +91,7 @@ class LocalBackend:
         return render(plan, specs, env)
 
     def prepare(self, plan: RunPlan, stages: list[str]) -> None:
-        gpus = len(plan.config["cluster"].get("gpus") or [])
+        gpus = len(plan.settings.cluster.gpus or [])
         for stage in set(stages):
             need = plan.stage(stage).resources.gpus
             if need > gpus:
@@ -97,6 +102,13 @@ class LocalBackend:
 
     def find_by_name(self, names: list[str]) -> dict[str, str]:
         return {}  # nothing runs before start(): a crashed submitter left nothing to adopt
+
+    def find_run_jobs(self, plan: RunPlan, arrays: Mapping[str, bool]) -> FoundRun:
+        """No scheduler remembers local jobs: the rounds the runner's log names record."""
+        if pid := live_runner(plan):
+            raise GrailError(f"a local runner of this run is still running (pid {pid}) and writes its ledger",
+                             path=Path(plan.run_dir) / LEDGER_FILE, fix=f"wait for pid {pid} to finish (or end it), then repair")
+        return FoundRun(rounds=logged_rounds(plan))
 
     def max_array_size(self) -> int | None:
         return None
@@ -111,7 +123,7 @@ class LocalBackend:
         log = Path(plan.paths["logs_dir"]) / f"local-runner-r{round_}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "ab") as fh:
-            proc = subprocess.Popen([sys.executable, "-m", "grail_cluster.backends.local", plan.run_dir,
+            proc = subprocess.Popen([sys.executable, "-m", RUNNER_MODULE, plan.run_dir,
                                      "--round", str(round_)], stdout=fh, stderr=fh, stdin=subprocess.DEVNULL,
                                     start_new_session=True)
         ledger.set_meta(f"runner_pid_r{round_}", proc.pid)
@@ -159,6 +171,39 @@ class LocalBackend:
         raise unsupported(self.name, "keeps no output beside the log files", "read them with `grail-cluster logs`")
 
 
+def logged_rounds(plan: RunPlan) -> dict[tuple[str, int], int]:
+    """The local executor's own records: each task's log file is named after its job
+    (``logs/<stage>/local-local-r<round>-<stage>-<chunk>_<index>.out``); the latest round per shard."""
+    pattern = re.compile(r"^local-local-r(\d+)-([A-Za-z_]+)-(\d+)_(\d+)\.out$")
+    latest: dict[tuple[str, int], int] = {}
+    logs = Path(plan.paths["logs_dir"])
+    for st in plan.stage_names:
+        folder = logs / st
+        if not folder.is_dir():
+            continue
+        for entry in os.scandir(folder):
+            m = pattern.match(entry.name)
+            if m and m.group(2) == st:
+                key = (st, int(m.group(4)))
+                latest[key] = max(latest.get(key, -1), int(m.group(1)))
+    return latest
+
+
+def live_runner(plan: RunPlan) -> int | None:
+    """A detached local runner of this run still alive (it writes the ledger): its pid."""
+    run_dir = os.path.abspath(plan.run_dir)
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        args = [a.decode(errors="replace") for a in argv if a]
+        if RUNNER_MODULE in args and any(os.path.abspath(a) == run_dir for a in args[1:]
+                                         if a.startswith("/") or os.sep in a):
+            return int(entry.name)
+    return None
+
+
 class Runner:
     """Runs one submission round of a run dir: a slot queue honouring the stage dependencies."""
 
@@ -168,9 +213,9 @@ class Runner:
         self.plan = read_plan(run_dir)
         self.round = round_
         self.progress = progress
-        cluster = self.plan.config["cluster"]
-        self.cpus = int(cluster.get("cpus") or os.cpu_count() or 1)
-        self.free_gpus = [str(g) for g in (cluster.get("gpus") or [])]
+        cluster = self.plan.settings.cluster
+        self.cpus = int(cluster.cpus or os.cpu_count() or 1)
+        self.free_gpus = [str(g) for g in (cluster.gpus or [])]
         self.total_gpus = len(self.free_gpus)
         self.free_cpus = self.cpus
         self.cancelled = False

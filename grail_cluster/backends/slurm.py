@@ -7,21 +7,25 @@ command line.
 
 from __future__ import annotations
 
+import getpass
 import math
 import os
 import re
 import subprocess
+import time
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 
 import jinja2
 
-from grail_cluster.backends.base import Capabilities, TaskInfo, TaskStates, unsupported
-from grail_cluster.backends.groups import plan_groups
+from grail_cluster.backends.base import Capabilities, FoundJob, FoundRun, TaskInfo, TaskStates, unsupported
+from grail_cluster.backends.groups import name_pattern, plan_groups
 from grail_cluster.core.errors import GrailError
 from grail_cluster.core.jobspec import JobSpec
 from grail_cluster.core.ledger import JobRow
-from grail_cluster.core.plan import RunPlan
+from grail_cluster.core.plan import PLAN_FILE, RunPlan
+from grail_cluster.core.settings import SlurmCluster
 from grail_cluster.core.states import JobState
 
 
@@ -36,14 +40,14 @@ def slurm_mem(gb: float) -> str:
 
 
 def render_script(plan: RunPlan, spec: JobSpec, env: jinja2.Environment) -> str:
-    return render_job(plan.config["cluster"], f"{plan.paths['logs_dir']}/{spec.stage}", spec, env)
+    return render_job(plan.settings.cluster, f"{plan.paths['logs_dir']}/{spec.stage}", spec, env)
 
 
-def render_job(cluster: dict, log_dir: str, spec: JobSpec, env: jinja2.Environment) -> str:
+def render_job(cluster: SlurmCluster, log_dir: str, spec: JobSpec, env: jinja2.Environment) -> str:
     """One sbatch script; also the `doctor --cluster` probe's, so it gets exactly the stages' directives."""
     return env.get_template("slurm/job.sh.j2").render(
         spec=spec, r=spec.resources, cluster=cluster,
-        parallelism=int(cluster.get("array_parallelism") or spec.size),
+        parallelism=int(cluster.array_parallelism or spec.size),
         mem=slurm_mem(spec.resources.mem_gb), time=slurm_time(spec.resources.time_min),
         log_dir=log_dir,
     )
@@ -62,9 +66,9 @@ def submission_lines(plan: RunPlan, arrays: dict[str, bool]) -> list[str]:
     ``arrays``: which stages are arrays."""
     from grail_cluster.sonic.commands import shell_join
 
-    max_size = plan.config["cluster"].get("max_array_size")
+    max_size = plan.settings.cluster.max_array_size
     groups = plan_groups(plan, {st.name: list(range(st.size)) for st in plan.stages}, arrays=arrays,
-                         max_array_size=max_size, parallelism=plan.config["cluster"].get("array_parallelism"))
+                         max_array_size=max_size, parallelism=plan.settings.cluster.array_parallelism)
     lines = [] if max_size else ["# arrays are chunked at submit time when the cluster's MaxArraySize is smaller"]
     by_stage: dict[str, list] = {}
     for g in groups:
@@ -172,7 +176,7 @@ class SlurmBackend:
     """sbatch through submitit; one ``squeue`` per refresh, ``sacct`` only to settle finished jobs."""
 
     name = "slurm"
-    capabilities = Capabilities(chunks_arrays=True, cancels_tasks=True)
+    capabilities = Capabilities(chunks_arrays=True, cancels_tasks=True, finds_jobs=True)
 
     def __init__(self) -> None:
         self.calls: Counter[str] = Counter()
@@ -316,6 +320,100 @@ class SlurmBackend:
 
     def pod_logs(self, plan: RunPlan, stage: str, index: int, *, tail: int | None = None) -> list[tuple[str, str]]:
         raise unsupported(self.name, "keeps each shard's output in log files", "read them with `grail-cluster logs`")
+
+    # ------------------------------------------------------------------ a run without its ledger
+
+    def find_run_jobs(self, plan: RunPlan, arrays: Mapping[str, bool]) -> FoundRun:
+        """This run's jobs, by name: one ``squeue`` (queued and running tasks, one per line) and one
+        ``sacct`` (how the others ended, and the submit line, which carries each chunk's index offset)."""
+        pattern = name_pattern(plan.run_id)
+        jobs: dict[str, FoundJob] = {}
+        # Run ids repeat across run roots (and test sessions): a job is this run's only if its script
+        # lies under this run dir's specs/ (the submit line and squeue's command both show the path).
+        specs = os.path.join(os.path.abspath(plan.paths["specs_dir"]), "")
+
+        def job_of(jid: str, name: str) -> tuple[FoundJob, int | None] | None:
+            m = pattern.match(name.strip())
+            if not m or m.group(1) not in plan.stage_names:
+                return None
+            base, _, task = jid.strip().partition("_")
+            job = jobs.setdefault(base, FoundJob(base, name.strip(), m.group(1), int(m.group(2)), int(m.group(3) or 0),
+                                                 arrays[m.group(1)], None))
+            return job, task
+
+        fields = "JobID,JobName,State,ExitCode,Elapsed,NodeList,SubmitLine"
+        argv = ["sacct", "-n", "-P", "-X", "-u", getpass.getuser(), "-S", _since(plan), "-o", fields]
+        proc = self._run(argv, check=False)
+        if proc.returncode != 0 and "SubmitLine" in (proc.stderr or ""):  # SLURM before 21.08 has no SubmitLine
+            fields = fields.rsplit(",", 1)[0]
+            proc = self._run(argv[:-1] + [fields], check=False)
+        if proc.returncode != 0:
+            raise GrailError(f"`sacct` failed: {proc.stderr.strip() or proc.stdout.strip()}",
+                             fix="repair-ledger needs SLURM accounting to find the run's jobs; retry when slurmdbd answers")
+        for line in proc.stdout.splitlines():
+            parts = line.split("|")
+            if len(parts) < 6:
+                continue
+            jid, name, state, exit_code, elapsed, node = parts[:6]
+            if not pattern.match(name.strip()):
+                continue
+            if "SubmitLine" in fields and specs not in "|".join(parts[6:]):
+                continue
+            found = job_of(jid, name)
+            if found is None:
+                continue
+            submit_line = "|".join(parts[6:])
+            job, task = found
+            if job.offset is None and (m := re.search(r"GRAIL_INDEX_OFFSET=(\d+)", submit_line)):
+                job.offset = int(m.group(1))
+            word = state.split()[0] if state else "PENDING"
+            info = TaskInfo(STATE_MAP.get(word, JobState.FAILED), word, exit_code, parse_duration(elapsed),
+                            None if node in ("", "None assigned") else node)
+            for t in (expand_task_ids(task) if task else [None]):
+                job.tasks[t] = info
+        # The queue is authoritative for what has not ended (accounting may lag it by seconds).
+        out = self._run(["squeue", "--me", "-h", "-r", "-o", "%i|%j|%T|%M|%N|%o"], check=False).stdout
+        for line in out.splitlines():
+            parts = line.split("|")
+            if len(parts) < 6:
+                continue
+            jid, name, state, elapsed, node = parts[:5]
+            if not pattern.match(name.strip()) or not "|".join(parts[5:]).startswith(specs):
+                continue
+            found = job_of(jid, name)
+            if found is None:
+                continue
+            job, task = found
+            info = TaskInfo(STATE_MAP.get(state, JobState.PENDING), state, None, parse_duration(elapsed), node or None)
+            for t in (expand_task_ids(task) if task else [None]):
+                job.tasks[t] = info
+        self._fill_offsets(plan, arrays, list(jobs.values()))
+        return FoundRun(jobs=sorted(jobs.values(), key=lambda j: (j.round, j.stage, j.chunk)))
+
+    def _fill_offsets(self, plan: RunPlan, arrays: Mapping[str, bool], jobs: list[FoundJob]) -> None:
+        """Offsets the submit line did not give: none when arrays were never chunked; else a first-round
+        chunk's, which the plan determines."""
+        missing = [j for j in jobs if j.array and j.offset is None]
+        if not missing:
+            return
+        configured = plan.config["cluster"].get("max_array_size")
+        size = int(configured) if configured else self.max_array_size()
+        if all(size >= plan.stage(j.stage).size for j in missing):
+            for j in missing:
+                j.offset = 0
+            return
+        groups = plan_groups(plan, {st.name: list(range(st.size)) for st in plan.stages}, arrays=arrays,
+                             max_array_size=size, parallelism=None)
+        first = {(g.stage, g.chunk): g.offset for g in groups}
+        for j in missing:
+            if j.round == 0:
+                j.offset = first.get((j.stage, j.chunk))
+
+
+def _since(plan: RunPlan) -> str:
+    """sacct's -S: jobs can only have been submitted after plan.json was written."""
+    mtime = os.stat(Path(plan.run_dir) / PLAN_FILE).st_mtime - 3600
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(mtime))
 
 
 def submit_flags(*, name: str, array_spec: str | None, dependency: str | None, offset: int, attempt: int) -> list[str]:

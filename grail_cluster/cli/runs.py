@@ -256,7 +256,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
         attempt = args.attempt if args.attempt is not None else (s.attempt if s else 0)
         job = jobs.get(s.job_id) if s and s.job_id else None
         paths = [p for p in log_paths(plan, get_backend(plan.backend), args.stage, idx, attempt, job) if p.exists()]
-        if plan.backend == "kubernetes" and (getattr(args, "pod", False) or not paths):
+        if get_backend(plan.backend).capabilities.pod_logs and (getattr(args, "pod", False) or not paths):
             # The pod's own log through the API: also what happened before the script's log files existed.
             for pod, text in get_backend(plan.backend).pod_logs(plan, args.stage, idx, tail=args.lines or None):
                 out.rule(f"{args.stage} {idx}: pod {pod}")

@@ -16,13 +16,14 @@ import json
 import os
 import time
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import jinja2
 
-from grail_cluster.backends.base import Capabilities, TaskStates, unsupported
+from grail_cluster.backends.base import Capabilities, FoundRun, TaskStates, unsupported
 from grail_cluster.backends.kubernetes.lint import lint_manifest
 from grail_cluster.backends.kubernetes.names import (
     ANN_CANCEL,
@@ -48,6 +49,7 @@ from grail_cluster.core.errors import GrailError
 from grail_cluster.core.jobspec import JobSpec
 from grail_cluster.core.ledger import JobRow, Ledger
 from grail_cluster.core.plan import RunPlan
+from grail_cluster.core.settings import settings
 from grail_cluster.core.states import ACTIVE, ShardState
 
 
@@ -110,7 +112,7 @@ class KubernetesBackend:
             else:
                 # Read KUBECONFIG now: the client reads it once, at import.
                 config.load_kube_config(config_file=os.environ.get("KUBECONFIG") or None,
-                                        context=plan.config["cluster"].get("context"), client_configuration=cfg)
+                                        context=plan.settings.cluster.context, client_configuration=cfg)
         except Exception as exc:  # ConfigException, missing files, bad YAML: all mean "no usable config"
             raise GrailError(f"cannot load a Kubernetes configuration for cluster=kubernetes: {exc}",
                              fix="point KUBECONFIG at your cluster's kubeconfig (or set cluster.context=NAME); "
@@ -124,7 +126,7 @@ class KubernetesBackend:
         import urllib3
         from kubernetes import client
 
-        namespace = plan.config["cluster"]["namespace"]
+        namespace = plan.settings.cluster.namespace
         apis = {"batch": client.BatchV1Api, "core": client.CoreV1Api, "rbac": client.RbacAuthorizationV1Api}
         fn = getattr(apis[api](self._client(plan)), method)
         self.calls[method] += 1
@@ -147,7 +149,7 @@ class KubernetesBackend:
         return json.loads(data) if data else {}
 
     def _ns(self, plan: RunPlan) -> str:
-        return plan.config["cluster"]["namespace"]
+        return plan.settings.cluster.namespace
 
     def _selector(self, plan: RunPlan) -> str:
         return f"{LABEL_RUN}={run_label(plan.run_id)}"
@@ -189,16 +191,20 @@ class KubernetesBackend:
     def find_by_name(self, names: list[str]) -> dict[str, str]:
         return {}  # the driver adopts Jobs by their deterministic names when it creates them
 
+    def find_run_jobs(self, plan: RunPlan, arrays: Mapping[str, bool]) -> FoundRun:
+        raise unsupported(self.name, "keeps a run's record in its driver's ledger",
+                          "the in-cluster driver's ledger is the record: see docs/kubernetes.md")
+
     def max_array_size(self) -> int | None:
         return None
 
     def prepare(self, plan: RunPlan, stages: list[str]) -> None:
         """Everything that can fail before the ledger records a submission: config, files, API access, RBAC."""
-        cluster = plan.config["cluster"]
-        if not cluster.get("pvc"):
+        cluster = settings(plan.config).cluster  # as the plan is now, not as first viewed: checked once per submission
+        if not cluster.pvc:
             raise GrailError("cluster.pvc is not set: the run dir, plan and markers must be on a volume every pod mounts",
                              fix="cluster.pvc=<PersistentVolumeClaim> cluster.mount_path=/workspace run.root=/workspace/runs")
-        mount = os.path.normpath(cluster["mount_path"])
+        mount = os.path.normpath(cluster.mount_path)
         if os.path.commonpath([mount, os.path.normpath(plan.run_dir)]) != mount:
             raise GrailError(f"run dir {plan.run_dir} is not under cluster.mount_path={mount}, so the pods would not see it",
                              fix=f"run.root={mount}/runs (mount the PVC at {mount} here too, or run from a pod that mounts it)")
@@ -215,7 +221,7 @@ class KubernetesBackend:
         if active:
             raise GrailError(f"driver Job {active[0]} of this run is still running (it owns the ledger)",
                              fix=f"wait until it ends (`grail-cluster watch {plan.run_dir}`), or cancel the run first")
-        if cluster["driver"].get("create_rbac"):
+        if cluster.driver.create_rbac:
             rbac, _ = driver_objects(load_manifests(spec_dir / "driver.yaml"), name=driver_name(plan.run_id), round_=0)
             for obj in rbac:
                 self.create(plan, obj)
