@@ -396,7 +396,7 @@ class SlurmBackend:
         missing = [j for j in jobs if j.array and j.offset is None]
         if not missing:
             return
-        configured = plan.config["cluster"].get("max_array_size")
+        configured = plan.settings.cluster.max_array_size
         size = int(configured) if configured else self.max_array_size()
         if all(size >= plan.stage(j.stage).size for j in missing):
             for j in missing:

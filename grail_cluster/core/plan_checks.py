@@ -120,11 +120,10 @@ def _stage_problems(stage: str, r: Resources, p: Partition) -> list[tuple[str, s
 
 def check_partition(plan: RunPlan, sinfo_text: str) -> list[str]:
     """Raise a ConfigError naming every request over the partition's limits; return notes."""
-    cluster = plan.config["cluster"]
     parts = parse_sinfo(sinfo_text)
     if not parts:
         return ["`sinfo` listed no partitions: partition limits not checked"]
-    wanted = cluster.get("partition")
+    wanted = plan.settings.cluster.partition  # a slurm plan
     names = ", ".join(sorted(parts))
     if wanted:
         part = parts.get(str(wanted))

@@ -170,9 +170,9 @@ class Driver:
                              fix=f"follow it with `grail-cluster watch {self.plan.run_dir}`, or delete that Job first")
 
     def run(self, interval: float | None = None) -> int:
-        interval = float(interval or self.plan.config["cluster"]["driver"]["poll_seconds"])
+        interval = float(interval or self.plan.settings.cluster.driver.poll_seconds)
         self.log(f"driving run {self.plan.run_id} round {self.round} (namespace "
-                 f"{self.plan.config['cluster']['namespace']}, looks at least every {interval:g} s)")
+                 f"{self.plan.settings.cluster.namespace}, looks at least every {interval:g} s)")
         while not self.stopped:
             if self.step():
                 break

@@ -39,6 +39,7 @@ from grail_cluster.backends.kubernetes.names import (
 from grail_cluster.core.errors import EXIT_USAGE, ConfigError, GrailError
 from grail_cluster.core.jobspec import JobSpec
 from grail_cluster.core.plan import RunPlan
+from grail_cluster.core.settings import KubernetesCluster
 
 
 def load_manifests(path: str | Path) -> list[dict[str, Any]]:
@@ -60,7 +61,7 @@ def _quantities(spec: JobSpec, gpu_resource: str) -> tuple[dict[str, str], dict[
     return requests, limits
 
 
-def _secret_env(cluster: dict[str, Any], spec: JobSpec) -> list[tuple[str, dict[str, str]]]:
+def _secret_env(cluster: KubernetesCluster, spec: JobSpec) -> list[tuple[str, dict[str, str]]]:
     """``cluster.secret_env`` as (name, {secret, key}); refuses credentials in plain env."""
     plain = sorted(k for k in spec.env if SECRET_NAME.search(k))
     if plain:
@@ -68,7 +69,7 @@ def _secret_env(cluster: dict[str, Any], spec: JobSpec) -> list[tuple[str, dict[
             f"{plain[0]} would be written into the Job manifest in plain text (job.env / sonic.env)",
             fix=f"store it in a Secret and pass `+cluster.secret_env.{plain[0]}={{secret:NAME,key:KEY}}` instead")
     out = []
-    for name, ref in sorted((cluster.get("secret_env") or {}).items()):
+    for name, ref in sorted((cluster.secret_env or {}).items()):
         if not isinstance(ref, dict) or not ref.get("secret") or not ref.get("key"):
             raise ConfigError(f"cluster.secret_env.{name} must be {{secret: <Secret name>, key: <key>}}, got {ref!r}",
                               fix=f"+cluster.secret_env.{name}={{secret:wandb,key:api-key}}")
@@ -76,11 +77,11 @@ def _secret_env(cluster: dict[str, Any], spec: JobSpec) -> list[tuple[str, dict[
     return out
 
 
-def _volumes(cluster: dict[str, Any], shm: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def _volumes(cluster: KubernetesCluster, shm: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     mounts, volumes = [], []
-    if cluster.get("pvc"):
-        mounts.append({"name": "workspace", "mountPath": cluster["mount_path"]})
-        volumes.append({"name": "workspace", "persistentVolumeClaim": {"claimName": cluster["pvc"]}})
+    if cluster.pvc:
+        mounts.append({"name": "workspace", "mountPath": cluster.mount_path})
+        volumes.append({"name": "workspace", "persistentVolumeClaim": {"claimName": cluster.pvc}})
     if shm:
         # Isaac Lab and NCCL need more shared memory than the container default (64 MiB).
         mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
@@ -93,13 +94,13 @@ def base_labels(plan: RunPlan, role: str) -> dict[str, str]:
 
 
 def render_manifest(plan: RunPlan, spec: JobSpec, env: jinja2.Environment) -> str:
-    cluster = plan.config["cluster"]
+    cluster = plan.settings.cluster
     name = job_name(plan.run_id, spec.stage)
     # Pods carry the run/stage labels (status lists them by label); only the Job carries Kueue's.
     labels = {**base_labels(plan, "stage"), LABEL_STAGE: spec.stage}
     job_labels = dict(labels)
-    if cluster.get("queue"):
-        job_labels[LABEL_QUEUE] = cluster["queue"]
+    if cluster.queue:
+        job_labels[LABEL_QUEUE] = cluster.queue
     table = compress_ranges(list(range(spec.size)))
     annotations = {
         ANN_RUN_ID: plan.run_id,
@@ -108,26 +109,26 @@ def render_manifest(plan: RunPlan, spec: JobSpec, env: jinja2.Environment) -> st
         ANN_INDICES: table,
         ANN_MULTINODE: "true" if spec.multinode else "false",
     }
-    port = int(plan.config["train"].get("master_port") or 29500)
+    port = int(plan.settings.train.master_port or 29500)
     script = env.get_template("kubernetes/script.sh.j2").render(spec=spec, bad_input_exit_code=EXIT_USAGE)
-    requests, limits = _quantities(spec, cluster["gpu_resource"])
+    requests, limits = _quantities(spec, cluster.gpu_resource)
     mounts, volumes = _volumes(cluster, shm=spec.stage in ("train", "eval"))
     completions = spec.resources.nodes if spec.multinode else spec.size
-    parallelism = completions if spec.multinode else min(spec.size, int(cluster.get("array_parallelism") or spec.size))
-    max_failed = cluster.get("max_failed_indexes")
-    node_selector = dict(cluster.get("node_selector") or {})
-    tolerations = list(cluster.get("tolerations") or [])
+    parallelism = completions if spec.multinode else min(spec.size, int(cluster.array_parallelism or spec.size))
+    max_failed = cluster.max_failed_indexes
+    node_selector = dict(cluster.node_selector or {})
+    tolerations = list(cluster.tolerations or [])
     if spec.resources.gpus:
-        node_selector.update(cluster.get("gpu_node_selector") or {})
-        tolerations += list(cluster.get("gpu_tolerations") or [])
+        node_selector.update(cluster.gpu_node_selector or {})
+        tolerations += list(cluster.gpu_tolerations or [])
     return env.get_template("kubernetes/job.yaml.j2").render(
         spec=spec, cluster=cluster, name=name, labels=labels, job_labels=job_labels, annotations=annotations,
         script=script, requests=requests, limits=limits, volume_mounts=mounts, volumes=volumes,
         completions=completions, parallelism=parallelism, master_port=port, table=table,
         max_failed_indexes=None if max_failed is None else min(int(max_failed), completions),
-        master_addr=f"{name}-0.{name}.{cluster['namespace']}.svc", bad_input_exit_code=EXIT_USAGE,
+        master_addr=f"{name}-0.{name}.{cluster.namespace}.svc", bad_input_exit_code=EXIT_USAGE,
         active_deadline=int(spec.resources.time_min) * 60, secret_env=_secret_env(cluster, spec),
-        pull_secrets=[{"name": s} for s in cluster.get("image_pull_secrets") or []],
+        pull_secrets=[{"name": s} for s in cluster.image_pull_secrets or []],
         node_selector=node_selector, tolerations=tolerations,
     )
 
@@ -135,20 +136,20 @@ def render_manifest(plan: RunPlan, spec: JobSpec, env: jinja2.Environment) -> st
 def render_driver(plan: RunPlan, env: jinja2.Environment) -> str:
     from grail_cluster.sonic.commands import shell_join
 
-    cluster = plan.config["cluster"]
-    driver = cluster["driver"]
+    cluster = plan.settings.cluster
+    driver = cluster.driver
     name = driver_name(plan.run_id)
     mounts, volumes = _volumes(cluster, shm=False)
     return env.get_template("kubernetes/driver.yaml.j2").render(
         plan=plan, cluster=cluster, driver=driver, name=name,
         labels=base_labels(plan, "driver"), rbac_labels={LABEL_MANAGED: "grail-cluster"},
         annotations={ANN_RUN_ID: plan.run_id, ANN_PLAN_HASH: plan.plan_hash},
-        command=shell_join([plan.config["job"]["python"], "-m", "grail_cluster", "drive", plan.run_dir]),
-        setup=list(plan.config["job"].get("setup") or []), log_dir=os.path.join(plan.paths["logs_dir"], "drive"),
-        requests={"cpu": str(driver["cpu"]), "memory": str(driver["memory"])}, limits={"memory": str(driver["memory"])},
+        command=shell_join([plan.settings.job.python, "-m", "grail_cluster", "drive", plan.run_dir]),
+        setup=list(plan.settings.job.setup or []), log_dir=os.path.join(plan.paths["logs_dir"], "drive"),
+        requests={"cpu": str(driver.cpu), "memory": str(driver.memory)}, limits={"memory": str(driver.memory)},
         volume_mounts=mounts, volumes=volumes, bad_input_exit_code=EXIT_USAGE,
         finished_with_failures=DRIVER_FINISHED_WITH_FAILURES,
-        pull_secrets=[{"name": s} for s in cluster.get("image_pull_secrets") or []],
+        pull_secrets=[{"name": s} for s in cluster.image_pull_secrets or []],
     )
 
 
