@@ -28,7 +28,7 @@ def test_rerun_after_a_grail_cluster_code_change_is_refused(tmp_path, hoi_pair, 
     _, ha = hoi_pair
     _, sonic = grail_repo
     code = tmp_path / "installed" / "job_templates"  # stands in for the installed package's files
-    shutil.copytree(Path(prov.__file__).resolve().parents[1] / "job_templates", code)
+    shutil.copytree(Path(prov.__file__).resolve().parents[2] / "job_templates", code)
     monkeypatch.setattr(prov, "grail_cluster_package_dirs", lambda: [str(code)], raising=False)
     first = plan_cli(tmp_path, ha.root, sonic, capsys)
     run_dir = Path(first["run_dir"])
