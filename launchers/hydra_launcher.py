@@ -35,7 +35,7 @@ from grail_cluster.backends.refresh import refresh
 from grail_cluster.core.errors import GrailError
 from grail_cluster.core.ledger import Ledger, submit_lock
 from grail_cluster.core.markers import retire_marker
-from grail_cluster.core.plan import PLAN_FILE, RunPlan, read_plan, write_plan
+from grail_cluster.core.plan import RunPlan, write_plan
 from grail_cluster.core.states import ACTIVE, ShardState
 from grail_cluster.launchers import sweep
 from grail_cluster.launchers.errors import JobFailedError, LauncherError
@@ -112,11 +112,14 @@ class GrailLauncher(Launcher):
         log.info(f"grail_{self.backend}: {len(jobs)} jobs, sweep dir {sweep_dir}, launcher state {state}")
         backend = get_backend(self.backend)
         with locked(state), Ledger(state) as ledger:
-            old = read_plan(state).pipeline["marker_keys"][STAGE] if (state / PLAN_FILE).exists() else []
-            plan = sweep_plan(state, self.backend, self.params, jobs, code)
+            old = sweep.previous_plan(state)
+            if old is not None and old.backend != self.backend:  # the same sweep dir, the other launcher
+                refresh(old, ledger, get_backend(old.backend))
+            plan = sweep_plan(state, self.backend, self.params, jobs, code, old)
             write_plan(plan)
             refresh(plan, ledger, backend)
-            done, waiting, to_submit = self.reconcile(ledger, jobs, old, code, code_key)
+            old_keys = old.pipeline["marker_keys"][STAGE] if old else []
+            done, waiting, to_submit = self.reconcile(ledger, jobs, old_keys, code, code_key)
             if to_submit:
                 waiting.update(self.submit(plan, ledger, backend, {n: jobs[n] for n in to_submit}, code))
             if not self.params["wait"]:

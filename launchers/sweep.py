@@ -64,14 +64,17 @@ def result_path(state: Path, round_: int, num: int) -> Path:
 # ----------------------------------------------------------------------------- the plan and the job script
 
 
+def previous_plan(state: Path) -> RunPlan | None:
+    return read_plan(state) if (state / PLAN_FILE).exists() else None
+
+
 def sweep_plan(state: Path, backend: str, params: dict[str, Any], jobs: dict[int, tuple[list[str], str]],
-               code: dict[str, Any] | None) -> RunPlan:
-    """The sweep's plan: the jobs known so far (earlier batches' from the plan on disk), ``jobs``
-    ({num: (overrides, key)}) replacing theirs."""
+               code: dict[str, Any] | None, old: RunPlan | None = None) -> RunPlan:
+    """The sweep's plan: the jobs of the previous plan (earlier batches), ``jobs`` ({num: (overrides,
+    key)}) replacing theirs."""
     keys: list[str | None] = []
     overrides: list[list[str] | None] = []
-    if (state / PLAN_FILE).exists():
-        old = read_plan(state)
+    if old is not None:
         keys, overrides = list(old.pipeline["marker_keys"][STAGE]), list(old.config["sweep"]["overrides"])
     size = max([len(keys), *(n + 1 for n in jobs)])
     keys += [None] * (size - len(keys))
