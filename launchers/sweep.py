@@ -84,13 +84,13 @@ def sweep_plan(state: Path, backend: str, params: dict[str, Any], jobs: dict[int
     if backend == "local":
         mp = params.get("max_parallel")
         cpus = int(mp) if mp else len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        cluster: dict[str, Any] = {"cpus": cpus, "gpus": []}
+        cluster: dict[str, Any] = {"backend": "local", "cpus": cpus, "gpus": []}
         resources = Resources(1, 0, 1, 0.0, LOCAL_TIME_MIN)
     else:
         extra = [f"--{str(k).replace('_', '-')}" + ("" if v is True else f"={v}")
                  for k, v in sorted((params.get("additional_parameters") or {}).items())
                  if v is not None and v is not False]
-        cluster = {"partition": params.get("partition"), "account": None, "qos": None, "constraint": None,
+        cluster = {"backend": "slurm", "partition": params.get("partition"), "account": None, "qos": None, "constraint": None,
                    "exclude": None, "gpu_directive": "gres", "signal": "", "extra_directives": extra,
                    "array_parallelism": int(params["array_parallelism"])}
         resources = Resources(1, int(params.get("gpus_per_node") or 0), int(params.get("cpus_per_task") or 0),
