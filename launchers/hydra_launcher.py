@@ -119,7 +119,8 @@ class GrailLauncher(Launcher):
             write_plan(plan)
             refresh(plan, ledger, backend)
             old_keys = old.pipeline["marker_keys"][STAGE] if old else []
-            done, waiting, to_submit = self.reconcile(ledger, jobs, old_keys, code, code_key)
+            gone = sweep.vanished(plan, ledger, backend, jobs)
+            done, waiting, to_submit = self.reconcile(ledger, jobs, old_keys, code, code_key, gone)
             if to_submit:
                 waiting.update(self.submit(plan, ledger, backend, {n: jobs[n] for n in to_submit}, code))
             if not self.params["wait"]:
@@ -134,7 +135,7 @@ class GrailLauncher(Launcher):
         return [self.job_return(n, o, done[n]) for n, (o, _) in jobs.items()]
 
     def reconcile(self, ledger: Ledger, jobs: dict[int, tuple[list[str], str]], old_keys: list, code: Any,
-                  code_key: str) -> tuple[dict[int, dict], dict[int, int], list[int]]:
+                  code_key: str, gone: set[int]) -> tuple[dict[int, dict], dict[int, int], list[int]]:
         """Split the batch: done (a valid marker under the same key, of the same code), still queued
         or running under the same key ({num: round}), to submit."""
         shards = {s.idx: s for s in ledger.shards(STAGE)}
@@ -150,9 +151,10 @@ class GrailLauncher(Launcher):
             result = sweep.read_result(sweep.result_path(self.state_dir(), s.attempt, num)) if s else None
             if not resume or s is None:
                 to_submit.append(num)
-            elif s.state == ShardState.DONE and result is not None and not why:
+            elif (s.state == ShardState.DONE or num in gone) and result is not None and not why \
+                    and result["status"] == "completed":
                 done[num] = result
-            elif s.state in ACTIVE and same_key:
+            elif s.state in ACTIVE and same_key and num not in gone:
                 waiting[num] = s.attempt
             else:
                 to_submit.append(num)

@@ -154,6 +154,20 @@ def write_specs(plan: RunPlan, backend: Backend, spec: JobSpec) -> None:
 # ----------------------------------------------------------------------------- waiting
 
 
+def vanished(plan: RunPlan, ledger: Ledger, backend: Backend, nums: Any) -> set[int]:
+    """Jobs the refreshed ledger still calls active that the scheduler no longer lists: they ended
+    (accounting lags the queue by a second or so, so the refresh could not settle them yet). One
+    ``squeue``, only when a re-run finds active jobs. The local runner writes its shards' states
+    itself (and the refresh fails a dead runner's), so there the ledger is the truth."""
+    active = [s for s in ledger.shards(STAGE) if s.idx in nums and s.state in ACTIVE]
+    if backend.name == "local" or not active:
+        return set()
+    jobs = {j.job_id: j for j in ledger.jobs(unsettled=True)}
+    live = backend.live_states([jobs[i] for i in {s.job_id for s in active} if i in jobs])
+    return {s.idx for s in active
+            if s.job_id not in jobs or (s.job_id, s.idx - jobs[s.job_id].index_offset) not in live}
+
+
 def lost_result(shard: Any, backend: str, sched_id: str) -> dict[str, Any]:
     why = ", ".join(filter(None, [shard.sched_state, shard.signature])) or "no longer known to the scheduler"
     return {"status": "lost", "error": {"type": "JobLost", "traceback": "",
