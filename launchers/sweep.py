@@ -134,7 +134,8 @@ def job_spec(plan: RunPlan, params: dict[str, Any], digests: dict[str, str]) -> 
     st = plan.stage(STAGE)
     return JobSpec(run_id=plan.run_id, stage=STAGE, size=st.size, array=True, resources=st.resources, depends_on=[],
                    workdir=os.getcwd(), run_dir=plan.run_dir, plan_hash=plan.plan_hash, setup=setup,
-                   body=[*body, command], comment="jobs of a Hydra sweep (hydra/launcher=grail_*)", python=python)
+                   body=[*body, command], comment="jobs of a Hydra sweep (hydra/launcher=grail_*)",
+                   python="")  # no separate interpreter check: the body's first command is the grail one
 
 
 def render_sbatch(params: dict[str, Any], command: str) -> str:
