@@ -167,7 +167,7 @@ def slurm_overrides(time_key: str, **extra: Any) -> list[str]:
 
 
 def _grail_slurm(ctx: SweepContext, wait: bool) -> dict[str, Any]:
-    from grail_cluster.launchers.status import sweep_status
+    from grail_cluster.launchers.sweep import sweep_status
 
     name = "grail_slurm_wait" if wait else "grail_slurm"
     sweep = ctx.work / name

@@ -1,3 +1,3 @@
 """launchers/ holds the Hydra launcher plugin (``hydra/launcher=grail_local|grail_slurm``): a thin
-adapter that sends any Hydra app's ``-m`` jobs through grail-cluster's SLURM backend or a local
-process queue, resumable from its own sweep ledger."""
+adapter that runs any Hydra app's ``-m`` jobs as a grail-cluster run (plan, backend, ledger, markers),
+resumable job by job."""

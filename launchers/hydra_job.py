@@ -1,29 +1,24 @@
-"""The job side of the Hydra launcher plugin (``hydra/launcher=grail_local|grail_slurm``).
-
-Two commands, both written by the launcher (``grail_cluster.launchers.submission``)::
+"""The job side of the Hydra launcher plugin (``hydra/launcher=grail_local|grail_slurm``)::
 
     python -m grail_cluster.launchers.hydra_job run --payload P --sha256 HEX --index I \\
-        --result-dir R --job-id ID [--index-offset K] [--path DIR]
-    python -m grail_cluster.launchers.hydra_job drive --payload P --sha256 HEX --count N \\
-        --max-parallel K --result-dir R --log-dir L [--python PY] [--path DIR]
+        --result-dir R --job-id ID [--run-dir D] [--path DIR]
 
-``run`` is one Hydra job: it loads the payload (the Hydra context, task function, sweep config
-and ``Singleton`` state the launcher cloudpickled for this submission), but only after checking
-its SHA-256 against ``--sha256`` (:mod:`grail_cluster.launchers.payloads`); a missing or changed
-payload is refused (exit 3) without being unpickled. It then does what Hydra's basic and
+One Hydra job, run by the sweep's job script (``specs/<backend>/hydra.sh``, rendered by the backend's
+own template; ``I`` is the job's number in the sweep). It loads the payload (the Hydra context, task
+function, sweep config and ``Singleton`` state the launcher cloudpickled for this round), but only
+after checking its SHA-256 against ``--sha256`` (:mod:`grail_cluster.launchers.payloads`); a missing
+or changed payload is refused (exit 3) without being unpickled. It then does what Hydra's basic and
 submitit launchers do in a job (``Singleton.set_state``, ``setup_globals``, ``configure_log``,
-``load_sweep_config``, ``run_job``) and writes ``<result-dir>/<index>.json`` (temporary file + rename): JSON, never a
-pickle. ``drive`` is the local backend's slot queue: one ``run`` process per index, at most
-``--max-parallel`` at once; it writes the result of a job process that died without one.
+``load_sweep_config``, ``run_job``) and writes ``<result-dir>/<index>.json`` (temporary file +
+rename): JSON, never a pickle. With ``--run-dir``, a completed job then writes its success marker
+(``markers/hydra/<index>/``) with its key as the marker's hash, listing the result file.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import signal
 import socket
-import subprocess
 import sys
 import time
 import traceback
@@ -35,13 +30,21 @@ from grail_cluster.launchers.payloads import (
     encode_error,
     encode_value,
     load_payload,
-    read_result,
     result_file,
     write_result,
 )
 
 EXIT_FAILED = 1
 EXIT_REFUSED = 3
+STAGE = "hydra"  # the one stage of a sweep's plan
+
+
+def _write_marker(run_dir: Path, index: int, key: str, result: Path) -> None:
+    """Written last: the result file it lists is complete; its hash field is the job's key."""
+    from grail_cluster.core.markers import file_digest, write_marker
+
+    rel = os.path.relpath(result, run_dir)
+    write_marker(run_dir, STAGE, index, key, {rel: {"size": result.stat().st_size, "sha256": file_digest(result)}})
 
 
 # ----------------------------------------------------------------------------- run: one Hydra job
@@ -84,7 +87,7 @@ def _job_result(ret: Any) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    index = args.index + args.index_offset
+    index = args.index
     path = result_file(args.result_dir, index)
     base: dict[str, Any] = {"index": index, "job_id": args.job_id,
                             "host": socket.gethostname(), "pid": os.getpid(), "started": time.time(),
@@ -109,56 +112,9 @@ def run(args: argparse.Namespace) -> int:
         # raised still show COMPLETED).
         print(f"grail hydra job: {result['error']['type']}: {result['error']['message']}", file=sys.stderr)
         return EXIT_FAILED
+    if args.run_dir:
+        _write_marker(Path(args.run_dir), index, job["key"], path)
     return 0
-
-
-# ----------------------------------------------------------------------------- drive: the local slot queue
-
-
-def drive(args: argparse.Namespace) -> int:
-    log_dir = Path(args.log_dir)
-    running: dict[int, subprocess.Popen] = {}
-    todo = list(range(args.count))
-    stopping = False
-
-    def stop(signum: int, _frame: Any) -> None:
-        nonlocal stopping
-        stopping = True
-        for proc in running.values():
-            proc.send_signal(signum)
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    while (todo and not stopping) or running:
-        while todo and not stopping and len(running) < args.max_parallel:
-            index = todo.pop(0)
-            running[index] = _start_job(args, index, log_dir)
-        for index, proc in list(running.items()):
-            code = proc.poll()
-            if code is None:
-                continue
-            del running[index]
-            path = result_file(args.result_dir, index)
-            if read_result(path) is None:
-                # Killed, segfault, OOM: the job could not say why, so the driver says what it saw.
-                write_result(path, {
-                    "index": index, "job_id": f"{os.getpid()}_{index}",
-                    "status": "failed", "ended": time.time(),
-                    "error": {"type": "JobProcessDied", "traceback": "",
-                              "message": f"the job process exited with code {code} without writing a result; "
-                                         f"see {log_dir / f'{index}.err'}"}})
-        time.sleep(0.05)
-    return 0
-
-
-def _start_job(args: argparse.Namespace, index: int, log_dir: Path) -> subprocess.Popen:
-    argv = [args.python, "-m", "grail_cluster.launchers.hydra_job", "run", "--payload", args.payload,
-            "--sha256", args.sha256, "--result-dir", args.result_dir, "--index", str(index),
-            "--job-id", f"{os.getpid()}_{index}"]
-    for extra in args.path:
-        argv += ["--path", extra]
-    with open(log_dir / f"{index}.out", "ab") as out, open(log_dir / f"{index}.err", "ab") as err:
-        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
 
 
 # ----------------------------------------------------------------------------- command line
@@ -169,22 +125,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                      description="grail-cluster's Hydra launcher: the job side (commands "
                                                  "written by the launcher)")
     sub = parser.add_subparsers(dest="command", required=True)
-    for name in ("run", "drive"):
-        p = sub.add_parser(name)
-        p.add_argument("--payload", required=True)
-        p.add_argument("--sha256", required=True)
-        p.add_argument("--result-dir", required=True)
-        p.add_argument("--path", action="append", default=[],
-                       help="prepended to sys.path (the app's directory)")
-    run_p = sub.choices["run"]
+    run_p = sub.add_parser("run")
+    run_p.add_argument("--payload", required=True)
+    run_p.add_argument("--sha256", required=True)
+    run_p.add_argument("--result-dir", required=True)
+    run_p.add_argument("--path", action="append", default=[], help="prepended to sys.path (the app's directory)")
     run_p.add_argument("--index", type=int, required=True)
-    run_p.add_argument("--index-offset", type=int, default=0)
     run_p.add_argument("--job-id", required=True)
-    drive_p = sub.choices["drive"]
-    drive_p.add_argument("--count", type=int, required=True)
-    drive_p.add_argument("--max-parallel", type=int, required=True)
-    drive_p.add_argument("--log-dir", required=True)
-    drive_p.add_argument("--python", default=sys.executable)
+    run_p.add_argument("--run-dir", help="the sweep's run dir: a completed job writes its success marker there")
     return parser.parse_args(argv)
 
 
@@ -193,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     for extra in reversed(args.path):
         if extra not in sys.path:
             sys.path.insert(0, extra)
-    return run(args) if args.command == "run" else drive(args)
+    return run(args)
 
 
 if __name__ == "__main__":

@@ -4,11 +4,10 @@
   suite), so it must be serialised. Like hydra_submitit_launcher we cloudpickle it with the Hydra
   context, the sweep config and ``Singleton.get_state()``: one payload file per submission, mode
   0600. The project never unpickles untrusted data, so a job loads only the payload whose SHA-256
-  equals the digest the launcher wrote into that job's own command line (the sbatch script, the
-  local driver's argv); the file is read once and hashed before ``pickle.loads`` sees the bytes,
+  equals the digest the launcher wrote into that job's own script (``specs/<backend>/hydra.sh``); the file is read once and hashed before ``pickle.loads`` sees the bytes,
   and a missing or changed payload is refused (exit 3, a ``refused`` result). The trust root is the
   job script: whoever can edit it can run anything in the job anyway.
-- Out: no pickle. The job writes ``results/<submission>/<index>.json`` (temporary file + rename):
+- Out: no pickle. The job writes ``results/r<round>/<num>.json`` (temporary file + rename):
   its status; the return value when it survives a JSON round trip unchanged, else its type name
   and ``repr`` (returned as :class:`ReturnRepr`); on failure the exception's type, text and
   traceback; and the job's config and Hydra config as YAML, from which the ``JobReturn`` is
@@ -27,8 +26,6 @@ import json
 import os
 import pickle
 import re
-import secrets
-import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,22 +44,21 @@ class PayloadRefused(Exception):
     """The payload is missing or is not the one the launcher wrote for this job."""
 
 
-def write_payload(state: Path, payload: dict[str, Any]) -> tuple[str, Path, str]:
-    """Pickle what one submission's jobs need; (submission name, payload path, its SHA-256)."""
+def write_payload(state: Path, round_: int, payload: dict[str, Any]) -> str:
+    """Pickle what one round's jobs need (``payloads/r<round>.pkl``); its SHA-256."""
     import cloudpickle
 
     from grail_cluster.launchers.errors import LauncherError
 
-    sub = time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
     try:
         data = cloudpickle.dumps(payload)
     except Exception as exc:
         raise LauncherError(f"the task function or Hydra's state cannot be serialised for the jobs: {exc}",
                             fix="define the task function at module level and keep open files, locks and "
                                 "clients out of its closure") from None
-    for sub_dir in ("payloads", f"results/{sub}", f"logs/{sub}"):
+    for sub_dir in ("payloads", f"results/r{round_}"):
         (state / sub_dir).mkdir(parents=True, exist_ok=True)
-    path = state / "payloads" / f"{sub}.pkl"
+    path = state / "payloads" / f"r{round_}.pkl"
     tmp = path.with_suffix(".tmp")
     # Created 0600, not chmod-ed after: no moment at which another user could read the closure.
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -71,7 +67,7 @@ def write_payload(state: Path, payload: dict[str, Any]) -> tuple[str, Path, str]
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
-    return sub, path, hashlib.sha256(data).hexdigest()
+    return hashlib.sha256(data).hexdigest()
 
 
 def load_payload(path: Path, digest: str) -> Any:

@@ -30,10 +30,8 @@ from hydra.test_utils.launcher_common_tests import (
 from grail_cluster.core.errors import ConfigError, GrailError
 from grail_cluster.launchers.errors import JobFailedError
 from grail_cluster.launchers.hydra_launcher import SubmittedJob
-from grail_cluster.launchers.ledger import SweepLedger
 from grail_cluster.launchers.payloads import ReturnRepr
-from grail_cluster.launchers.status import sweep_status
-from grail_cluster.launchers.submission import render_sbatch
+from grail_cluster.launchers.sweep import render_sbatch, sweep_status
 
 # Small requests, so arrays start at once on the shared one-node cluster.
 SLURM_FIT = ["hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=0.25", "hydra.launcher.time=5"]
@@ -406,7 +404,7 @@ def test_bad_options_are_refused_before_submitting(tmp_path: Path, launcher: str
     with pytest.raises(ConfigError, match=re.escape(message)) as info:
         multirun(make_task(tmp_path), [f"hydra/launcher={launcher}", override, "a=1,2"], tmp_path / "sweep")
     assert info.value.fix
-    assert not (tmp_path / "sweep" / ".grail" / "ledger.jsonl").exists()
+    assert not (tmp_path / "sweep" / ".grail" / "ledger.sqlite").exists()
 
 
 @pytest.mark.usefixtures("hydra_restore_singletons", "slurm_cluster")
@@ -428,15 +426,6 @@ def test_unknown_option_is_named_by_hydra(tmp_path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- pieces
-
-
-def test_ledger_skips_a_torn_last_line(tmp_path: Path) -> None:
-    ledger = SweepLedger(tmp_path)
-    ledger.append([{"num": 0, "state": "submitted"}, {"num": 0, "state": "done"},
-                   {"num": 1, "state": "submitted"}])
-    with open(ledger.path, "a") as fh:
-        fh.write('{"num": 1, "state": "do')  # a crash mid-line
-    assert {n: r["state"] for n, r in ledger.records().items()} == {0: "done", 1: "submitted"}
 
 
 def test_sbatch_script_carries_resources_and_setup() -> None:

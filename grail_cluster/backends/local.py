@@ -141,7 +141,7 @@ class LocalBackend:
             for idx in job.indices:
                 s = ledger.shard(job.stage, idx)
                 if s and s.job_id == job.job_id and s.state in ACTIVE:
-                    if validate_marker(plan.run_dir, job.stage, idx, plan.plan_hash):
+                    if validate_marker(plan.run_dir, job.stage, idx, plan.marker_hash(job.stage, idx)):
                         ledger.update_shard(job.stage, idx, ShardState.DONE)
                     else:
                         ledger.update_shard(job.stage, idx, ShardState.FAILED, sched_state="RUNNER_GONE",
@@ -306,7 +306,7 @@ class Runner:
             if timed_out:
                 new, sched = ShardState.TIMEOUT, "TIMEOUT"
             elif code == 0:
-                ok = validate_marker(self.plan.run_dir, stage, idx, self.plan.plan_hash)
+                ok = validate_marker(self.plan.run_dir, stage, idx, self.plan.marker_hash(stage, idx))
                 new, sched = (ShardState.DONE if ok else ShardState.MISSING_OUTPUT), "COMPLETED"
             else:
                 new, sched = ShardState.FAILED, "FAILED"

@@ -48,14 +48,14 @@ def recheck_done(plan: RunPlan, ledger: Ledger, *, deep: bool = False) -> list[t
     demoted = []
     for s in ledger.shards():
         if s.state == ShardState.DONE:
-            problem = marker_problem(plan.run_dir, s.stage, s.idx, plan.plan_hash, deep=deep, roots=roots)
+            problem = marker_problem(plan.run_dir, s.stage, s.idx, plan.marker_hash(s.stage, s.idx), deep=deep, roots=roots)
             if problem:
                 ledger.update_shard(s.stage, s.idx, ShardState.MISSING_OUTPUT, signature=f"was done, but {problem}")
                 ledger.event("evidence-lost", s.stage, s.idx, s.attempt, problem=problem, deep=deep)
                 demoted.append((s.stage, s.idx, problem))
         elif s.state == ShardState.MISSING_OUTPUT and (s.signature or "").startswith("was done, but"):
             # Restored files are re-hashed (few shards): a change only --verify saw keeps its size.
-            if marker_problem(plan.run_dir, s.stage, s.idx, plan.plan_hash, deep=True, roots=roots) is None:
+            if marker_problem(plan.run_dir, s.stage, s.idx, plan.marker_hash(s.stage, s.idx), deep=True, roots=roots) is None:
                 ledger.update_shard(s.stage, s.idx, ShardState.DONE, signature=None)
                 ledger.event("evidence-restored", s.stage, s.idx, s.attempt)
     return demoted
@@ -92,7 +92,7 @@ def _settle(plan: RunPlan, ledger: Ledger, backend: Backend) -> str | None:
             if shard is None or shard.job_id != job.job_id or shard.state == ShardState.DONE:
                 continue  # superseded by a later attempt, or settled
             t = live.get((job.job_id, task))
-            if validate_marker(plan.run_dir, job.stage, idx, plan.plan_hash, roots=roots):
+            if validate_marker(plan.run_dir, job.stage, idx, plan.marker_hash(job.stage, idx), roots=roots):
                 ledger.update_shard(job.stage, idx, ShardState.DONE, sched_state=t.sched_state if t else "COMPLETED",
                                     elapsed=t.elapsed if t else shard.elapsed, node=t.node if t else shard.node)
             elif t is not None:

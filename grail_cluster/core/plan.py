@@ -154,6 +154,13 @@ class RunPlan:
             return self.settings
         return settings(self.point_config(point))
 
+    def marker_hash(self, stage: str, index: int) -> str:
+        """The hash a shard's success marker must carry: the plan's own, or the shard's key where the
+        plan lists one (a Hydra sweep's plan: each job's config and overrides), so a plan that
+        grows or changes keeps the markers of unchanged jobs valid."""
+        keys = self.pipeline.get("marker_keys", {}).get(stage)
+        return keys[index] if keys else self.plan_hash
+
     def point_train(self, point: int = 0) -> dict[str, Any]:
         """World size and rank slices of point ``point``'s training."""
         return self.train["points"][point] if self.is_sweep else self.train

@@ -97,6 +97,15 @@ def submit_run(plan: RunPlan, *, wait_lock: bool = False, backend: Backend | Non
         return _submit_groups(plan, ledger, backend, groups, 0)
 
 
+def submit_indices(plan: RunPlan, ledger: Ledger, backend: Backend, selected: dict[str, list[int]], round_: int, *,
+                   arrays: dict[str, bool]) -> Submitted:
+    """Submit these indices of each stage as round ``round_`` under a submit lock the caller holds:
+    how the Hydra launcher sends one batch of a sweep (its stage is not in the stage registry)."""
+    groups = plan_groups(plan, selected, arrays=arrays, max_array_size=_max_array_size(backend, ledger, plan),
+                         parallelism=_parallelism(plan))
+    return _submit_groups(plan, ledger, backend, groups, round_)
+
+
 def _max_array_size(backend: Backend, ledger: Ledger, plan: RunPlan | None = None) -> int | None:
     """``cluster.max_array_size`` if set, else read once per run (``scontrol show config``) and kept
     in the ledger."""
