@@ -115,6 +115,13 @@ class GrailLauncher(Launcher):
             old = sweep.previous_plan(state)
             if old is not None and old.backend != self.backend:  # the same sweep dir, the other launcher
                 refresh(old, ledger, get_backend(old.backend))
+                # One backend's refresh cannot read the other's job ids: switch only once they settled.
+                active = [s.idx for s in ledger.shards() if s.state in ACTIVE]
+                if active:
+                    raise LauncherError(
+                        f"{len(active)} job(s) of this sweep are still queued or running under grail_{old.backend}",
+                        path=state, fix=f"wait for them (re-run with hydra/launcher=grail_{old.backend}) or cancel "
+                                        f"them, then switch to grail_{self.backend}")
             plan = sweep_plan(state, self.backend, self.params, jobs, code, old)
             write_plan(plan)
             refresh(plan, ledger, backend)

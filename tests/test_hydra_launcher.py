@@ -247,6 +247,20 @@ def test_resume_slurm_resubmits_a_cancelled_job_alone(tmp_path: Path) -> None:
     assert [again[n]["scheduler_id"] for n in (0, 2)] == [first[n]["scheduler_id"] for n in (0, 2)]
 
 
+@pytest.mark.usefixtures("hydra_restore_singletons")
+def test_switching_launcher_while_jobs_run_is_refused(tmp_path: Path) -> None:
+    """One backend cannot read the other's job ids: a grail_slurm re-run of a sweep whose grail_local
+    jobs still run is refused, naming them and the fix, and leaves the local jobs running."""
+    sweep = tmp_path / "sweep"
+    task = make_task(tmp_path, slow={1: 8.0})
+    multirun(task, ["hydra/launcher=grail_local", "a=1", "hydra.launcher.wait=false"], sweep)
+    with pytest.raises(GrailError, match="still queued or running under grail_local") as info:
+        multirun(task, ["hydra/launcher=grail_slurm", *SLURM_FIT, "a=1"], sweep)
+    assert "hydra/launcher=grail_local" in (info.value.fix or "")
+    assert wait_results(sweep / ".grail", [0], timeout=90)[0]["state"] == "done"
+    assert starts(tmp_path) == [1]
+
+
 # ----------------------------------------------------------------------------- wait=false
 
 
