@@ -5,6 +5,7 @@ pure mapping from Job status and pods to shard states."""
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -267,12 +268,14 @@ def test_submission_is_refused_without_a_shared_volume(world, tmp_path):
     from grail_cluster.backends.kubernetes.client import KubernetesBackend
 
     plan, _, _ = render(world)
-    plan.config["cluster"]["pvc"] = None
+
+    def with_pvc(pvc):  # a plan as planned with this cluster.pvc (plans are not edited after planning)
+        return dataclasses.replace(plan, config={**plan.config, "cluster": {**plan.config["cluster"], "pvc": pvc}})
+
     with pytest.raises(GrailError, match="cluster.pvc is not set"):
-        KubernetesBackend(api_client=object()).prepare(plan, ["eval"])
-    plan.config["cluster"]["pvc"] = "grail-data"
+        KubernetesBackend(api_client=object()).prepare(with_pvc(None), ["eval"])
     with pytest.raises(GrailError, match="not under cluster.mount_path=/workspace"):
-        KubernetesBackend(api_client=object()).prepare(plan, ["eval"])
+        KubernetesBackend(api_client=object()).prepare(with_pvc("grail-data"), ["eval"])
 
 
 # ----------------------------------------------------------------------------- Job status -> shard states

@@ -49,7 +49,6 @@ from grail_cluster.core.errors import GrailError
 from grail_cluster.core.jobspec import JobSpec
 from grail_cluster.core.ledger import JobRow, Ledger
 from grail_cluster.core.plan import RunPlan
-from grail_cluster.core.settings import settings
 from grail_cluster.core.states import ACTIVE, ShardState
 
 
@@ -200,7 +199,7 @@ class KubernetesBackend:
 
     def prepare(self, plan: RunPlan, stages: list[str]) -> None:
         """Everything that can fail before the ledger records a submission: config, files, API access, RBAC."""
-        cluster = settings(plan.config).cluster  # as the plan is now, not as first viewed: checked once per submission
+        cluster = plan.settings.cluster
         if not cluster.pvc:
             raise GrailError("cluster.pvc is not set: the run dir, plan and markers must be on a volume every pod mounts",
                              fix="cluster.pvc=<PersistentVolumeClaim> cluster.mount_path=/workspace run.root=/workspace/runs")
