@@ -132,7 +132,8 @@ class GrailLauncher(Launcher):
                 waiting.update(self.submit(plan, ledger, backend, {n: jobs[n] for n in to_submit}, code))
             if not self.params["wait"]:
                 self.report_pending(ledger, waiting, state)
-                return [self.job_return(n, o, done[n]) if n in done else self.pending_return(ledger, n, o, waiting[n])
+                sched = sweep.scheduler_ids(ledger, waiting)
+                return [self.job_return(n, o, done[n]) if n in done else self.pending_return(n, o, waiting[n], sched[n])
                         for n, (o, _) in jobs.items()]
             try:
                 done.update(sweep.wait(plan, ledger, backend, waiting))
@@ -203,7 +204,7 @@ class GrailLauncher(Launcher):
                                 fix="check hydra.launcher.partition, time, cpus_per_task, mem_gb, "
                                     "gpus_per_node and additional_parameters against `sinfo`/your "
                                     "account") from None
-        ids = sorted({sweep.scheduler_id(ledger, ledger.shard(STAGE, n)).rsplit("_", 1)[0] for n in jobs})
+        ids = sweep.array_ids(ledger, jobs)
         log.info(f"grail_{self.backend}: {len(jobs)} jobs submitted as {', '.join(ids)}")
         return dict.fromkeys(jobs, round_)
 
@@ -223,17 +224,16 @@ class GrailLauncher(Launcher):
             ret.return_value = JobFailedError(num, overrides, result.get("error") or {}, logs)
         return ret
 
-    def pending_return(self, ledger: Ledger, num: int, overrides: list[str], round_: int) -> JobReturn:
+    def pending_return(self, num: int, overrides: list[str], round_: int, sched: str | None) -> JobReturn:
         ret = PendingJobReturn(overrides=overrides, status=JobStatus.UNKNOWN)
-        sched = sweep.scheduler_id(ledger, ledger.shard(STAGE, num)) or "?"
-        ret.return_value = SubmittedJob(num, tuple(overrides), sched,
+        ret.return_value = SubmittedJob(num, tuple(overrides), sched or "?",
                                         str(sweep.result_path(self.state_dir(), round_, num)), str(self.state_dir()))
         return ret
 
     def report_pending(self, ledger: Ledger, waiting: dict[int, int], state: Path) -> None:
         if not waiting:
             return
-        ids = sorted({sweep.scheduler_id(ledger, ledger.shard(STAGE, n)).rsplit("_", 1)[0] for n in waiting})
+        ids = sweep.array_ids(ledger, waiting)
         print(f"grail_{self.backend}: {len(waiting)} jobs queued or running ({', '.join(ids)}); not waiting for "
               f"them (hydra.launcher.wait=false).\n"
               f"  results: {state}/results/r<round>/<num>.json    logs: {state}/logs/{STAGE}/\n"
@@ -247,7 +247,7 @@ class GrailLauncher(Launcher):
             print("grail_local: interrupted; the local jobs were stopped. Run the same command again to resume: "
                   "finished jobs are not rerun.", file=sys.stderr, flush=True)
             return
-        ids = sorted({sweep.scheduler_id(ledger, ledger.shard(STAGE, n)).rsplit("_", 1)[0] for n in waiting})
+        ids = sweep.array_ids(ledger, waiting)
         print(f"grail_slurm: interrupted; the SLURM jobs keep running ({', '.join(ids)}). Run the same "
               f"command again (same hydra.sweep.dir) to collect their results, or `scancel {' '.join(ids)}`.",
               file=sys.stderr, flush=True)

@@ -175,9 +175,21 @@ def lost_result(shard: Any, backend: str, sched_id: str) -> dict[str, Any]:
                                         "message": f"{backend} job {sched_id} ended without writing a result ({why})"}}
 
 
-def scheduler_id(ledger: Ledger, shard: Any) -> str | None:
-    job = next((j for j in ledger.jobs() if j.job_id == shard.job_id), None)
-    return f"{job.job_id}_{shard.idx - job.index_offset}" if job else shard.job_id
+def scheduler_ids(ledger: Ledger, nums: Any) -> dict[int, str | None]:
+    """{job number: its scheduler id (``<array>_<task>``)} of these jobs' latest attempts, from one
+    read of the ledger's jobs."""
+    jobs = {j.job_id: j for j in ledger.jobs()}
+    out: dict[int, str | None] = {}
+    for num in nums:
+        shard = ledger.shard(STAGE, num)
+        job = jobs.get(shard.job_id) if shard else None
+        out[num] = f"{job.job_id}_{num - job.index_offset}" if job else (shard.job_id if shard else None)
+    return out
+
+
+def array_ids(ledger: Ledger, nums: Any) -> list[str]:
+    """The scheduler arrays these jobs' latest attempts belong to, for messages."""
+    return sorted({sid.rsplit("_", 1)[0] for sid in scheduler_ids(ledger, nums).values() if sid})
 
 
 def wait(plan: RunPlan, ledger: Ledger, backend: Backend, waiting: dict[int, int]) -> dict[int, dict]:
@@ -214,7 +226,7 @@ def wait(plan: RunPlan, ledger: Ledger, backend: Backend, waiting: dict[int, int
                 continue
             gone[num] += 1
             if gone[num] >= GONE_REFRESHES and read_result(result_path(state, round_, num)) is None:
-                results[num] = lost_result(shard, backend.name, scheduler_id(ledger, shard) or "?")
+                results[num] = lost_result(shard, backend.name, scheduler_ids(ledger, [num])[num] or "?")
                 del waiting[num]
     log.info(f"grail_{backend.name}: all jobs ended after {time.monotonic() - t0:.1f} s ({refreshes} refreshes)")
     return results
@@ -231,7 +243,9 @@ def sweep_status(state_dir: Path) -> dict[int, dict[str, Any]]:
     plan = read_plan(state_dir, verify=False)
     out: dict[int, dict[str, Any]] = {}
     with Ledger(state_dir, create=False) as ledger:
-        for shard in sorted(ledger.shards(STAGE), key=lambda s: s.idx):
+        shards = sorted(ledger.shards(STAGE), key=lambda s: s.idx)
+        sched = scheduler_ids(ledger, [s.idx for s in shards])
+        for shard in shards:
             path = result_path(state_dir, shard.attempt, shard.idx)
             result = read_result(path)
             if result is not None:
@@ -243,7 +257,7 @@ def sweep_status(state_dir: Path) -> dict[int, dict[str, Any]]:
                 error = lost_result(shard, plan.backend, "")["error"]
             out[shard.idx] = {"state": word, "overrides": plan.config["sweep"]["overrides"][shard.idx] or [],
                               "attempt": len(ledger.attempts(STAGE, shard.idx)),
-                              "scheduler_id": scheduler_id(ledger, shard), "result": str(path),
+                              "scheduler_id": sched[shard.idx], "result": str(path),
                               "return": (result or {}).get("return"), "error": error}
     return out
 
