@@ -13,7 +13,9 @@ DEMO_DIR ?= demo
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+	# Created once: re-running `venv` over an existing one with another python3 on PATH re-points it at
+	# that interpreter's stdlib and breaks every package already built for the first.
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check torch==2.13.0 -e '.[dev]'  # torch pinned here: a CPU build, no CUDA downloads
 	# The tests' Kubernetes API emulator, outside site-packages: its pytest plugin must not load in other projects.
 	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade --target $(VENV)/test-tools 'kmock>=0.8'
