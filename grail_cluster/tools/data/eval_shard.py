@@ -115,10 +115,6 @@ def judge(row: dict, min_progress: float, obj_pos_threshold: float | None) -> tu
     return True, None
 
 
-def is_success(row: dict, min_progress: float, obj_pos_threshold: float | None) -> bool:
-    return judge(row, min_progress, obj_pos_threshold)[0]
-
-
 def _show(v: Any) -> str:
     return "missing (null)" if v is None else repr(float(v))
 
