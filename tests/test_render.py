@@ -136,6 +136,10 @@ def test_scripts_carry_sonic_commands(world):
     for key in ("motion_file=", "object_motion_file=", "object_usd_path=", "bps_dir="):
         assert key in train
     assert "#SBATCH --requeue" in train and "#SBATCH --signal=USR2@120" in train and "USR1" not in train
+    assert "--no-requeue" not in train
+    # SLURM's default requeue would rerun a shard of a failed node unseen; only training resumes itself.
+    for stage in ("select", "eval", "render", "export", "merge", "web"):
+        assert "#SBATCH --no-requeue" in files[f"{stage}.sh"] and "#SBATCH --requeue" not in files[f"{stage}.sh"]
     assert "export WANDB_MODE=offline" in train and "export HYDRA_FULL_ERROR=1" in train
     assert "#SBATCH --array=0-5%6" in files["eval.sh"]
     ev = files["eval_commands.sh"]

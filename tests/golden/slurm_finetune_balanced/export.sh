@@ -14,6 +14,7 @@
 #SBATCH --error=<TMP>/runs/golden/logs/export/slurm-%A_%a.err
 #SBATCH --open-mode=append
 #SBATCH --kill-on-invalid-dep=yes
+#SBATCH --no-requeue
 
 set -euo pipefail
 # Array task ids are shard indices; chunked arrays add their offset.
@@ -26,7 +27,7 @@ export GRAIL_ATTEMPT="${GRAIL_ATTEMPT:-0}"
 GRAIL_LOG_DIR="$GRAIL_RUN_DIR/logs/$GRAIL_STAGE/$GRAIL_INDEX"
 mkdir -p "$GRAIL_LOG_DIR"
 exec > >(tee -a "$GRAIL_LOG_DIR/$GRAIL_ATTEMPT.out") 2> >(tee -a "$GRAIL_LOG_DIR/$GRAIL_ATTEMPT.err" >&2)
-echo "[grail] $GRAIL_STAGE index $GRAIL_INDEX attempt $GRAIL_ATTEMPT on $(hostname) at $(date -u +%FT%TZ)"
+echo "[grail] $GRAIL_STAGE index $GRAIL_INDEX attempt $GRAIL_ATTEMPT on $(hostname)${SLURMD_NODENAME:+ (slurm node $SLURMD_NODENAME)} at $(date -u +%FT%TZ)"
 export WANDB_JOB_TYPE=export
 export WANDB_RUN_GROUP=golden
 cd <TMP>/runs/golden

@@ -13,6 +13,7 @@
 #SBATCH --error=<TMP>/runs/golden/logs/select/slurm-%j.err
 #SBATCH --open-mode=append
 #SBATCH --kill-on-invalid-dep=yes
+#SBATCH --no-requeue
 #SBATCH --reservation=grail
 
 set -euo pipefail
@@ -26,7 +27,7 @@ export GRAIL_ATTEMPT="${GRAIL_ATTEMPT:-0}"
 GRAIL_LOG_DIR="$GRAIL_RUN_DIR/logs/$GRAIL_STAGE/$GRAIL_INDEX"
 mkdir -p "$GRAIL_LOG_DIR"
 exec > >(tee -a "$GRAIL_LOG_DIR/$GRAIL_ATTEMPT.out") 2> >(tee -a "$GRAIL_LOG_DIR/$GRAIL_ATTEMPT.err" >&2)
-echo "[grail] $GRAIL_STAGE index $GRAIL_INDEX attempt $GRAIL_ATTEMPT on $(hostname) at $(date -u +%FT%TZ)"
+echo "[grail] $GRAIL_STAGE index $GRAIL_INDEX attempt $GRAIL_ATTEMPT on $(hostname)${SLURMD_NODENAME:+ (slurm node $SLURMD_NODENAME)} at $(date -u +%FT%TZ)"
 export WANDB_JOB_TYPE=select
 export WANDB_RUN_GROUP=golden
 cd <TMP>/runs/golden
