@@ -278,15 +278,26 @@ def test_error_midway_leaves_no_output(pool, tmp_path, monkeypatch):
         real(self, src, dst)
 
     monkeypatch.setattr(merge_files.Placer, "place", flaky)
-    with pytest.raises(OSError):
+    # A full disk is the user's to fix: a DataError naming the final path and what to do, not a traceback.
+    with pytest.raises(DataError, match="no space left on device") as info:
         merge_step(exp, STEP, num_shards=2)
+    assert info.value.path == str(out) and "df -h" in info.value.fix
     assert (out / "export_manifest.json").read_bytes() == before
     assert sorted(p.name for p in step_dir(exp).iterdir()) == ["merged", "shard_0", "shard_1"]
     # and with no previous merge there is no output dir at all
     shutil.rmtree(out)
     calls["n"] = 0
-    with pytest.raises(OSError):
+    with pytest.raises(DataError, match="ENOSPC"):
         merge_step(exp, STEP, num_shards=2)
+    assert sorted(p.name for p in step_dir(exp).iterdir()) == ["shard_0", "shard_1"]
+    # Any other I/O error is not dressed up as a full disk.
+    def broken(self, src, dst):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(merge_files.Placer, "place", broken)
+    with pytest.raises(OSError) as info:
+        merge_step(exp, STEP, num_shards=2)
+    assert not isinstance(info.value, DataError) and info.value.errno == 5
     assert sorted(p.name for p in step_dir(exp).iterdir()) == ["shard_0", "shard_1"]
 
 

@@ -7,6 +7,7 @@ hashes, so a later check can tell an intact output from one that changed or vani
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -45,9 +46,15 @@ def write_marker(run_dir: str | Path, stage: str, index: int, plan_hash: str, ou
     payload = {"stage": stage, "index": index, "plan_hash": plan_hash, "finished_at": time.time(),
                "attempt": int(os.environ.get("GRAIL_ATTEMPT", "0")), "outputs": outputs}
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".success.", suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(payload, fh, indent=1, sort_keys=True)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(payload, fh, indent=1, sort_keys=True)
+        os.replace(tmp, path)
+    except BaseException:
+        # A full disk cuts the JSON short: no half-written temp marker is left beside the real one.
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
     return path
 
 

@@ -14,6 +14,9 @@ JOB_PYTHON_FIX = "job.python=/path/to/python-with-grail-cluster"
 
 SLICE_MISMATCH = "slice mismatch"
 
+ENOSPC = "ENOSPC (no space left on device)"
+EDQUOT = "EDQUOT (disk quota exceeded)"
+
 # Ordered: the first that matches names the failure.
 PATTERNS = [
     # The in-job slice audit stopped SONIC: what it took is not what plan.json gave the rank/shard.
@@ -21,6 +24,10 @@ PATTERNS = [
     # The job template's own check, or a bare `python -m grail_cluster.entry` on an interpreter without
     # grail-cluster (ModuleNotFoundError's wording, quoted or not, and `-m`'s "finding module specification").
     (JOB_PYTHON, re.compile(r"cannot import grail_cluster|No module named '?grail_cluster\b")),
+    # A full file system or quota (OSError's strerror, errno, or the data steps' own message): the fix is
+    # room on the disk, not a code change; the last error line names the path.
+    (ENOSPC, re.compile(r"No space left on device|\bENOSPC\b|\[Errno 28\]", re.I)),
+    (EDQUOT, re.compile(r"Disk quota exceeded|\bEDQUOT\b|\[Errno 122\]", re.I)),
     ("OOM", re.compile(r"CUDA out of memory|OutOfMemoryError|oom[-_]kill|Out Of Memory|MemoryError|Killed process", re.I)),
     # bash reporting that a child died of SIGKILL (OOM killer, kill -9, cgroup limit)
     ("killed by signal 9 (SIGKILL)", re.compile(r"line \d+:\s+\d+ Killed\b")),

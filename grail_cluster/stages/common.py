@@ -56,6 +56,12 @@ def entry_spec(plan: RunPlan, stage: Stage, comment: str, *, sonic: bool = False
     return spec
 
 
+def resubmit_hint(plan: RunPlan) -> str:
+    """What a stage's fix says to run once the cause (a full disk, say) is gone."""
+    return (f"`grail-cluster resubmit {plan.run_dir}` (another directory is a new run: "
+            "train.experiment_dir=DIR)")
+
+
 def output_digests(paths: Iterable[str]) -> dict[str, dict[str, Any]]:
     """A marker's outputs: size and sha256 of each file the stage produced."""
     return {p: {"size": os.path.getsize(p), "sha256": file_digest(p)} for p in paths}

@@ -12,7 +12,7 @@ from grail_cluster.core.plan import Dependency, RunPlan
 from grail_cluster.stages import rehearsal
 from grail_cluster.stages.base import ShardStage
 from grail_cluster.stages.checkpoints import export_dir, require_step, resolve_checkpoint, shard_dir
-from grail_cluster.stages.common import entry_spec, output_digests
+from grail_cluster.stages.common import entry_spec, output_digests, resubmit_hint
 
 
 class Export(ShardStage):
@@ -38,7 +38,7 @@ class Export(ShardStage):
         manifest = export_shard(shard_dir(plan, step, shard.shard, checkpoint), plan.library["root"], out,
                                 obj_pos_threshold=ex.obj_pos_threshold, min_progress=float(ex.min_progress),
                                 hand_actions=(plan.pipeline.get("needs") or {}).get("hand_actions", "no") != "no",
-                                checkpoint=checkpoint, step=step)
+                                checkpoint=checkpoint, step=step, retry=resubmit_hint(plan))
         path = os.path.join(out, "export_manifest.json")
         write_marker(plan.run_dir, "export", index, plan.plan_hash,
                      output_digests([path]))

@@ -13,7 +13,7 @@ from grail_cluster.core.plan import Dependency, RunPlan
 from grail_cluster.stages import rehearsal
 from grail_cluster.stages.base import Stage
 from grail_cluster.stages.checkpoints import require_step, resolve_checkpoint, results_dir
-from grail_cluster.stages.common import entry_spec, output_digests
+from grail_cluster.stages.common import entry_spec, output_digests, resubmit_hint
 
 
 class Merge(Stage):
@@ -39,7 +39,8 @@ class Merge(Stage):
         checkpoint, step = resolve_checkpoint(plan, index)
         require_step(checkpoint, step)
         report = merge_step(results_dir(plan, checkpoint), step, num_shards=plan.eval["num_shards"],
-                            source_data=plan.library["root"], provenance=read_provenance(plan.run_dir))
+                            source_data=plan.library["root"], provenance=read_provenance(plan.run_dir),
+                            retry=resubmit_hint(plan))
         if not report["sound"]:
             raise DataError(f"the merge of step {step} is not sound: {'; '.join(report.get('problems', []))[:300]}",
                             path=report.get("output"), fix="it was written there, not to merged/; read the findings "

@@ -34,6 +34,7 @@ from grail_cluster.tools.data.eval_shard import (
 )
 from grail_cluster.tools.data.io import (
     atomic_dir,
+    disk_full_errors,
     dumps_json,
     finite_or_none,
     sha256_file,
@@ -233,8 +234,12 @@ def _hand_kind_summary(items: list[dict]) -> tuple[str, dict[str, int]]:
 
 def export_shard(eval_dir: str | Path, source_data: str | Path, output_dir: str | Path, *,
                  obj_pos_threshold: float | None = None, min_progress: float = 1.0, videos: bool = True,
-                 hand_actions: bool = True, checkpoint: str | None = None, step: int | None = None) -> dict:
-    """Export the successful rollouts of one eval shard into ``output_dir``; return the manifest."""
+                 hand_actions: bool = True, checkpoint: str | None = None, step: int | None = None,
+                 retry: str = "run the export again") -> dict:
+    """Export the successful rollouts of one eval shard into ``output_dir``; return the manifest.
+
+    A full disk is a DataError naming ``output_dir`` whose fix ends with ``retry`` (a run's stage says
+    `grail-cluster resubmit`)."""
     eval_dir, source_data, output_dir = Path(eval_dir), Path(source_data), Path(output_dir)
     for name, value in (("--min_progress", min_progress), ("--obj_pos_threshold", obj_pos_threshold)):
         if value is not None and not math.isfinite(float(value)):
@@ -271,7 +276,7 @@ def export_shard(eval_dir: str | Path, source_data: str | Path, output_dir: str 
         "hand_action_kind": kind,
         "hand_action_kinds": kinds,
     }
-    with atomic_dir(output_dir) as tmp:
+    with disk_full_errors(output_dir, "the export", retry), atomic_dir(output_dir) as tmp:
         manifest["missing_usd"] = _write(tmp, src, items)
         manifest["outputs"] = _outputs(tmp)
         write_json(tmp / MANIFEST, manifest)

@@ -8,6 +8,7 @@ same parent directory and renamed into place only once complete.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import math
@@ -43,6 +44,34 @@ def atomic_dir(out: Path) -> Iterator[Path]:
         replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+# A full file system or an exhausted quota: the user's to fix (free space or write elsewhere), not a bug.
+DISK_FULL = {errno.ENOSPC: "no space left on device (ENOSPC, errno 28)",
+             errno.EDQUOT: "disk quota exceeded (EDQUOT, errno 122)"}
+
+
+def raise_if_disk_full(exc: BaseException, final: Path, what: str, then: str) -> None:
+    """A full disk or quota while writing ``final`` becomes a DataError naming that path and the fix.
+
+    Call it once the temp tree is removed, so nothing is left at or beside ``final`` that could pass
+    for a finished output. ``then`` says what to run once there is room again."""
+    if isinstance(exc, OSError) and exc.errno in DISK_FULL:
+        raise DataError(f"{DISK_FULL[exc.errno]} while writing {what}; the partial output was removed",
+                        path=final,
+                        fix=f"free space on that file system (`df -h {Path(final).parent}`) or write to another "
+                            f"directory, then {then}") from None
+
+
+@contextlib.contextmanager
+def disk_full_errors(final: Path, what: str, then: str) -> Iterator[None]:
+    """:func:`raise_if_disk_full` around a write; put it outside :func:`atomic_dir`, which removes the
+    temp tree first."""
+    try:
+        yield
+    except OSError as exc:
+        raise_if_disk_full(exc, final, what, then)
         raise
 
 

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from grail_cluster.core.errors import EXIT_OK, EXIT_PROBLEMS, ConfigError, DataError
-from grail_cluster.tools.data.io import replace_dir, write_json
+from grail_cluster.tools.data.io import raise_if_disk_full, replace_dir, write_json
 from grail_cluster.tools.data.merge_files import (
     FIX_RERUN,
     UNSOUND_SUFFIX,
@@ -79,6 +79,7 @@ def merge_step(
     overlap_threshold: float = 0.5,
     provenance: dict[str, Any] | None = None,
     allow_unsound: bool = False,
+    retry: str = "run the merge again",
 ) -> dict[str, Any]:
     """Merge the export shards of ``step``; returns the report (``report["sound"]`` is the verdict).
 
@@ -91,8 +92,8 @@ def merge_step(
     copied into the merged ``export_manifest.json`` under ``provenance``, so a merged library says
     what produced it wherever it is copied to.
 
-    Raises DataError when there is nothing to merge (no step dir, no source robot/) and
-    ConfigError for bad arguments; in both cases nothing is written.
+    Raises DataError when there is nothing to merge (no step dir, no source robot/) or the disk is full
+    (its fix ends with ``retry``), ConfigError for bad arguments; in each case nothing is written.
     """
     if isinstance(num_shards, bool) or not isinstance(num_shards, int) or num_shards < 1:
         raise ConfigError(f"--num_shards must be a positive integer, got {num_shards!r}")
@@ -278,11 +279,11 @@ def merge_step(
 
     placer = Placer(link)
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-    final.parent.mkdir(parents=True, exist_ok=True)
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
     try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
         for sub in SUBDIRS:
             (tmp / sub).mkdir()
         made: set[str] = set()
@@ -344,8 +345,9 @@ def merge_step(
             dest = unsound_dir
             previous = settle_previous(final, step_dir)
         replace_dir(tmp, dest)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        raise_if_disk_full(exc, final, f"the merge of step {step}", retry)
         raise
     if dest == final and unsound_dir.exists():
         shutil.rmtree(unsound_dir)  # an older unsound attempt, superseded by this result
