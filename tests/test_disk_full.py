@@ -118,6 +118,7 @@ def test_export_into_a_full_disk_fails_clearly_and_resubmit_finishes(small_tmpfs
 
     text = cli("status", str(run_dir)).stdout
     assert ENOSPC in text and f"grail-cluster resubmit {run_dir}" in text
+    assert "nodes" not in text  # the local executor's shards all ran here: no column of `localhost`
     logs = cli("logs", str(run_dir), "--stage", "export", "--index", str(full[0]["index"])).stdout
     assert "no space left on device" in logs and "df -h" in logs and "Traceback" not in logs
 

@@ -12,6 +12,7 @@ import functools
 import hashlib
 import json
 import os
+import socket
 import tempfile
 import time
 from pathlib import Path
@@ -43,8 +44,10 @@ def file_digest(path: str | Path, *, full: bool = True) -> str:
 def write_marker(run_dir: str | Path, stage: str, index: int, plan_hash: str, outputs: dict[str, Any]) -> Path:
     path = marker_path(run_dir, stage, index)
     path.parent.mkdir(parents=True, exist_ok=True)
+    # Where it ran: a shard that finished between two scheduler polls has no node in the ledger otherwise.
     payload = {"stage": stage, "index": index, "plan_hash": plan_hash, "finished_at": time.time(),
-               "attempt": int(os.environ.get("GRAIL_ATTEMPT", "0")), "outputs": outputs}
+               "attempt": int(os.environ.get("GRAIL_ATTEMPT", "0")), "outputs": outputs,
+               "host": socket.gethostname(), "node": os.environ.get("SLURMD_NODENAME") or None}
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".success.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as fh:

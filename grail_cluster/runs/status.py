@@ -23,6 +23,8 @@ class StageStatus:
     counts: dict[str, int]
     wall_s: float | None
     failures: list[dict[str, Any]] = field(default_factory=list)
+    # Index -> where the shard's latest attempt ran: the scheduler's word (SLURM: a node list), else its marker's.
+    nodes: dict[int, str] = field(default_factory=dict)
 
     @property
     def finished(self) -> bool:
@@ -36,13 +38,18 @@ def summarise(plan: RunPlan, ledger: Ledger) -> list[StageStatus]:
     for st in plan.stages:
         counts: Counter[str] = Counter()
         failures = []
+        nodes: dict[int, str] = {}
         for idx in range(st.size):
             s = shards.get((st.name, idx))
             state = s.state if s else ShardState.UNSUBMITTED
             counts[state] += 1
+            if s and s.node:
+                nodes[idx] = s.node
+            elif state == ShardState.DONE and (m := read_marker(plan.run_dir, st.name, idx)) and m.get("node"):
+                nodes[idx] = str(m["node"])  # it finished between two polls: the job's marker says where
             if s and state in FAILED:
                 failures.append({"index": idx, "state": state, "attempt": s.attempt, "job_id": s.job_id,
-                                 "exit_code": s.exit_code, "signature": s.signature})
+                                 "exit_code": s.exit_code, "node": s.node, "signature": s.signature})
         stage_jobs = [j for j in jobs if j.stage == st.name]
         wall = None
         if stage_jobs:
@@ -56,7 +63,7 @@ def summarise(plan: RunPlan, ledger: Ledger) -> list[StageStatus]:
                 ends += [s.updated_at for (name, _), s in shards.items() if name == st.name and s.state != ShardState.DONE]
                 end = max(ends) if ends else start
             wall = max(0.0, end - start)
-        out.append(StageStatus(st.name, st.size, dict(counts), wall, failures))
+        out.append(StageStatus(st.name, st.size, dict(counts), wall, failures, nodes))
     return out
 
 
