@@ -19,10 +19,10 @@ from grail_cluster.core.states import ACTIVE, FAILED, STATES, JobState, ShardSta
 
 def test_state_values_are_the_words_the_ledger_and_json_always_held():
     assert [s.value for s in STATES] == ["unsubmitted", "done", "pending", "running", "failed", "cancelled",
-                                         "timeout", "node-fail", "out-of-memory", "missing-output"]
+                                         "timeout", "node-fail", "out-of-memory", "missing-output", "lost"]
     assert set(STATES) == set(ShardState)
     assert ACTIVE == ("pending", "running")
-    assert FAILED == ("failed", "cancelled", "timeout", "node-fail", "out-of-memory", "missing-output")
+    assert FAILED == ("failed", "cancelled", "timeout", "node-fail", "out-of-memory", "missing-output", "lost")
     assert json.dumps({ShardState.DONE: ShardState.MISSING_OUTPUT}) == '{"done": "missing-output"}'
     assert f"{ShardState.NODE_FAIL}" == str(ShardState.NODE_FAIL) == "node-fail"
     assert "running" in ACTIVE and ShardState("out-of-memory") is ShardState.OUT_OF_MEMORY

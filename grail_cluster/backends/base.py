@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from grail_cluster.core.errors import GrailError
+from grail_cluster.core.errors import EXIT_UNREACHABLE, GrailError
 from grail_cluster.core.states import ACTIVE, JobState, ShardState
 
 if TYPE_CHECKING:
@@ -39,6 +39,19 @@ class TaskInfo:
     exit_code: str | None = None
     elapsed: float | None = None
     node: str | None = None
+    why: str | None = None  # JobState.LOST: how the scheduler lost the job (the shard's signature)
+
+
+class SchedulerUnreachable(GrailError):
+    """The scheduler's queue or accounting did not answer (controller or accounting daemon down,
+    timed out): nothing may be concluded about any job, so the ledger keeps its last known states."""
+
+    exit_code = EXIT_UNREACHABLE
+
+    def __init__(self, problem: str, *, first_line: str):
+        self.first_line = first_line  # the scheduler's own words, for a one-line notice
+        super().__init__(problem, fix="the ledger keeps its last known states; retry when the scheduler answers "
+                                      "(nothing was changed)")
 
 
 # (ledger job id, array task id or None) -> what the scheduler says of that task
@@ -122,10 +135,13 @@ class Backend(Protocol):
         another process writes this ledger and the refresh must not."""
 
     def live_states(self, jobs: list[JobRow]) -> TaskStates:
-        """Queued and running tasks of these ledger jobs."""
+        """Queued and running tasks of these ledger jobs (a scheduler job under another name is not
+        one of them); :class:`SchedulerUnreachable` when the scheduler does not answer."""
 
-    def final_states(self, job_ids: set[str]) -> TaskStates:
-        """How the tasks of these finished jobs ended."""
+    def final_states(self, jobs: list[JobRow]) -> TaskStates:
+        """How the tasks of these ledger jobs, no longer queued, ended; ``JobState.LOST`` (with
+        ``why``) for a job the scheduler no longer holds under its name. A task it cannot tell yet
+        is left out (the next refresh asks again)."""
 
     def task_id(self, job: JobRow, index: int) -> str:
         """The id cancel takes for one shard of ``job`` (``capabilities.cancels_tasks``)."""

@@ -151,7 +151,7 @@ class LocalBackend:
     def live_states(self, jobs: list[JobRow]) -> TaskStates:
         return {}  # the runner writes each shard's state itself
 
-    def final_states(self, job_ids: set[str]) -> TaskStates:
+    def final_states(self, jobs: list[JobRow]) -> TaskStates:
         return {}
 
     def task_id(self, job: JobRow, index: int) -> str:

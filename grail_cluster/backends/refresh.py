@@ -8,14 +8,20 @@ Markers decide "done"; a task the scheduler calls COMPLETED without a marker is 
 "Done" must stay true: every refresh re-checks each done shard's marker and the outputs it lists
 (a stat each, no scheduler call; ``verify`` re-hashes them), and a shard whose evidence is gone or
 changed becomes ``missing-output`` with the file named, for ``resubmit`` to repair.
+
+A job the scheduler lost (a controller crash: its id vanished or now names another job) leaves its
+not-done shards ``lost``, with the backend's reason as signature. A scheduler that does not answer
+(:class:`SchedulerUnreachable`) changes nothing the scheduler would have had to confirm: the ledger
+keeps its last known states, whose time is kept in the ledger's meta ``states_as_of``.
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
-from grail_cluster.backends.base import Backend, attempt_logs
+from grail_cluster.backends.base import Backend, SchedulerUnreachable, attempt_logs
 from grail_cluster.core.ledger import JobRow, Ledger
 from grail_cluster.core.markers import marker_problem, validate_marker
 from grail_cluster.core.plan import RunPlan
@@ -23,6 +29,7 @@ from grail_cluster.core.signatures import exit_signature, signature
 from grail_cluster.core.states import ACTIVE, JobState, ShardState
 
 OWNED_BY_DRIVER = "owned-by-driver"  # reconcile's answer while another process writes the ledger
+STATES_AS_OF = "states_as_of"  # ledger meta: when the scheduler last answered a refresh (epoch seconds)
 
 
 def log_paths(plan: RunPlan, backend: Backend, stage: str, idx: int, attempt: int,
@@ -62,10 +69,23 @@ def recheck_done(plan: RunPlan, ledger: Ledger, *, deep: bool = False) -> list[t
 
 
 def refresh(plan: RunPlan, ledger: Ledger, backend: Backend, *, verify: bool = False) -> None:
-    """Settle what the scheduler finished, then re-check the evidence of everything done."""
-    if _settle(plan, ledger, backend) == OWNED_BY_DRIVER:
-        return
+    """Settle what the scheduler finished, then re-check the evidence of everything done.
+
+    :class:`SchedulerUnreachable` is raised after the markers were re-checked (they need no
+    scheduler); no shard was moved on the scheduler's word, let alone failed or lost for its silence."""
+    try:
+        if _settle(plan, ledger, backend) == OWNED_BY_DRIVER:
+            return
+    except SchedulerUnreachable:
+        recheck_done(plan, ledger, deep=verify)
+        raise
     recheck_done(plan, ledger, deep=verify)
+
+
+def states_as_of(ledger: Ledger) -> float | None:
+    """When the scheduler last answered a refresh of this ledger (None: never since this version)."""
+    value = ledger.meta(STATES_AS_OF)
+    return float(value) if isinstance(value, (int, float)) else None
 
 
 def _settle(plan: RunPlan, ledger: Ledger, backend: Backend) -> str | None:
@@ -101,14 +121,18 @@ def _settle(plan: RunPlan, ledger: Ledger, backend: Backend) -> str | None:
                                         node=t.node)
             elif shard.state in ACTIVE:
                 unresolved.append((job, idx, task))
-    final = backend.final_states({job.job_id for job, _, _ in unresolved}) if unresolved else {}
+    final = backend.final_states(list({job.job_id: job for job, _, _ in unresolved}.values())) if unresolved else {}
+    ledger.set_meta(STATES_AS_OF, time.time())
     for job, idx, task in unresolved:
         t = final.get((job.job_id, task))
         if t is None or t.state in ACTIVE:
             continue  # accounting lags the queue by a second or so; next refresh settles it
         state = ShardState.MISSING_OUTPUT if t.state == JobState.COMPLETED else t.state
         attempt = shards[(job.stage, idx)].attempt
-        sig = signature(log_paths(plan, backend, job.stage, idx, attempt, job), state) or exit_signature(t.exit_code)
+        if state == ShardState.LOST:
+            sig = t.why or "the scheduler lost this job"
+        else:
+            sig = signature(log_paths(plan, backend, job.stage, idx, attempt, job), state) or exit_signature(t.exit_code)
         if state == ShardState.MISSING_OUTPUT:
             sig = "exited 0 but wrote no valid success marker" + (f" ({sig})" if sig else "")
         ledger.update_shard(job.stage, idx, state, sched_state=t.sched_state, exit_code=t.exit_code,

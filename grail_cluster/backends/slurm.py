@@ -3,6 +3,12 @@
 Submission sends the rendered files byte for byte; what differs per submission (array subset or
 chunk, offset, attempt, dependencies on job ids that exist only at submit time) goes on the sbatch
 command line.
+
+A job is known by its id *and* its name (unique per run, stage, chunk and round): a slurmctld killed
+with SIGKILL can lose ids it had already returned and hand them to later jobs, so a queue or
+accounting row whose name differs from the ledger job's is another job. A job the scheduler no longer
+holds under its name is ``lost`` (see :meth:`SlurmBackend.final_states`). When squeue or sacct does
+not answer, :class:`SchedulerUnreachable` is raised and nothing is concluded.
 """
 
 from __future__ import annotations
@@ -13,14 +19,35 @@ import os
 import re
 import subprocess
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Mapping
 from pathlib import Path
 
 import jinja2
 
-from grail_cluster.backends.base import Capabilities, FoundJob, FoundRun, TaskInfo, TaskStates, unsupported
+from grail_cluster.backends.base import (
+    Capabilities,
+    FoundJob,
+    FoundRun,
+    SchedulerUnreachable,
+    TaskInfo,
+    TaskStates,
+    unsupported,
+)
 from grail_cluster.backends.groups import name_pattern, plan_groups
+from grail_cluster.backends.slurm_rows import (
+    ACCT_FIELDS,
+    QUEUE_FORMAT,
+    RETIRED,
+    STATE_MAP,
+    Row,
+    expand_task_ids,
+    parse_accounting,
+    parse_duration,
+    parse_queue,
+    sched_id,
+    task_keys,
+)
 from grail_cluster.core.errors import GrailError
 from grail_cluster.core.jobspec import JobSpec
 from grail_cluster.core.ledger import JobRow
@@ -110,18 +137,6 @@ def sinfo_nodes(timeout: float = 20.0) -> tuple[str | None, str | None]:
 
 # ----------------------------------------------------------------------------- submission and polling
 
-_J = JobState
-# SLURM job states -> task states (COMPLETED is settled by the marker: done or missing-output).
-STATE_MAP = {
-    "PENDING": _J.PENDING, "REQUEUED": _J.PENDING, "REQUEUE_HOLD": _J.PENDING, "REQUEUE_FED": _J.PENDING,
-    "CONFIGURING": _J.PENDING, "SUSPENDED": _J.PENDING, "RESIZING": _J.PENDING, "PREEMPTED": _J.PENDING,
-    "RUNNING": _J.RUNNING, "COMPLETING": _J.RUNNING, "STAGE_OUT": _J.RUNNING, "SIGNALING": _J.RUNNING,
-    "COMPLETED": _J.COMPLETED, "FAILED": _J.FAILED, "BOOT_FAIL": _J.FAILED, "DEADLINE": _J.TIMEOUT,
-    "CANCELLED": _J.CANCELLED, "REVOKED": _J.CANCELLED, "TIMEOUT": _J.TIMEOUT, "NODE_FAIL": _J.NODE_FAIL,
-    "OUT_OF_MEMORY": _J.OUT_OF_MEMORY, "SPECIAL_EXIT": _J.FAILED,
-}
-
-
 def _executor_class():
     import submitit
 
@@ -147,33 +162,24 @@ def _executor_class():
     return GrailSlurmExecutor
 
 
-def parse_duration(text: str) -> float | None:
-    """SLURM's [D-]HH:MM:SS / MM:SS.mmm to seconds."""
-    if not text or text in ("INVALID", "UNLIMITED", "Partition_Limit"):
-        return None
-    days = 0
-    if "-" in text:
-        d, text = text.split("-", 1)
-        days = int(d)
-    parts = [float(p) for p in text.split(":")]
-    while len(parts) < 3:
-        parts.insert(0, 0.0)
-    h, m, s = parts
-    return days * 86400 + h * 3600 + m * 60 + s
+# squeue/sacct during a refresh: short, so during an outage a status costs seconds, not minutes (squeue
+# itself retries a refused controller for about 9 s before it gives up with "Unable to contact").
+QUERY_TIMEOUT_S = 15.0
+# A job is never called lost within this many seconds of its submission: accounting hears of a job
+# asynchronously. (A job the controller still holds, in any state, is never lost.)
+LOST_GRACE_S = 10.0
 
 
-def expand_task_ids(spec: str) -> list[int]:
-    """``[0-3,7%4]`` or ``5`` -> task ids."""
-    spec = spec.strip("[]").split("%", 1)[0]
-    out: list[int] = []
-    for part in filter(None, spec.split(",")):
-        a, _, b = part.partition("-")
-        out.extend(range(int(a), int(b or a) + 1))
-    return out
+def _last_error_line(proc: subprocess.CompletedProcess) -> str:
+    # sacct prints the connection attempts first and its verdict ("Problem talking to the database")
+    # last; squeue prints one line.
+    lines = [ln.strip() for ln in (proc.stderr or proc.stdout or "").splitlines() if ln.strip()]
+    return lines[-1] if lines else f"exit status {proc.returncode}, no output"
 
 
 class SlurmBackend:
-    """sbatch through submitit; one ``squeue`` per refresh, ``sacct`` only to settle finished jobs."""
+    """sbatch through submitit; one ``squeue`` per refresh, ``sacct`` only to settle finished jobs
+    (and one more ``squeue`` only when accounting cannot account for a job)."""
 
     name = "slurm"
     capabilities = Capabilities(chunks_arrays=True, cancels_tasks=True, finds_jobs=True)
@@ -199,6 +205,23 @@ class SlurmBackend:
             raise GrailError(f"`{' '.join(argv[:4])} ...` failed: {proc.stderr.strip() or proc.stdout.strip()}")
         return proc
 
+    def _query(self, argv: list[str]) -> str:
+        """A read-only squeue/sacct whose answer decides states: any failure or a timeout is
+        :class:`SchedulerUnreachable` (an empty answer must never read as "no such job")."""
+        self.calls[argv[0]] += 1
+        try:
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=QUERY_TIMEOUT_S)
+        except FileNotFoundError:
+            raise GrailError(f"`{argv[0]}` not found: this machine has no SLURM client",
+                             fix="run on a SLURM login node, or use cluster=local") from None
+        except subprocess.TimeoutExpired:
+            line = f"`{argv[0]}` did not answer in {QUERY_TIMEOUT_S:.0f} s"
+            raise SchedulerUnreachable(f"scheduler unreachable: {line}", first_line=line) from None
+        if proc.returncode != 0:
+            line = _last_error_line(proc)
+            raise SchedulerUnreachable(f"scheduler unreachable: `{argv[0]}` failed: {line}", first_line=line)
+        return proc.stdout
+
     # ------------------------------------------------------------------ cluster facts
 
     def max_array_size(self) -> int:
@@ -212,12 +235,13 @@ class SlurmBackend:
         """Jobs already queued under our names (a crashed submitter's), so they are adopted, not doubled."""
         if not names:
             return {}
-        out = self._run(["squeue", "--me", "-h", "-o", "%i|%j", f"--name={','.join(names)}"], check=False).stdout
+        # A queue that does not answer is refused (SchedulerUnreachable): read as empty, every job a
+        # crashed submitter queued would be submitted twice.
+        out = self._query(["squeue", "--me", "-h", "-o", QUEUE_FORMAT, f"--name={','.join(names)}"])
         found: dict[str, str] = {}
-        for line in out.splitlines():
-            job_id, _, name = line.partition("|")
-            if name in names:
-                found.setdefault(name, job_id.strip().split("_", 1)[0])
+        for row in parse_queue(out):
+            if row.name in names:
+                found.setdefault(row.name, row.job_id)
         return found
 
     def prepare(self, plan: RunPlan, stages: list[str]) -> None:
@@ -256,45 +280,77 @@ class SlurmBackend:
         """Nothing to reconcile: the queue and accounting say everything."""
 
     def live_states(self, jobs: list[JobRow]) -> TaskStates:
-        """Queued and running tasks of the given ledger jobs: one ``squeue`` whatever their number."""
+        """Queued and running tasks of the given ledger jobs: one ``squeue`` whatever their number.
+        A row under a ledger job's id but another name is another job (the id was reused): left out."""
         info: dict[tuple[str, int | None], TaskInfo] = {}
         if not jobs:
             return info
-        ours = {j.job_id for j in jobs}
+        ours = {(sched_id(j.job_id), j.name): j for j in jobs}
         # %i is "<array job id>_<task>" for array tasks (-r lists pending tasks one by one).
-        out = self._run(["squeue", "--me", "-h", "-r", "-o", "%i|%T|%M|%N"]).stdout
-        for line in out.splitlines():
-            parts = line.split("|")
-            if len(parts) < 4:
+        for row in parse_queue(self._query(["squeue", "--me", "-h", "-r", "-o", QUEUE_FORMAT])):
+            job = ours.get((row.job_id, row.name))
+            if job is None:
                 continue
-            jid, state, elapsed, node = parts
-            base, _, task = jid.partition("_")
-            if base not in ours:
-                continue
-            tasks: list[int | None] = list(expand_task_ids(task)) if task else [None]
-            for t in tasks:
-                info[(base, t)] = TaskInfo(STATE_MAP.get(state, JobState.PENDING), state, None, parse_duration(elapsed),
-                                           node or None)
+            for t in row.tasks:
+                info[(job.job_id, t)] = TaskInfo(STATE_MAP.get(row.state, JobState.PENDING), row.state, None,
+                                                 row.elapsed, row.node)
         return info
 
-    def final_states(self, job_ids: set[str]) -> TaskStates:
-        """How finished jobs ended, from accounting: one ``sacct`` per 200 job ids (normally one)."""
+    def final_states(self, jobs: list[JobRow]) -> TaskStates:
+        """How jobs that left the queue ended, from accounting: one ``sacct`` per 200 job ids
+        (normally one), rows under each job's own name only.
+
+        A task accounting cannot settle (no row under the job's name, or still pending/running
+        there) is asked of the controller with one ``squeue --states=all`` (which also lists jobs
+        that ended within MinJobAge): if the controller no longer holds the job under its name,
+        and the job is older than ``LOST_GRACE_S``, it is ``lost``: its id now belongs to another
+        job, or it vanished (a controller killed before it saved its state). Otherwise the task is
+        left out: accounting lags the queue, the next refresh settles it."""
         info: dict[tuple[str, int | None], TaskInfo] = {}
-        ids = sorted(job_ids, key=int)
+        by_id: dict[str, list[JobRow]] = defaultdict(list)
+        for job in jobs:
+            by_id[sched_id(job.job_id)].append(job)
+        ids = sorted(by_id, key=lambda i: (len(i), i))
+        rows: dict[str, list[Row]] = defaultdict(list)
         for start in range(0, len(ids), 200):
-            out = self._run(["sacct", "-n", "-P", "-X", "-o", "JobID,State,ExitCode,Elapsed,NodeList",
-                             "-j", ",".join(ids[start:start + 200])], check=False).stdout
-            for line in out.splitlines():
-                parts = line.split("|")
-                if len(parts) < 5:
-                    continue
-                jid, state, exit_code, elapsed, node = parts
-                state = state.split()[0]  # "CANCELLED by 0"
-                base, _, task = jid.partition("_")
-                tasks: list[int | None] = list(expand_task_ids(task)) if task else [None]
-                for t in tasks:
-                    info[(base, t)] = TaskInfo(STATE_MAP.get(state, JobState.FAILED), state, exit_code,
-                                               parse_duration(elapsed), None if node in ("", "None assigned") else node)
+            out = self._query(["sacct", "-n", "-P", "-X", "-o", ACCT_FIELDS, "-j", ",".join(ids[start:start + 200])])
+            for row in parse_accounting(out):
+                if row.job_id in by_id:
+                    rows[row.job_id].append(row)
+        now = time.time()
+        unsure: list[tuple[JobRow, list[int | None], list[Row]]] = []
+        for sid, sid_jobs in by_id.items():
+            for job in sid_jobs:
+                ours = [r for r in rows[sid] if r.name == job.name]
+                for r in ours:
+                    for t in r.tasks:
+                        info[(job.job_id, t)] = TaskInfo(STATE_MAP.get(r.state, JobState.FAILED), r.state, r.exit_code,
+                                                         r.elapsed, r.node)
+                open_tasks = [t for t in task_keys(job)
+                              if (job.job_id, t) not in info or not info[(job.job_id, t)].state.is_terminal()]
+                if open_tasks and now - job.submitted_at >= LOST_GRACE_S:
+                    unsure.append((job, open_tasks, rows[sid]))
+        if unsure:
+            held: dict[str, set[str]] = defaultdict(set)
+            for row in parse_queue(self._query(["squeue", "--me", "-h", "-r", "--states=all", "-o", QUEUE_FORMAT])):
+                held[row.job_id].add(row.name)
+            for job, open_tasks, acct in unsure:
+                sid = sched_id(job.job_id)
+                if job.name in held[sid]:
+                    continue  # the controller still holds it: accounting lags
+                others = sorted((held[sid] | {r.name for r in acct}) - {job.name})
+                mine = [r for r in acct if r.name == job.name]
+                if others:
+                    sched, why = "ID_REUSED", (f"job id {sid} now belongs to {others[0]}: the scheduler lost this "
+                                               "job (controller crash?)")
+                elif mine:
+                    sched, why = "LOST", (f"job {sid} is {mine[-1].state} in accounting but the controller no longer "
+                                          "holds it (controller lost it)")
+                else:
+                    sched, why = "VANISHED", (f"job {sid} vanished from the scheduler (controller lost it): in neither "
+                                              "queue nor accounting")
+                for t in open_tasks:
+                    info[(job.job_id, t)] = TaskInfo(JobState.LOST, sched, None, None, None, why)
         return info
 
     # ------------------------------------------------------------------ cancel
@@ -305,6 +361,8 @@ class SlurmBackend:
         return f"{job.job_id}_{index - job.index_offset}" if job.array_spec else job.job_id
 
     def cancel(self, job_ids: list[str], ledger=None) -> None:
+        # A retired key's scheduler id now names another job: never cancel that one.
+        job_ids = [j for j in job_ids if RETIRED not in j]
         if job_ids:
             self._run(["scancel", *job_ids], check=False)
 

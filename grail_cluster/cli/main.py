@@ -2,7 +2,8 @@
 
 Each command parses its arguments, calls pure planning/rendering code, and prints a rich table for
 people or JSON (``--json``) for scripts. Exit codes: 0 ok, 1 problems found (doctor, bad data),
-2 bad usage or configuration. User mistakes print one clear message and no traceback.
+2 bad usage or configuration, 3 the scheduler did not answer (status shows the ledger's last known
+states; resubmit/cancel change nothing). User mistakes print one clear message and no traceback.
 
 This module only assembles the parser and runs the chosen command; the commands live in modules by
 job (``library``, ``planning``, ``runs``, ``demo``, ``probe``) and share ``common``.
@@ -40,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="grail-cluster",
         description="Plan, render and submit the GRAIL data lifecycle: train SONIC trackers, select checkpoints, "
                     "evaluate in shards, render, export, merge, publish a web viewer.",
-        epilog="Exit codes: 0 ok, 1 problems found, 2 bad usage or configuration.",
+        epilog="Exit codes: 0 ok, 1 problems found, 2 bad usage or configuration, 3 the scheduler did not answer "
+               "(status/watch show the last known states; nothing was changed).",
     )
     parser.add_argument("--version", action="version", version=f"grail-cluster {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -106,8 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("status", help="shards of every stage by state, with failure signatures",
                        description="Refresh from markers and the scheduler (one squeue, sacct only to settle "
-                                   "finished jobs) and show each stage's shards by state. Exit 1 if the run "
-                                   "finished with failures.")
+                                   "finished jobs) and show each stage's shards by state. A job the scheduler "
+                                   "lost (controller crash: its id vanished or names another job) leaves its "
+                                   "shards `lost`, which resubmit repairs. Exit 1 if the run finished with "
+                                   "failures; exit 3 if the scheduler did not answer (squeue/sacct failed or "
+                                   "took over 15 s): the ledger's last known states are shown, with their time.")
     run_arg(p)
     p.add_argument("--json", action="store_true")
     p.add_argument("--max-failures", type=int, default=20, help="failures listed per stage")
@@ -116,7 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                          "(default: a stat each, size only)")
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("watch", help="live progress bars until the run ends")
+    p = sub.add_parser("watch", help="live progress bars until the run ends",
+                       description="Refresh every --interval seconds until the run ends; while the scheduler "
+                                   "does not answer it keeps polling and says so each round. Exit 1 if the run "
+                                   "finished with failures.")
     run_arg(p)
     p.add_argument("--interval", type=float, default=5.0, help="seconds between refreshes")
     p.set_defaults(func=cmd_watch)
@@ -142,15 +150,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_cancel)
 
     p = sub.add_parser("resubmit", help="re-run failed or missing shards and what depends on them",
-                       description="By default every failed, cancelled, timed-out, node-failed, out-of-memory or "
-                                   "missing-output shard of every stage, plus the not-done work that depends on it, "
+                       description="By default every failed, cancelled, timed-out, node-failed, out-of-memory, "
+                                   "missing-output or lost shard of every stage, plus the not-done work that depends on it, "
                                    "as new arrays of only those indices with the attempt bumped. Idempotent.")
     run_arg(p)
     p.add_argument("--stage", help="only these stages (comma list), plus what depends on them")
     p.add_argument("--indices", help="only these indices, e.g. 3,7")
     p.add_argument("--point", help="a sweep: only these training points (e.g. 2 or 1,3), resumed from their own "
                                    "last.pt, plus what depends on them")
-    p.add_argument("--states", help="comma list, default failed,cancelled,timeout,node-fail,out-of-memory,missing-output,missing")
+    p.add_argument("--states", help="comma list, default failed,cancelled,timeout,node-fail,out-of-memory,missing-output,lost,missing")
     p.add_argument("--dry-run", action="store_true", help="show what would be submitted")
     p.add_argument("--wait", action="store_true", help="if another submitter holds this run, wait for it")
     p.add_argument("--json", action="store_true")

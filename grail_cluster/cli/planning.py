@@ -133,7 +133,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     result = submit_run(plan, wait_lock=args.wait)
     if args.json:
         print_json({**plan_summary(plan), "plan_file": str(plan_path), "round": result.round, "jobs": result.jobs,
-                     "adopted": result.adopted})
+                     "adopted": result.adopted, "submitted": result.new, "resumed": result.resumed})
         return EXIT_OK
     print_plan(plan, plan_path)
     table = Table(title=escape(f"queued run {plan.run_id}"))
@@ -142,6 +142,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     for j in result.jobs:
         table.add_row(j["stage"], j["job_id"], str(j["indices"]), j["array"] or "-", j["dependency"] or "-")
     out.print(table)
+    if result.resumed:
+        out.print(f"finished an interrupted submission: {result.adopted} job(s) adopted from the scheduler, "
+                  f"{result.new} submitted now")
     out.print(escape(f"watch:  grail-cluster watch {plan.run_dir}\nstatus: grail-cluster status {plan.run_dir}\n"
                      f"logs:   grail-cluster logs {plan.run_dir} --stage eval --failed\n"
                      f"repair: grail-cluster resubmit {plan.run_dir}"))

@@ -295,7 +295,9 @@ def _run_slurm(script: Path, result: Path, wait: int) -> dict:
 
     backend = SlurmBackend()
     job_id = backend.sbatch(script, ["--job-name=grail-probe", "--export=ALL,GRAIL_INDEX_OFFSET=0,GRAIL_ATTEMPT=0"])
-    job = type("Job", (), {"job_id": job_id})()
+    # The backend knows a job by its id and name (a reused id is another job).
+    job = type("Job", (), {"job_id": job_id, "name": "grail-probe", "submitted_at": time.time(), "array_spec": None,
+                           "indices": [0], "index_offset": 0})()
     deadline = time.monotonic() + wait
     state = "PENDING"
     while time.monotonic() < deadline:
@@ -304,7 +306,7 @@ def _run_slurm(script: Path, result: Path, wait: int) -> dict:
         if live:
             state = next(iter(live.values())).sched_state
             continue
-        final = backend.final_states({job_id})
+        final = backend.final_states([job])
         if final:
             info = next(iter(final.values()))
             state = info.sched_state + (f" (exit {info.exit_code})" if info.exit_code not in (None, "0:0") else "")

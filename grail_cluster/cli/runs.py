@@ -343,7 +343,13 @@ def cmd_resubmit(args: argparse.Namespace) -> int:
             raise ConfigError(f"no stage {st!r} in run {plan.run_id}", fix=f"choose from {', '.join(plan.stage_names)}")
     result = resubmit(plan, stages=stages, indices=indices, states=states, wait_lock=args.wait, dry_run=args.dry_run)
     if args.json:
-        print_json({"round": result.round, "jobs": result.jobs, "dry_run": args.dry_run})
+        print_json({"round": result.round, "jobs": result.jobs, "dry_run": args.dry_run, "resumed": result.resumed,
+                    "adopted": result.adopted, "submitted": result.new})
+        return EXIT_OK
+    if result.resumed:
+        verb = "would finish" if args.dry_run else "finished"
+        out.print(f"{verb} round {result.round}, which an interrupted submitter had started: {result.adopted} job(s) "
+                  f"adopted from the scheduler, {result.new} submitted now")
         return EXIT_OK
     if not result.jobs:
         out.print("nothing to resubmit: every selected shard is done or queued")

@@ -12,6 +12,7 @@ from pathlib import Path
 EXIT_OK = 0
 EXIT_PROBLEMS = 1  # the command ran and found problems (doctor, validation)
 EXIT_USAGE = 2  # bad command line or configuration
+EXIT_UNREACHABLE = 3  # the scheduler did not answer: what is shown is the ledger's last known states
 
 
 class GrailError(Exception):

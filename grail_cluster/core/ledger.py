@@ -323,6 +323,7 @@ class Ledger:
         """A submission and its shards (pending, attempt = round), in one transaction."""
         now = time.time()
         with self.transaction() as db:
+            self._retire_reused_id(job_id, name)
             db.execute("INSERT INTO jobs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0)",
                        (job_id, backend, stage, chunk, round, name, json.dumps(indices), index_offset,
                         array_spec, depends, now))
@@ -333,6 +334,24 @@ class Ledger:
                            (stage, idx, round, job_id, ShardState.PENDING))
             self.event("submitted", stage, None, round, job_id=job_id, chunk=chunk, indices=indices,
                        array=array_spec, depends=depends, name=name)
+
+    def _retire_reused_id(self, job_id: str, name: str) -> None:
+        """The scheduler handed out an id this ledger holds for another job: it lost that job (a
+        controller killed before it saved its state). The old job keeps its rows under the key
+        ``<id>~<n>``, so the refresh still judges it (by name: lost) and nothing cancels the new job
+        in its place. The same name again is a double record, left to fail."""
+        old = self.db.execute("SELECT name, stage FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        if old is None or old["name"] == name:
+            return
+        n = 1
+        while self.db.execute("SELECT 1 FROM jobs WHERE job_id = ?", (f"{job_id}~{n}",)).fetchone():
+            n += 1
+        key = f"{job_id}~{n}"
+        self.db.execute("UPDATE jobs SET job_id = ? WHERE job_id = ?", (key, job_id))
+        for table in ("shards", "attempts"):
+            self.db.execute(f"UPDATE {table} SET job_id = ? WHERE job_id = ? AND stage = ?", (key, job_id, old["stage"]))
+        self.event("job-id-reused", old["stage"], None, None, job_id=job_id, retired_as=key, old_name=old["name"],
+                   new_name=name)
 
     def jobs(self, *, unsettled: bool = False, stage: str | None = None) -> list[JobRow]:
         sql = "SELECT * FROM jobs WHERE 1=1"

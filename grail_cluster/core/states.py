@@ -15,6 +15,8 @@ Shard state machine (owned by :mod:`grail_cluster.core.ledger`)::
 
     unsubmitted -> pending -> running -> done
                                       -> failed | cancelled | timeout | node-fail | out-of-memory | missing-output
+    pending | running -> lost   (the scheduler no longer holds the recorded job: its id vanished or
+                                 now names another job, e.g. after a controller crash)
     (any not done) --resubmit--> pending (attempt + 1)
 """
 
@@ -34,6 +36,9 @@ class ShardState(enum.StrEnum):
     NODE_FAIL = "node-fail"
     OUT_OF_MEMORY = "out-of-memory"
     MISSING_OUTPUT = "missing-output"
+    # The scheduler lost the recorded job (a controller crash): it is in neither queue nor accounting
+    # under its name, or its id now belongs to another job. Nothing ran it to the end: resubmit it.
+    LOST = "lost"
 
     def is_active(self) -> bool:
         """Submitted and not settled: the scheduler may still move it."""
@@ -57,6 +62,7 @@ class JobState(enum.StrEnum):
     TIMEOUT = "timeout"
     NODE_FAIL = "node-fail"
     OUT_OF_MEMORY = "out-of-memory"
+    LOST = "lost"  # the scheduler no longer holds this job under its name (TaskInfo.why says how)
 
     def is_terminal(self) -> bool:
         return self not in (JobState.PENDING, JobState.RUNNING)
@@ -72,6 +78,6 @@ class JobState(enum.StrEnum):
 # Tuples (not sets) so that loops over them, and the text built from them, keep this order.
 ACTIVE: tuple[ShardState, ...] = (ShardState.PENDING, ShardState.RUNNING)
 FAILED: tuple[ShardState, ...] = (ShardState.FAILED, ShardState.CANCELLED, ShardState.TIMEOUT, ShardState.NODE_FAIL,
-                                  ShardState.OUT_OF_MEMORY, ShardState.MISSING_OUTPUT)
+                                  ShardState.OUT_OF_MEMORY, ShardState.MISSING_OUTPUT, ShardState.LOST)
 # Every shard state, in the order the ledger has always listed them.
 STATES: tuple[ShardState, ...] = (ShardState.UNSUBMITTED, ShardState.DONE, *ACTIVE, *FAILED)

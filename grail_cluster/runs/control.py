@@ -3,10 +3,16 @@
 Every call holds the run's submit lock (one submitter per run dir), records each submission in the
 ledger right after the scheduler accepts it, and before submitting looks for jobs already queued
 under the same names, so a submitter that crashed half-way is reconciled, not doubled.
+
+A round being submitted is marked open in the ledger (meta ``open_round``: its number and selection)
+until its last job is recorded; ``run`` (round 0) and ``resubmit`` (any round) finish an open round
+first, adopting what the scheduler already has under the round's names and submitting the rest.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,12 +29,31 @@ from grail_cluster.core.states import ACTIVE, FAILED, ShardState
 from grail_cluster.runs.submission import consumers, downstream_closure
 from grail_cluster.stages import registry
 
+OPEN_ROUND = "open_round"
+# Test hook, read at the submission edge only (tests/test_submitter_faults.py): with
+# GRAIL_TEST_KILL_AFTER_SUBMITS=N this process SIGKILLs itself right after the N-th accepted
+# submission, before its ledger write (GRAIL_TEST_KILL_AT=sbatch, the default: the hard case, a job
+# the ledger never heard of) or right after it (GRAIL_TEST_KILL_AT=ledger).
+KILL_AFTER_ENV, KILL_AT_ENV = "GRAIL_TEST_KILL_AFTER_SUBMITS", "GRAIL_TEST_KILL_AT"
+_accepted = 0
+
+
+def _test_kill_hook(moment: str) -> None:
+    if (limit := os.environ.get(KILL_AFTER_ENV)) and _accepted == int(limit) \
+            and os.environ.get(KILL_AT_ENV, "sbatch") == moment:
+        os.kill(os.getpid(), signal.SIGKILL)
+
 
 @dataclass
 class Submitted:
     round: int
     jobs: list[dict[str, Any]]
     adopted: int = 0
+    resumed: bool = False  # this call finished a round an interrupted submitter had started
+
+    @property
+    def new(self) -> int:
+        return sum(1 for j in self.jobs if j.get("how") == "submitted")
 
 
 def _dependency(group: Group, round_jobs: dict[str, list[tuple[Group, str]]]) -> str | None:
@@ -44,34 +69,86 @@ def _dependency(group: Group, round_jobs: dict[str, list[tuple[Group, str]]]) ->
     return ",".join(parts) or None
 
 
-def _submit_groups(plan: RunPlan, ledger: Ledger, backend: Backend, groups: list[Group], round_: int) -> Submitted:
+def _known_to_scheduler(plan: RunPlan, backend: Backend, names: list[str], arrays: dict[str, bool]) -> dict[str, str]:
+    """{name: job id} of this run's jobs the scheduler already has under these names.
+
+    ``find_run_jobs`` (queue and accounting, only jobs whose script lies under this run dir) is asked
+    first: ``find_by_name`` sees only the queue, so a job the dead submitter queued that has already
+    ended would be submitted again, and it matches any run root's job of the same run id. It is the
+    fallback when the fuller query cannot answer (accounting down; a live local runner)."""
+    if not names:
+        return {}
+    if backend.capabilities.finds_jobs:
+        try:
+            found = backend.find_run_jobs(plan, arrays)
+        except GrailError:
+            found = None
+        if found is not None:
+            ids: dict[str, list[str]] = {}
+            for job in found.jobs:
+                if job.name in names:
+                    ids.setdefault(job.name, []).append(job.job_id)
+            # Two jobs of one name only exist if something outside grail-cluster submitted one: the
+            # newest is the one later stages must wait on.
+            return {name: max(v, key=lambda jid: (len(jid), jid)) for name, v in ids.items()}
+    return backend.find_by_name(names)
+
+
+def _submit_groups(plan: RunPlan, ledger: Ledger, backend: Backend, groups: list[Group], round_: int,
+                   arrays: dict[str, bool]) -> Submitted:
+    global _accepted
     spec_dir = Path(plan.paths["specs_dir"]) / backend.name
     names = [g.name(plan.run_id, round_) for g in groups]
     existing = {j.name: j.job_id for j in ledger.jobs()}
-    queued = backend.find_by_name([n for n in names if n not in existing])
+    queued = _known_to_scheduler(plan, backend, [n for n in names if n not in existing], arrays)
     round_jobs: dict[str, list[tuple[Group, str]]] = {}
     jobs, adopted = [], 0
     backend.prepare(plan, [g.stage for g in groups])
     for group, name in zip(groups, names, strict=True):
         dependency = _dependency(group, round_jobs)
         if name in existing:
-            job_id = existing[name]
+            job_id, how = existing[name], "recorded"
         else:
             if name in queued:
-                job_id = queued[name]
+                job_id, how = queued[name], "adopted"
                 adopted += 1
                 ledger.event("adopted", group.stage, None, round_, job_id=job_id, name=name)
             else:
-                job_id = backend.submit_group(plan, group, name=name, dependency=dependency, attempt=round_,
-                                              spec_dir=spec_dir)
+                job_id, how = backend.submit_group(plan, group, name=name, dependency=dependency, attempt=round_,
+                                                   spec_dir=spec_dir), "submitted"
+                _accepted += 1
+                _test_kill_hook("sbatch")
             ledger.record_job(job_id=job_id, backend=backend.name, stage=group.stage, chunk=group.chunk,
                               round=round_, name=name, indices=group.indices, index_offset=group.offset,
                               array_spec=group.array_spec, depends=dependency)
+            if how == "submitted":
+                _test_kill_hook("ledger")
         round_jobs.setdefault(group.stage, []).append((group, job_id))
         jobs.append({"stage": group.stage, "job_id": job_id, "name": name, "indices": len(group.indices),
-                     "array": group.array_spec, "dependency": dependency})
+                     "array": group.array_spec, "dependency": dependency, "how": how})
     backend.start(plan, ledger, round_)
     return Submitted(round_, jobs, adopted)
+
+
+def _submit_round(plan: RunPlan, ledger: Ledger, backend: Backend, selected: dict[str, list[int]], round_: int,
+                  *, resumed: bool = False) -> Submitted:
+    """Submit (or finish submitting) one round of the registry's stages, open in the ledger until its
+    last job is recorded, so that a submitter killed half-way leaves a round the next one finishes."""
+    arrays = registry.arrays(plan)
+    groups = plan_groups(plan, selected, arrays=arrays, max_array_size=_max_array_size(backend, ledger, plan),
+                         parallelism=_parallelism(plan))
+    ledger.set_meta(OPEN_ROUND, {"round": round_, "selected": selected})
+    result = _submit_groups(plan, ledger, backend, groups, round_, arrays)
+    ledger.set_meta(OPEN_ROUND, None)
+    result.resumed = resumed
+    return result
+
+
+def _open_round(ledger: Ledger) -> tuple[int, dict[str, list[int]]] | None:
+    value = ledger.meta(OPEN_ROUND)
+    if not value:
+        return None
+    return int(value["round"]), {k: [int(i) for i in v] for k, v in value["selected"].items()}
 
 
 def submit_run(plan: RunPlan, *, wait_lock: bool = False, backend: Backend | None = None) -> Submitted:
@@ -85,16 +162,22 @@ def submit_run(plan: RunPlan, *, wait_lock: bool = False, backend: Backend | Non
         ledger.set_meta("plan_hash", plan.plan_hash)
         ledger.set_meta("backend", plan.backend)
         selected = {st.name: list(range(st.size)) for st in plan.stages}
-        groups = plan_groups(plan, selected, arrays=registry.arrays(plan),
-                             max_array_size=_max_array_size(backend, ledger, plan),
-                             parallelism=_parallelism(plan))
-        done = {j.name for j in ledger.jobs()}
-        if all(g.name(plan.run_id, 0) in done for g in groups):
+        open_round = _open_round(ledger)
+        recorded = {j.name for j in ledger.jobs()}
+        # A ledger written before rounds were marked open shows an interrupted first round by the
+        # names it lacks.
+        unmarked = not open_round and recorded and not recorded.issuperset(
+            g.name(plan.run_id, 0) for g in plan_groups(plan, selected, arrays=registry.arrays(plan),
+                                                        max_array_size=_max_array_size(backend, ledger, plan),
+                                                        parallelism=_parallelism(plan)))
+        if (open_round and open_round[0] == 0) or unmarked:
+            # A submitter of this run died half-way: what it queued is kept (by name), the rest is sent.
+            return _submit_round(plan, ledger, backend, selected, 0, resumed=True)
+        if open_round or recorded:
             raise GrailError(f"run {plan.run_id} was already submitted", path=plan.run_dir,
                              fix=f"see `grail-cluster status {plan.run_dir}`; repair with `grail-cluster resubmit`, "
                                  "or start a fresh run with run.id=<new id>")
-        # Jobs a previous, interrupted submitter queued are kept (by name); only the rest is sent.
-        return _submit_groups(plan, ledger, backend, groups, 0)
+        return _submit_round(plan, ledger, backend, selected, 0)
 
 
 def submit_indices(plan: RunPlan, ledger: Ledger, backend: Backend, selected: dict[str, list[int]], round_: int, *,
@@ -103,7 +186,7 @@ def submit_indices(plan: RunPlan, ledger: Ledger, backend: Backend, selected: di
     how the Hydra launcher sends one batch of a sweep (its stage is not in the stage registry)."""
     groups = plan_groups(plan, selected, arrays=arrays, max_array_size=_max_array_size(backend, ledger, plan),
                          parallelism=_parallelism(plan))
-    return _submit_groups(plan, ledger, backend, groups, round_)
+    return _submit_groups(plan, ledger, backend, groups, round_, arrays)
 
 
 def _max_array_size(backend: Backend, ledger: Ledger, plan: RunPlan | None = None) -> int | None:
@@ -166,6 +249,15 @@ def resubmit(plan: RunPlan, *, stages: list[str] | None = None, indices: list[in
     backend = get_backend(plan.backend)
     with submit_lock(plan.run_dir, wait=wait_lock), Ledger(plan.run_dir, create=False) as ledger:
         refresh(plan, ledger, backend)
+        if open_round := _open_round(ledger):
+            # An earlier submitter (run or resubmit) died half-way through this round: finish it,
+            # adopting what it queued; its shards still pending are its own, not a reason to refuse.
+            round_, selected = open_round
+            if dry_run:
+                return Submitted(round_, [{"stage": st, "indices": idx, "array": None, "name": None}
+                                          for st, idx in selected.items()], resumed=True)
+            ledger.event("resume-round", attempt=round_, selected=selected)
+            return _submit_round(plan, ledger, backend, selected, round_, resumed=True)
         active = [s for s in ledger.shards() if s.state in ACTIVE]
         if active and not dry_run:
             first = active[0]
@@ -186,7 +278,7 @@ def resubmit(plan: RunPlan, *, stages: list[str] | None = None, indices: list[in
                     row = ledger.shard(st, i)
                     ledger.event("marker-retired", st, i, row.attempt if row else None, path=str(old))
         ledger.event("resubmit", attempt=round_, selected={k: sorted(v) for k, v in selected.items()})
-        return _submit_groups(plan, ledger, backend, groups, round_)
+        return _submit_round(plan, ledger, backend, {k: sorted(v) for k, v in selected.items()}, round_)
 
 
 def cancel(plan: RunPlan, *, stage: str | None = None, indices: list[int] | None = None) -> list[str]:

@@ -358,12 +358,12 @@ class KubernetesBackend:
             out.update({k: t for k, t in self._infos(row).items() if t.state in ACTIVE})
         return out
 
-    def final_states(self, job_ids: set[str]) -> TaskStates:
+    def final_states(self, jobs: list[JobRow]) -> TaskStates:
         if self._snap is None:
             return {}
         out = {}
-        for job_id in job_ids:
-            row = self._rows.get(job_id)
+        for job in jobs:
+            row = self._rows.get(job.job_id)
             if row is not None:
                 out.update({k: t for k, t in self._infos(row).items() if t.state not in ACTIVE})
         return out
