@@ -15,7 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from grail_cluster.cli.common import err, out, print_json
-from grail_cluster.core.errors import EXIT_OK, EXIT_PROBLEMS, ConfigError
+from grail_cluster.core.errors import EXIT_OK, EXIT_PROBLEMS, EXIT_UNREACHABLE, ConfigError
 from grail_cluster.core.run_dir import load_run, run_path
 
 
@@ -59,17 +59,24 @@ def ledger_guard(func):
 
 def _status_data(plan, refresh_first: bool = True, verify: bool = False) -> dict[str, Any]:
     from grail_cluster.backends import get_backend
-    from grail_cluster.backends.refresh import refresh
+    from grail_cluster.backends.base import SchedulerUnreachable
+    from grail_cluster.backends.refresh import refresh, states_as_of
     from grail_cluster.core.provenance import read_provenance
     from grail_cluster.runs.status import run_finished, summarise
 
     backend = get_backend(plan.backend)
+    unreachable = None
     with _open_ledger(plan) as ledger:
         if refresh_first:
-            refresh(plan, ledger, backend, verify=verify)
+            try:
+                refresh(plan, ledger, backend, verify=verify)
+            except SchedulerUnreachable as exc:
+                # An outage is no news about any job: show what the ledger last knew, and say so.
+                unreachable = exc.first_line
         stages = summarise(plan, ledger)
         points = _sweep_points(plan, ledger) if plan.is_sweep else []
         slices = _slice_audits(plan, ledger)
+        as_of = states_as_of(ledger)
     calls = dict(getattr(backend, "calls", {}))
     return {
         "run_id": plan.run_id, "run_dir": plan.run_dir, "backend": plan.backend, "plan_hash": plan.plan_hash,
@@ -78,6 +85,10 @@ def _status_data(plan, refresh_first: bool = True, verify: bool = False) -> dict
         "stages": [{"name": s.name, "size": s.size, "counts": s.counts, "wall_s": s.wall_s, "failures": s.failures}
                    for s in stages],
         "scheduler_calls": calls,
+        # reachable: False when squeue/sacct failed or timed out (exit 3); states_as_of: when the
+        # scheduler last answered a refresh; calls: scheduler commands this refresh ran.
+        "scheduler": {"reachable": unreachable is None, "error": unreachable, "states_as_of": as_of,
+                      "calls": sum(calls.values())},
         "provenance": read_provenance(plan.run_dir),
         "notes": list(getattr(backend, "notes", [])),  # e.g. a Kubernetes driver Job that owns the ledger
         "points": points,
@@ -140,7 +151,7 @@ def _points_table(data: dict[str, Any]) -> Table:
 
 STATE_COLOURS = {"done": "green", "running": "cyan", "pending": "white", "unsubmitted": "dim",
                  "failed": "red", "cancelled": "yellow", "timeout": "magenta", "node-fail": "red",
-                 "out-of-memory": "red", "missing-output": "red"}
+                 "out-of-memory": "red", "missing-output": "red", "lost": "red"}
 
 
 def _status_table(data: dict[str, Any]) -> Table:
@@ -154,6 +165,18 @@ def _status_table(data: dict[str, Any]) -> Table:
         wall = f"{s['wall_s']:.0f} s" if s["wall_s"] is not None else "-"
         table.add_row(s["name"], str(s["size"]), states, wall)
     return table
+
+
+def unreachable_notice(data: dict[str, Any]) -> str | None:
+    """The one line status and watch print while the scheduler does not answer."""
+    sched = data["scheduler"]
+    if sched["reachable"]:
+        return None
+    import time
+
+    when = (time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(sched["states_as_of"])) if sched["states_as_of"]
+            else "the last refresh that reached it")
+    return f"scheduler unreachable: {sched['error']}; showing states as of {when}"
 
 
 @ledger_guard
@@ -174,6 +197,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         from grail_cluster.core.provenance import summary_line
 
         out.print(escape(summary_line(data["provenance"])), highlight=False)
+        if notice := unreachable_notice(data):
+            out.print(f"[yellow]{escape(notice)}[/]", highlight=False)
         out.print(_status_table(data))
         if data["points"]:
             out.print(_points_table(data))
@@ -195,6 +220,11 @@ def cmd_status(args: argparse.Namespace) -> int:
             if any(f["state"] == "missing-output" for s in data["stages"] for f in s["failures"]):
                 out.print("  fix: missing-output shards lost or never wrote their success marker/outputs; "
                           "`resubmit` re-runs them and the done work that used them")
+            if any(f["state"] == "lost" for s in data["stages"] for f in s["failures"]):
+                out.print("  fix: lost shards' jobs are gone from the scheduler (a controller crash); `resubmit` "
+                          "queues them again, what finished or is still queued is kept")
+    if not data["scheduler"]["reachable"]:
+        return EXIT_UNREACHABLE
     if not data["finished"]:
         return EXIT_OK
     return EXIT_OK if data["ok"] else EXIT_PROBLEMS
@@ -206,7 +236,8 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
 
 def watch(plan, interval: float) -> int:
-    """Live progress bars of every stage until the run ends; exit 1 if it finished with failures."""
+    """Live progress bars of every stage until the run ends; exit 1 if it finished with failures.
+    While the scheduler does not answer it keeps polling, one notice line per round."""
     import time
 
     from rich.live import Live
@@ -219,6 +250,8 @@ def watch(plan, interval: float) -> int:
     with Live(progress, console=out, refresh_per_second=4, transient=False):
         while True:
             data = _status_data(plan)
+            if notice := unreachable_notice(data):
+                out.print(f"[yellow]{escape(notice)}; still watching (every {interval:g} s)[/]", highlight=False)
             for s in data["stages"]:
                 settled = sum(v for k, v in s["counts"].items() if k not in ("pending", "running", "unsubmitted"))
                 states = " ".join(f"{k}:{v}" for k, v in sorted(s["counts"].items()) if k != "done")
