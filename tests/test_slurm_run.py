@@ -5,6 +5,7 @@ the polling budget."""
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import time
@@ -91,6 +92,20 @@ def test_full_dag_status_agrees_with_sacct_and_markers(world, capsys):
     assert main(["status", plan.run_dir, "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["ok"] and data["finished"]
+    # Where each shard ran: the scheduler's node, in status (JSON, table), in `logs` and in the job's own log.
+    cluster_nodes = set(subprocess.run(["sinfo", "-h", "-N", "-o", "%N"], capture_output=True, text=True,
+                                       check=True).stdout.split())
+    for s in data["stages"]:
+        assert sorted(map(int, s["nodes"])) == list(range(s["size"])), s
+        assert set(s["nodes"].values()) <= cluster_nodes, s
+    assert main(["status", plan.run_dir]) == 0
+    text = capsys.readouterr().out
+    assert "nodes" in text and any(n in text for n in cluster_nodes)
+    node = next(s for s in data["stages"] if s["name"] == "eval")["nodes"]["1"]
+    assert main(["logs", plan.run_dir, "--stage", "eval", "--index", "1"]) == 0
+    text = capsys.readouterr().out
+    assert f"eval 1 attempt 0 on node {node}" in text
+    assert f"[grail] eval index 1 attempt 0 on {socket.gethostname()} (slurm node {node}) at " in text
     with Ledger(plan.run_dir) as ledger:
         jobs = ledger.jobs()
     expected_rows = sum(len(j.indices) for j in jobs)

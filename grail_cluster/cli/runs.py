@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import re
 import sqlite3
 import sys
 from pathlib import Path
@@ -82,8 +83,8 @@ def _status_data(plan, refresh_first: bool = True, verify: bool = False) -> dict
         "run_id": plan.run_id, "run_dir": plan.run_dir, "backend": plan.backend, "plan_hash": plan.plan_hash,
         "finished": run_finished(stages),
         "ok": run_finished(stages) and all(s.counts.get("done", 0) == s.size for s in stages),
-        "stages": [{"name": s.name, "size": s.size, "counts": s.counts, "wall_s": s.wall_s, "failures": s.failures}
-                   for s in stages],
+        "stages": [{"name": s.name, "size": s.size, "counts": s.counts, "wall_s": s.wall_s, "failures": s.failures,
+                    "nodes": s.nodes} for s in stages],
         "scheduler_calls": calls,
         # reachable: False when squeue/sacct failed or timed out (exit 3); states_as_of: when the
         # scheduler last answered a refresh; calls: scheduler commands this refresh ran.
@@ -154,16 +155,30 @@ STATE_COLOURS = {"done": "green", "running": "cyan", "pending": "white", "unsubm
                  "out-of-memory": "red", "missing-output": "red", "lost": "red"}
 
 
+def _node_counts(nodes: dict[Any, str]) -> str:
+    """``c1 x3, c2 x2``: where a stage's shards ran (a multi-node job's node list counts as one)."""
+    from collections import Counter
+
+    return ", ".join(f"{n} x{c}" if c > 1 else n for n, c in sorted(Counter(nodes.values()).items())) or "-"
+
+
 def _status_table(data: dict[str, Any]) -> Table:
     table = Table(title=f"run {data['run_id']} ({data['backend']})")
     table.add_column("stage")
     table.add_column("shards", justify="right")
     table.add_column("states")
     table.add_column("wall", justify="right")
+    # The local executor runs everything on this machine: a column of `localhost` would say nothing.
+    with_nodes = data["backend"] != "local" and any(s.get("nodes") for s in data["stages"])
+    if with_nodes:
+        table.add_column("nodes", overflow="fold")
     for s in data["stages"]:
         states = "  ".join(f"[{STATE_COLOURS.get(k, 'white')}]{k} {v}[/]" for k, v in sorted(s["counts"].items()))
         wall = f"{s['wall_s']:.0f} s" if s["wall_s"] is not None else "-"
-        table.add_row(s["name"], str(s["size"]), states, wall)
+        row = [s["name"], str(s["size"]), states, wall]
+        if with_nodes:
+            row.append(escape(_node_counts(s.get("nodes") or {})))
+        table.add_row(*row)
     return table
 
 
@@ -211,8 +226,9 @@ def cmd_status(args: argparse.Namespace) -> int:
             out.print(f"[{colour}]{escape(summary_line(stage, audit))}[/]")
         for s in data["stages"]:
             for f in s["failures"][: args.max_failures]:
-                out.print(f"[red]{s['name']} {f['index']}[/] {f['state']} (attempt {f['attempt']}, job {f['job_id']}): "
-                          f"{escape(f['signature'] or 'no signature in the logs')}")
+                node = f", node {escape(f['node'])}" if f.get("node") and data["backend"] != "local" else ""
+                out.print(f"[red]{s['name']} {f['index']}[/] {f['state']} (attempt {f['attempt']}, job {f['job_id']}"
+                          f"{node}): {escape(f['signature'] or 'no signature in the logs')}")
         for h in data["results"]:
             out.print(escape(f"checkpoint {headline_text(h)}"), highlight=False)
         if data["finished"] and not data["ok"]:
@@ -298,8 +314,9 @@ def cmd_logs(args: argparse.Namespace) -> int:
         if not paths:
             err.print(f"{args.stage} {idx} attempt {attempt}: no log files yet ({Path(plan.run_dir) / 'logs' / args.stage / str(idx)})")
             continue
+        where = _ran_on(s if s and s.attempt == attempt else None, paths)
         for path in paths:
-            out.rule(f"{args.stage} {idx} attempt {attempt}: {path}")
+            out.rule(f"{args.stage} {idx} attempt {attempt}{where}: {path}")
             lines = path.read_text(errors="replace").splitlines()
             out.print("\n".join(lines[-args.lines:] if (args.failed or args.lines) else lines), markup=False, highlight=False)
         from grail_cluster.stages.slice_audit import audit_text, read_audits
@@ -321,6 +338,25 @@ def cmd_logs(args: argparse.Namespace) -> int:
         except KeyboardInterrupt:
             return EXIT_OK
     return EXIT_OK
+
+
+_RAN_ON = re.compile(r"^\[grail\] \S+ index \d+ attempt \d+ on (\S+)(?: \(slurm node (\S+)\))? at ", re.M)
+
+
+def _ran_on(shard, paths: list[Path]) -> str:
+    """`` on node N``: the scheduler's word for the latest attempt (the ledger's node), else what the
+    job's own log says of its host (earlier attempts, or a scheduler that kept no node)."""
+    if shard is not None and shard.node:
+        return f" on node {shard.node}"
+    for path in paths:
+        try:
+            with open(path, errors="replace") as fh:
+                head = fh.read(4096)
+        except OSError:
+            continue
+        if m := _RAN_ON.search(head):
+            return f" on node {m.group(2)} (host {m.group(1)})" if m.group(2) else f" on host {m.group(1)}"
+    return ""
 
 
 def _points(plan, spec: str | None) -> list[int] | None:
