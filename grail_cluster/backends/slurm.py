@@ -429,8 +429,9 @@ class SlurmBackend:
                             None if node in ("", "None assigned") else node)
             for t in (expand_task_ids(task) if task else [None]):
                 job.tasks[t] = info
-        # The queue is authoritative for what has not ended (accounting may lag it by seconds).
-        out = self._run(["squeue", "--me", "-h", "-r", "-o", "%i|%j|%T|%M|%N|%o"], check=False).stdout
+        # The queue is authoritative for what has not ended (accounting may lag it by seconds); one
+        # that does not answer is refused: read as empty, queued jobs would be submitted again.
+        out = self._query(["squeue", "--me", "-h", "-r", "-o", "%i|%j|%T|%M|%N|%o"])
         for line in out.splitlines():
             parts = line.split("|")
             if len(parts) < 6:
