@@ -6,6 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.grail-setup
 SLURM_UP := tests/infra/slurm/up.sh
 SLURM_DOWN := tests/infra/slurm/down.sh
+SLURM_MULTI := tests/infra/slurm/multi.sh
 DEMO_DIR ?= demo
 
 .PHONY: setup browser render-deps test test-fast lint bench demo slurm-up slurm-down clean
@@ -34,8 +35,9 @@ render-deps:
 # Chromium and every Python dependency are required here: missing, their tests fail instead of skipping.
 test: setup browser render-deps
 	bash $(SLURM_UP)
+	bash $(SLURM_MULTI) up
 	status=0; GRAIL_REQUIRE_SLURM=1 GRAIL_REQUIRE_BROWSER=1 GRAIL_REQUIRE_DEPS=1 $(PY) -m pytest -q $(PYTEST_ARGS) || status=$$?; \
-	if [ -z "$$KEEP_SLURM" ]; then bash $(SLURM_DOWN); fi; \
+	if [ -z "$$KEEP_SLURM" ]; then bash $(SLURM_MULTI) down; bash $(SLURM_DOWN); fi; \
 	exit $$status
 
 # Without the SLURM cluster (its tests skip).
@@ -61,10 +63,14 @@ bench: setup browser
 demo: setup render-deps
 	$(VENV)/bin/grail-cluster demo --out $(DEMO_DIR) $(DEMO_ARGS)
 
+# Both clusters: the single-node one on localhost (the default for every client) and the multi-node one
+# in namespaces (clients reach it with `eval "$$(bash tests/infra/slurm/multi.sh env)"`).
 slurm-up:
 	bash $(SLURM_UP)
+	bash $(SLURM_MULTI) up
 
 slurm-down:
+	bash $(SLURM_MULTI) down
 	bash $(SLURM_DOWN)
 
 clean:

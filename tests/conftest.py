@@ -121,3 +121,19 @@ def slurm_cluster():
         if os.environ.get("GRAIL_REQUIRE_SLURM") == "1":
             pytest.fail("the local SLURM cluster is not up (tests/infra/slurm/up.sh)")
         pytest.skip("no local SLURM cluster (run `make slurm-up`)")
+
+
+@pytest.fixture
+def multinode_cluster():
+    """The real multi-node SLURM cluster (tests/infra/slurm/multi.sh, started by `make slurm-up`), which
+    a test may break: after each test its daemons are restarted and its nodes waited for, pass or fail."""
+    from tests.infra.slurm.multinode import MultiNodeCluster
+
+    cluster = MultiNodeCluster()
+    if not cluster.answers():
+        if os.environ.get("GRAIL_REQUIRE_SLURM") == "1":
+            pytest.fail("the multi-node SLURM cluster is not up (tests/infra/slurm/multi.sh up)")
+        pytest.skip("no multi-node SLURM cluster (run `make slurm-up`)")
+    cluster.wait_nodes(timeout=90)
+    yield cluster
+    cluster.heal()

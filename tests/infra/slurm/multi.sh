@@ -26,6 +26,8 @@
 #   GRAIL_SLURM_MULTI_STATE    state dir (default ${TMPDIR:-/tmp}/grail-slurm-multi)
 #   GRAIL_SLURM_MULTI_NODES    compute hosts (default 2, at most 8)
 #   GRAIL_SLURM_MULTI_NET      first three octets of the private /24 (default 10.213.47)
+#   GRAIL_SLURM_MULTI_NAME     prefix of its namespaces and root-side link (default grail-m, at most 7
+#                              characters); two clusters side by side need their own STATE, NET and NAME
 #   GRAIL_SLURM_MULTI_CPUS     CPUs each node advertises (default 8)
 #   GRAIL_SLURM_MULTI_GPUS     fake GRES GPUs per node (default 2)
 #   GRAIL_SLURM_MULTI_SLURMD_TIMEOUT  SlurmdTimeout: seconds until a silent node is DOWN (default 10)
@@ -42,7 +44,7 @@ CRED_EXPIRE=${GRAIL_SLURM_MULTI_CRED_EXPIRE:-10}
 CLUSTER=grail-multi
 TIMEOUT=60
 SUBNET=$NET.0/24
-PFX=grail-m  # every namespace and root-side link this script makes starts with it
+PFX=${GRAIL_SLURM_MULTI_NAME:-grail-m}  # every namespace and root-side link this script makes starts with it
 
 log() { echo "[slurm-multi] $*" >&2; }
 die() {
@@ -56,6 +58,7 @@ die() {
 for v in NODES CPUS GPUS SLURMD_TIMEOUT CRED_EXPIRE; do
     [[ ${!v} =~ ^[0-9]+$ ]] || die "GRAIL_SLURM_MULTI_$v must be a non-negative integer, got '${!v}'"
 done
+[[ $PFX =~ ^[a-z][a-z0-9-]{0,6}$ ]] || die "GRAIL_SLURM_MULTI_NAME must be 1-7 of [a-z0-9-], got '$PFX'"
 ((NODES >= 1 && NODES <= 8)) || die "GRAIL_SLURM_MULTI_NODES must be 1..8, got $NODES"
 [[ $NET =~ ^(10|172\.(1[6-9]|2[0-9]|3[01])|192\.168)\.[0-9]+(\.[0-9]+)?$ ]] && [[ $(tr -cd . <<<"$NET") == .. ]] ||
     die "GRAIL_SLURM_MULTI_NET must be the first three octets of a private /24 (e.g. 10.213.47), got '$NET'"
