@@ -41,13 +41,25 @@ def file_digest(path: str | Path, *, full: bool = True) -> str:
     return h.hexdigest()
 
 
+def _slurm_nodes() -> str | None:
+    """The job's nodes as SLURM writes them (``gnode[1-2]``) when it has several, else this node: a
+    multi-node training writes its marker on machine rank 0 but ran on every node of the list."""
+    try:
+        several = int(os.environ.get("SLURM_JOB_NUM_NODES") or os.environ.get("SLURM_NNODES") or 1) > 1
+    except ValueError:
+        several = False
+    if several and os.environ.get("SLURM_JOB_NODELIST"):
+        return os.environ["SLURM_JOB_NODELIST"]
+    return os.environ.get("SLURMD_NODENAME") or None
+
+
 def write_marker(run_dir: str | Path, stage: str, index: int, plan_hash: str, outputs: dict[str, Any]) -> Path:
     path = marker_path(run_dir, stage, index)
     path.parent.mkdir(parents=True, exist_ok=True)
     # Where it ran: a shard that finished between two scheduler polls has no node in the ledger otherwise.
     payload = {"stage": stage, "index": index, "plan_hash": plan_hash, "finished_at": time.time(),
                "attempt": int(os.environ.get("GRAIL_ATTEMPT", "0")), "outputs": outputs,
-               "host": socket.gethostname(), "node": os.environ.get("SLURMD_NODENAME") or None}
+               "host": socket.gethostname(), "node": _slurm_nodes()}
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".success.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as fh:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import subprocess
 import sys
 
@@ -48,7 +49,8 @@ def run_child(argv: list[str], cwd: str, plan: RunPlan, stage: str, index: int) 
     machine = int(os.environ.get("GRAIL_MACHINE_RANK", "0") or 0)
     expect = (slice_audit.train_expectation(plan, index, machine) if stage == "train"
               else slice_audit.eval_expectation(plan, index))
-    audit = slice_audit.SliceAudit(expect, timeout_s=timeout, mode=mode)
+    where = {"machine_rank": machine, "host": socket.gethostname(), "node": os.environ.get("SLURMD_NODENAME") or None}
+    audit = slice_audit.SliceAudit(expect, timeout_s=timeout, mode=mode, where=where)
     path = slice_audit.audit_path(plan.run_dir, stage, index, os.environ.get("GRAIL_ATTEMPT", "0") or "0", machine)
     if mode == "off":
         print("[grail] slice audit off (GRAIL_SLICE_AUDIT=off)", flush=True)

@@ -113,8 +113,11 @@ class Seen:
 class SliceAudit:
     """Feed it lines; it records every marker and says the first time one disagrees with the plan."""
 
-    def __init__(self, expectation: Expectation, *, timeout_s: float, mode: str = "enforce"):
+    def __init__(self, expectation: Expectation, *, timeout_s: float, mode: str = "enforce",
+                 where: dict[str, Any] | None = None):
         self.exp = expectation
+        # Which machine rank, host and SLURM node this audit watched (a multi-node training has one per node).
+        self.where = dict(where or {})
         self.timeout_s = timeout_s
         self.mode = mode
         self.seen: list[Seen] = []
@@ -280,7 +283,7 @@ class SliceAudit:
                 "matched": sorted(self.matched), "mismatched": sorted(self.bad), "missing": missing,
                 "verdict": verdict, "signature": self.mismatch, "timeout_s": self.timeout_s,
                 "started_at": self.started, "updated_at": time.time(), "finished": finished, "exit_code": exit_code,
-                "markers": [asdict(s) for s in self.seen[-200:]]}
+                "markers": [asdict(s) for s in self.seen[-200:]], **self.where}
 
 
 def _ranges(ranks: list[int]) -> str:
@@ -347,8 +350,11 @@ def summary_line(stage: str, s: dict[str, Any]) -> str:
 def audit_text(a: dict[str, Any]) -> str:
     """One index's audit for ``logs``: the verdict, then every marker seen with its judgement."""
     unit = a.get("unit", "ranks")
+    node = a.get("node") or a.get("host")
     head = (f"slice audit ({a.get('stage')} {a.get('index')}): {a['verdict']}, "
             f"{len(a.get('matched') or [])}/{len(a.get('expected') or [])} {unit} match plan")
+    if node:
+        head += f", machine rank {a.get('machine_rank', 0)} on {node}"
     if a.get("signature"):
         head += f"\n  {a['signature']}"
     if a.get("missing") and a["verdict"] != "mismatch":

@@ -15,6 +15,7 @@ The experiment dir has SONIC's layout (§2.4): ``config.yaml`` (unresolved), ``m
 from __future__ import annotations
 
 import os
+import socket
 import sys
 import time
 import uuid
@@ -247,11 +248,22 @@ def _write_yaml(path: Path, data) -> None:
     os.replace(tmp, path)
 
 
+def _utc_ms(t: float) -> str:
+    """A wall-clock time to the millisecond, as the job script's ``date -u +%FT%T.%3NZ`` writes it."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t * 1000) % 1000:03d}Z"
+
+
 def train(cfg) -> int:
     from accelerate import Accelerator
     from omegaconf import OmegaConf
 
+    t_join = time.time()
     accelerator = Accelerator(cpu=True)
+    if accelerator.num_processes > 1:
+        # Accelerator() returns once every rank joined the gloo process group: this is the rendezvous,
+        # and on several nodes the line says which host each rank really runs on.
+        print(f"[reference] rank {accelerator.process_index}/{accelerator.num_processes} on {socket.gethostname()}: "
+              f"gloo process group up in {time.time() - t_join:.2f} s, at {_utc_ms(time.time())}", flush=True)
     source, mode, exp = _resume_source(cfg, _experiment_dir(cfg))
     main = accelerator.is_main_process
     algo = cfg.algo.config

@@ -54,6 +54,8 @@ fi
 # One task per node under srun, so the USR2 warning reaches the trainer (job steps get it).
 grail_node() {
   export GRAIL_MACHINE_RANK="${SLURM_NODEID:-0}"
+  # Each node's launcher says where it runs: the job's header line comes from the first node only.
+  echo "[grail] train machine rank $GRAIL_MACHINE_RANK of $GRAIL_NUM_MACHINES on $(hostname) (slurm node ${SLURMD_NODENAME:-?}), rendezvous at $GRAIL_MASTER_ADDR:$GRAIL_MASTER_PORT, started $(date -u +%FT%T.%3NZ)"
   # A requeued job continues its own run; a first start warm-starts when fine-tuning.
   if [ -f <TMP>/runs/golden/experiment/last.pt ]; then
     GRAIL_RESUME_ARGS=(++resume=True)
