@@ -126,7 +126,8 @@ def slurm_cluster():
 @pytest.fixture
 def multinode_cluster():
     """The real multi-node SLURM cluster (tests/infra/slurm/multi.sh, started by `make slurm-up`), which
-    a test may break: after each test its daemons are restarted and its nodes waited for, pass or fail."""
+    a test may break: before and after each test its daemons are restarted, its jobs cancelled and its nodes
+    brought back, pass or fail."""
     from tests.infra.slurm.multinode import MultiNodeCluster
 
     cluster = MultiNodeCluster()
@@ -134,6 +135,6 @@ def multinode_cluster():
         if os.environ.get("GRAIL_REQUIRE_SLURM") == "1":
             pytest.fail("the multi-node SLURM cluster is not up (tests/infra/slurm/multi.sh up)")
         pytest.skip("no multi-node SLURM cluster (run `make slurm-up`)")
-    cluster.wait_nodes(timeout=90)
+    cluster.heal()
     yield cluster
     cluster.heal()

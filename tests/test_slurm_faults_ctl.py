@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -80,14 +81,22 @@ def shard_states(run_dir: Path) -> dict[tuple[str, int], tuple[str, str | None]]
         return {(s.stage, s.idx): (str(s.state), s.signature) for s in ledger.shards()}
 
 
+def _client(env: dict[str, str], *argv: str) -> str:
+    """A Slurm client's output; a controller that has just restarted may refuse a call or two."""
+    for _ in range(10):
+        proc = subprocess.run(list(argv), env=env, capture_output=True, text=True, timeout=60)
+        if proc.returncode == 0:
+            return proc.stdout
+        time.sleep(1)
+    raise AssertionError(f"{argv[0]} keeps failing: {proc.stderr}")
+
+
 def scheduler_view(cluster, ids: list[str]) -> dict[str, set[str]]:
     """{job id: the names queue and accounting know it under} (what the scheduler says, not us)."""
     env = _env(cluster)
     seen: dict[str, set[str]] = {i: set() for i in ids}
-    queue = subprocess.run(["squeue", "-h", "-r", "--states=all", "-o", "%i|%j"], env=env, capture_output=True,
-                           text=True, timeout=60, check=True).stdout
-    acct = subprocess.run(["sacct", "-n", "-P", "-X", "-o", "JobID,JobName", "-j", ",".join(ids)], env=env,
-                          capture_output=True, text=True, timeout=60, check=True).stdout
+    queue = _client(env, "squeue", "-h", "-r", "--states=all", "-o", "%i|%j")
+    acct = _client(env, "sacct", "-n", "-P", "-X", "-o", "JobID,JobName", "-j", ",".join(ids))
     for line in (queue + acct).splitlines():
         jid, _, name = line.partition("|")
         base = jid.split("_", 1)[0]
@@ -141,12 +150,24 @@ def test_controller_crash_after_submission(multinode_cluster, world):
     print(f"\ncontroller crash: {len(gone)} of {len(jobs)} jobs lost ({sorted(gone)}); intruders {intruders}")
     subprocess.run(["scancel", *intruders], env=env, capture_output=True, timeout=60)
     # Let what survived settle, then repair; the run finishes and no done shard ran again.
+    # A job the dead controller had launched without saving it is launched twice: slurmctld requeues it
+    # held ("launch failed requeued held"). status must say so and how to release it, or the run would
+    # wait forever while looking merely pending; the user follows that hint.
+    released = []
     deadline = time.time() + 600
     while time.time() < deadline:
         code, data, _ = status(cluster, world, run_dir)
+        for note in data["notes"]:
+            if "held by the scheduler" in note:
+                m = re.search(r"`scontrol release (\d+)`", note)
+                assert m, note
+                if m.group(1) not in released:
+                    assert cluster.client("scontrol", "release", m.group(1)).returncode == 0
+                    released.append(m.group(1))
         if not any(data["stages"][i]["counts"].get(s) for i in range(len(data["stages"])) for s in ACTIVE):
             break
         time.sleep(3)
+    print(f"held after the crash and released as status said: {released}")
     plan = load_run(str(run_dir))
     done_before = {(st.name, i): read_marker(plan.run_dir, st.name, i) for st in plan.stages for i in range(st.size)
                    if states.get((st.name, i), ("",))[0] == "done"}

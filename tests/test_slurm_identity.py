@@ -54,12 +54,12 @@ def test_job_ids_steps_and_array_ranges():
 
 def test_queue_lines_name_last_and_foreign_lines_skipped():
     rows = parse_queue("\n".join([
-        "101_[4-7%2]|PENDING|0:00||run:eval:0",
-        "101_3|RUNNING|1:02|node-b|run:eval:0",
-        "555|RUNNING|2-01:00:00|node-a|someone's|job|with|bars",  # another user's name holds the separator
-        "556.batch|RUNNING|0:01|node-a|batch",
+        "101_[4-7%2]|PENDING|0:00||Priority|run:eval:0",
+        "101_3|RUNNING|1:02|node-b|None|run:eval:0",
+        "555|RUNNING|2-01:00:00|node-a|None|someone's|job|with|bars",  # another user's name holds the separator
+        "556.batch|RUNNING|0:01|node-a|None|batch",
         "garbage line",
-        "557|RUNNING|12:34:56:78|node-a|bad elapsed",
+        "557|RUNNING|12:34:56:78|node-a|None|bad elapsed",
         "",
     ]))
     assert [(r.job_id, r.tasks, r.name, r.state, r.node) for r in rows] == [
@@ -69,6 +69,10 @@ def test_queue_lines_name_last_and_foreign_lines_skipped():
         ("557", (None,), "bad elapsed", "RUNNING", "node-a"),
     ]
     assert rows[1].elapsed == 62 and rows[2].elapsed == 2 * 86400 + 3600 and rows[3].elapsed is None
+    assert not any(r.held for r in rows)
+    # After a controller crash slurmctld requeues a twice-launched job held: it waits until released.
+    held, = parse_queue("2|PENDING|0:00||launch failed requeued held|run:train:0")
+    assert held.held and held.reason == "launch failed requeued held" and held.name == "run:train:0"
 
 
 def test_accounting_lines_skip_steps_and_keep_exit_codes():
@@ -120,7 +124,7 @@ if [ -e "$FAKE/ctl_down" ]; then echo "sbatch: error: Batch job submission faile
 id=$(cat "$FAKE/next_id"); echo $((id + 1)) > "$FAKE/next_id"
 name=""; arr=""
 for a in "$@"; do case "$a" in --job-name=*) name="${a#--job-name=}";; --array=*) arr="${a#--array=}";; esac; done
-if [ -n "$arr" ]; then echo "${id}_[${arr}]|PENDING|0:00||$name" >> "$FAKE/queue"; else echo "$id|PENDING|0:00||$name" >> "$FAKE/queue"; fi
+if [ -n "$arr" ]; then echo "${id}_[${arr}]|PENDING|0:00||None|$name" >> "$FAKE/queue"; else echo "$id|PENDING|0:00||None|$name" >> "$FAKE/queue"; fi
 echo "$id|$name" >> "$FAKE/submitted"
 echo "Submitted batch job $id"
 """
@@ -180,7 +184,7 @@ def job(job_id: str, name: str, *, indices=(0, 1, 2, 3), offset: int = 0, array:
 
 def test_a_reused_id_in_the_queue_is_not_our_job_and_makes_it_lost(fake):
     ours = job("101", "run:eval:0")
-    fake.write("queue", "101|RUNNING|1:00|localhost|someone-else", "102_[0-1]|PENDING|0:00||run:render:0")
+    fake.write("queue", "101|RUNNING|1:00|localhost|None|someone-else", "102_[0-1]|PENDING|0:00||None|run:render:0")
     backend = SlurmBackend()
     assert backend.live_states([ours]) == {}  # not RUNNING: that is another job
     fake.write("acct")  # accounting never heard of ours (the controller died before it told slurmdbd)
@@ -217,7 +221,7 @@ def test_accounting_lag_is_not_a_loss(fake):
     """The job just left the queue; accounting still says RUNNING; the controller still holds it
     (ended within MinJobAge): wait, do not call it lost."""
     fake.write("acct", "101_[0-3]|RUNNING|0:0|00:00:10|localhost|run:eval:0")
-    fake.write("held", "101_0|COMPLETED|0:10|localhost|run:eval:0")
+    fake.write("held", "101_0|COMPLETED|0:10|localhost|None|run:eval:0")
     final = SlurmBackend().final_states([job("101", "run:eval:0")])
     assert {t.state for t in final.values()} == {JobState.RUNNING}
 
@@ -236,7 +240,7 @@ def test_array_rows_steps_and_other_users_lines(fake):
                "101_1.batch|FAILED|1:0|00:00:01|node-b|batch",
                "101_[2-3]|CANCELLED by 0|0:0|00:00:00|None assigned|run:eval:0",
                "9999|RUNNING|0:0|00:00:05|node-a|evil|name")
-    fake.write("queue", "9999|RUNNING|0:05|node-a|evil|name", "101_5|RUNNING|0:05|node-a|run:eval:0")
+    fake.write("queue", "9999|RUNNING|0:05|node-a|None|evil|name", "101_5|RUNNING|0:05|node-a|None|run:eval:0")
     backend = SlurmBackend()
     final = backend.final_states([job("101", "run:eval:0")])
     assert {k: t.state for k, t in final.items()} == {
@@ -251,7 +255,7 @@ def test_array_rows_steps_and_other_users_lines(fake):
 
 def test_a_retired_ledger_key_is_judged_by_its_scheduler_id_and_never_cancelled(fake):
     old, new = job("101~1", "run:eval:0"), job("101", "run:eval:0:r1")
-    fake.write("queue", "101_[0-3]|PENDING|0:00||run:eval:0:r1")
+    fake.write("queue", "101_[0-3]|PENDING|0:00||None|run:eval:0:r1")
     backend = SlurmBackend()
     live = backend.live_states([old, new])
     assert set(live) == {("101", t) for t in range(4)}  # the new job's, under its own key
@@ -343,8 +347,8 @@ def test_controller_lost_jobs_are_lost_and_resubmit_queues_only_them(fake, world
     plan = load_run(str(run_dir))
     write_marker(plan.run_dir, "train", 0, plan.marker_hash("train", 0), {})
     ids = dict((n, i) for i, n in first)
-    fake.write("queue", f"{ids['crash1:select:0']}|PENDING|0:00||crash1:select:0",
-               f"{ids['crash1:eval:0']}|RUNNING|0:03|localhost|someone-else")
+    fake.write("queue", f"{ids['crash1:select:0']}|PENDING|0:00||None|crash1:select:0",
+               f"{ids['crash1:eval:0']}|RUNNING|0:03|localhost|None|someone-else")
     fake.write("acct", f"{ids['crash1:train:0']}|COMPLETED|0:0|00:00:05|localhost|crash1:train:0")
     age_jobs(run_dir)
     code, data = status(fake, world, run_dir)
@@ -364,7 +368,7 @@ def test_controller_lost_jobs_are_lost_and_resubmit_queues_only_them(fake, world
     held = cli(fake, world, "resubmit", str(run_dir))
     assert held.returncode != 0 and "still pending or running" in held.stderr and "Traceback" not in held.stderr
     # select finished; the controller (restarted with lost state) hands out ids from 3 again.
-    fake.write("queue", f"{ids['crash1:eval:0']}|RUNNING|0:03|localhost|someone-else")
+    fake.write("queue", f"{ids['crash1:eval:0']}|RUNNING|0:03|localhost|None|someone-else")
     fake.write("acct", f"{ids['crash1:train:0']}|COMPLETED|0:0|00:00:05|localhost|crash1:train:0",
                f"{ids['crash1:select:0']}|COMPLETED|0:0|00:00:05|localhost|crash1:select:0")
     write_marker(plan.run_dir, "select", 0, plan.marker_hash("select", 0), {})

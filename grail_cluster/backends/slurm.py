@@ -291,6 +291,10 @@ class SlurmBackend:
             job = ours.get((row.job_id, row.name))
             if job is None:
                 continue
+            if row.held:
+                self.notes.append(f"{job.stage} job {row.job_id} ({row.name}) is held by the scheduler "
+                                  f"({row.reason}) and will not start until it is released: "
+                                  f"`scontrol release {row.job_id}`")
             for t in row.tasks:
                 info[(job.job_id, t)] = TaskInfo(STATE_MAP.get(row.state, JobState.PENDING), row.state, None,
                                                  row.elapsed, row.node)

@@ -56,7 +56,7 @@ def expand_task_ids(spec: str) -> list[int]:
 
 
 # The name goes last in both formats: another user's job name may hold the separator.
-QUEUE_FORMAT = "%i|%T|%M|%N|%j"
+QUEUE_FORMAT = "%i|%T|%M|%N|%r|%j"
 ACCT_FIELDS = "JobID,State,ExitCode,Elapsed,NodeList,JobName"
 # The ledger keeps a job whose id the scheduler handed to a later job of this run under
 # ``<id>~<n>`` (core/ledger.record_job); the scheduler's id is the part before it.
@@ -81,6 +81,13 @@ class Row:
     exit_code: str | None
     elapsed: float | None
     node: str | None
+    reason: str = ""  # squeue's %r: why a pending job waits (sacct rows: empty)
+
+    @property
+    def held(self) -> bool:
+        """Pending with a hold that only a release ends (``JobHeldAdmin``, ``launch failed requeued
+        held`` after a controller crash or a launch failure): it would wait forever."""
+        return self.state in ("PENDING", "REQUEUE_HOLD") and "held" in self.reason.lower()
 
 
 def split_job_id(text: str) -> tuple[str, tuple[int | None, ...]] | None:
@@ -107,11 +114,12 @@ def parse_queue(text: str) -> list[Row]:
     """squeue ``-o QUEUE_FORMAT`` lines; lines that are not one allocation are skipped."""
     rows = []
     for line in text.splitlines():
-        parts = line.split("|", 4)
-        if len(parts) < 5 or (ids := split_job_id(parts[0])) is None:
+        parts = line.split("|", 5)
+        if len(parts) < 6 or (ids := split_job_id(parts[0])) is None:
             continue
         state = (parts[1].split() or [""])[0]
-        rows.append(Row(ids[0], ids[1], parts[4].strip(), state, None, parse_duration(parts[2].strip()), _node(parts[3])))
+        rows.append(Row(ids[0], ids[1], parts[5].strip(), state, None, parse_duration(parts[2].strip()), _node(parts[3]),
+                        parts[4].strip()))
     return rows
 
 

@@ -88,6 +88,8 @@ live_pid() {
     [[ -s $1 ]] || return 1
     pid=$(tr -dc 0-9 <"$1")
     [[ -n $pid && $(cat "/proc/$pid/comm" 2>/dev/null) == "$2" ]] || return 1
+    # A killed daemon nobody has reaped yet (a zombie) is dead: `start` must start it again.
+    [[ $(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null) != Z ]] || return 1
     echo "$pid"
 }
 netns_inode() { stat -L -c %i "/run/netns/$1" 2>/dev/null; }
@@ -262,9 +264,10 @@ net_up() {
         fi
     done
     if ! ip link show "$ROOT_LINK" >/dev/null 2>&1; then
-        ip -n "$SWITCH" link del p-root 2>/dev/null || true
-        ip link add "$ROOT_LINK" type veth peer name p-root netns "$SWITCH"
-        ip -n "$SWITCH" link set p-root master br0 up
+        # The peer's name is unique per cluster: it exists in the root namespace for a moment.
+        ip -n "$SWITCH" link del "p-$PFX" 2>/dev/null || true
+        ip link add "$ROOT_LINK" type veth peer name "p-$PFX" netns "$SWITCH"
+        ip -n "$SWITCH" link set "p-$PFX" master br0 up
         ip addr add "$NET.1/24" dev "$ROOT_LINK"
         ip link set "$ROOT_LINK" up
     fi
@@ -380,7 +383,7 @@ signal_daemon() { # signal daemon [node]
         sleep 0.1
     done
     [[ -d /proc/$pid && $(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null) != Z ]] && kill -KILL "$pid" 2>/dev/null
-    [[ $sig == KILL ]] || rm -f "$pf"
+    rm -f "$pf"
     log "$d${node:+ on $node} stopped (SIG$sig)"
 }
 

@@ -87,6 +87,15 @@ class MultiNodeCluster:
         return proc.returncode == 0 and "UP" in proc.stdout
 
     def heal(self) -> None:
-        """Every daemon running and every node back (after a fault test, pass or fail)."""
+        """Every daemon running, no job left, every node back (around a fault test, pass or fail): a
+        controller crash leaves held jobs and a node drained "Duplicate jobid" behind."""
         self.script("up", timeout=300)
+        if self.client("squeue", "-h", "-o", "%A").stdout.split():
+            self.client("scancel", "--user=root")
+            deadline = time.monotonic() + 60
+            while self.client("squeue", "-h", "-o", "%A").stdout.split() and time.monotonic() < deadline:
+                time.sleep(0.5)
+        bad = [n for n, s in self.node_states().items() if s.rstrip("*~#") in ("drain", "drng", "down")]
+        if bad:
+            self.client("scontrol", "update", f"NodeName={','.join(bad)}", "State=RESUME")
         self.wait_nodes()
