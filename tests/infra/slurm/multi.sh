@@ -232,7 +232,9 @@ check_no_foreign_route() {
 }
 
 safety_net() {
-    ip -4 route show type unreachable | grep -q "^unreachable $SUBNET" ||
+    # Not `ip ... | grep -q`: under pipefail, grep's early exit can SIGPIPE ip and the pipeline fail,
+    # and the add then dies on "File exists" (seen with several clusters' routes listed).
+    grep -q "^unreachable $SUBNET" < <(ip -4 route show type unreachable) ||
         ip route add unreachable "$SUBNET" metric 4000
 }
 
