@@ -7,6 +7,7 @@
 #   multi.sh up                   start whatever is not running (idempotent; ~1-3 s once installed)
 #   multi.sh down                 cancel jobs, stop every daemon and job process by pid, delete every
 #                                 namespace and link this script made (the safety route stays)
+#   multi.sh down --purge         the same, then delete the state dir and the safety route
 #   multi.sh env                  print `export SLURM_CONF=...`: how a client talks to this cluster
 #   multi.sh status               hosts, daemons and sinfo
 #   multi.sh on HOST CMD...       run CMD inside a host's namespaces (ctl, node1, node2, ...)
@@ -497,6 +498,13 @@ cmd_down() {
         ip netns del "$ns" 2>/dev/null || log "warning: could not delete namespace $ns"
     done
     rm -f "$RUN"/*.pid "$RUN"/munge/*.pid "$RUN"/mysqld/*.pid
+    if [[ ${1:-} == --purge ]]; then
+        # Only now that no namespace of ours is left may the safety net go.
+        ip route del unreachable "$SUBNET" metric 4000 2>/dev/null || true
+        [[ -f $STATE/.grail-slurm-multi-state ]] && rm -rf "$STATE" "$STATE.lock"
+        log "down and purged in $(elapsed) s (state dir and safety route removed)"
+        return 0
+    fi
     log "down in $(elapsed) s (state dir kept: $STATE; safety route 'unreachable $SUBNET' kept)"
 }
 
@@ -525,7 +533,7 @@ cmd_status() {
 
 case "${1:-}" in
     up) cmd_up ;;
-    down) cmd_down ;;
+    down) cmd_down "${2:-}" ;;
     env) echo "export SLURM_CONF=$CONF" ;;
     status) cmd_status ;;
     on) shift; [[ $# -ge 2 ]] || die "usage: $0 on HOST CMD..."; on_host "$@" ;;
