@@ -97,6 +97,13 @@ def test_two_node_training_and_eval_array_spread_over_nodes(multinode_cluster, t
     job_of = {j["stage"]: str(j["job_id"]) for j in submitted["jobs"]}
     assert set(job_of) == {"train", "select", "eval", "render", "export", "merge", "web"}
 
+    # No status while the training runs, so the first one finds it done with no live scheduler row:
+    # its node list then comes from the success marker written on machine rank 0 (a user who looks
+    # only after training), not from squeue's %N of a running job.
+    deadline = time.time() + 300
+    while cluster.client("squeue", "-h", "-j", job_of["train"]).stdout.strip():
+        assert time.time() < deadline, "the 2-node training did not leave the queue"
+        time.sleep(2)
     deadline = time.time() + 420
     while True:
         code, data = status(cluster, work, run_dir)
@@ -163,6 +170,7 @@ def test_two_node_training_and_eval_array_spread_over_nodes(multinode_cluster, t
     assert sorted(Path(p).name for p in marker["outputs"]) == ["last.pt", "model_step_000005.pt", "model_step_000010.pt"]
 
     # status names the training's nodes as sacct does, not only the node that wrote the marker.
+    assert (marker["host"], marker["node"]) == (NODES[0], train_row["nodes"]), marker
     nodes_of = {s["name"]: s["nodes"] for s in data["stages"]}
     assert nodes_of["train"] == {"0": train_row["nodes"]}, nodes_of["train"]
 
