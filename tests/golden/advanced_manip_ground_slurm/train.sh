@@ -64,4 +64,4 @@ grail_node() {
   fi
 }
 export -f grail_node
-srun --nodes=1 --ntasks-per-node=1 --kill-on-bad-exit=1 bash -c grail_node
+srun --nodes=1 --ntasks-per-node=1 --kill-on-bad-exit=1 bash -euo pipefail -c grail_node

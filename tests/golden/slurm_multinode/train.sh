@@ -69,4 +69,22 @@ grail_node() {
   fi
 }
 export -f grail_node
-srun --nodes=4 --ntasks-per-node=1 --kill-on-bad-exit=1 bash -c grail_node
+# A trainer that fails because a peer node was lost must not end its step: srun would then signal the
+# step on the dead node too, SLURM delivers that signal once the node is back, and it kills the requeued
+# job there. While a peer's slurmd does not answer, this node waits for SLURM to requeue the job.
+grail_node_failed() {
+  local rc=$1 node addr port
+  port=$(scontrol show config 2>/dev/null | sed -n 's/^SlurmdPort *= *//p')
+  for node in $(scontrol show hostnames "$SLURM_JOB_NODELIST"); do
+    [ "$node" = "${SLURMD_NODENAME:-}" ] && continue
+    addr=$(scontrol show node "$node" 2>/dev/null | sed -n 's/.*NodeAddr=\([^ ]*\).*/\1/p')
+    if ! timeout 5 bash -c "exec 3<>/dev/tcp/${addr:-$node}/${port:-6818}" 2>/dev/null; then
+      echo "[grail] train machine rank ${SLURM_NODEID:-?} failed (exit $rc) while node $node does not answer: waiting for SLURM to requeue the job" >&2
+      sleep 1800
+      break
+    fi
+  done
+  exit "$rc"
+}
+export -f grail_node_failed
+srun --nodes=4 --ntasks-per-node=1 --kill-on-bad-exit=1 bash -c 'bash -euo pipefail -c grail_node || grail_node_failed $?'
