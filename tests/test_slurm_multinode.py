@@ -158,6 +158,9 @@ def test_two_node_training_and_eval_array_spread_over_nodes(multinode_cluster, t
     assert data["slices"]["train"] == {"expected": 4, "matched": 4, "mismatches": [], "unchecked": [], "unit": "ranks"}
     proc = cli(cluster, work, "logs", str(run_dir), "--stage", "train", "--index", "0")
     assert proc.returncode == 0, proc.stderr
+    for m, node in enumerate(NODES):
+        assert f"slice audit (train 0): match, 2/2 ranks match plan, machine rank {m} on {node}" in proc.stdout, \
+            proc.stdout[-3000:]
 
     # Checkpoints were written once, by rank 0, into the one experiment dir.
     exp = Path(plan["paths"]["experiment_dir"])
@@ -173,6 +176,7 @@ def test_two_node_training_and_eval_array_spread_over_nodes(multinode_cluster, t
     assert (marker["host"], marker["node"]) == (NODES[0], train_row["nodes"]), marker
     nodes_of = {s["name"]: s["nodes"] for s in data["stages"]}
     assert nodes_of["train"] == {"0": train_row["nodes"]}, nodes_of["train"]
+    assert f"train 0 attempt 0 on node {train_row['nodes']}" in proc.stdout, proc.stdout[:500]
 
     # The eval array ran on both nodes; each shard's node agrees in sacct, its log, status and logs.
     eval_nodes = {}

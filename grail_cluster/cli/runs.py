@@ -285,7 +285,8 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
     from grail_cluster.backends import get_backend
     from grail_cluster.backends.refresh import log_paths
-    from grail_cluster.core.states import FAILED
+    from grail_cluster.core.markers import read_marker
+    from grail_cluster.core.states import FAILED, ShardState
 
     plan = load_run(args.run)
     if args.stage not in plan.stage_names:
@@ -314,7 +315,12 @@ def cmd_logs(args: argparse.Namespace) -> int:
         if not paths:
             err.print(f"{args.stage} {idx} attempt {attempt}: no log files yet ({Path(plan.run_dir) / 'logs' / args.stage / str(idx)})")
             continue
-        where = _ran_on(s if s and s.attempt == attempt else None, paths)
+        current = s if s and s.attempt == attempt else None
+        # Done between two polls: the job's marker knows its nodes (all of a multi-node training's),
+        # where the log's header names only the node that ran the batch script.
+        marker = (read_marker(plan.run_dir, args.stage, idx)
+                  if current is not None and current.state == ShardState.DONE and not current.node else None)
+        where = _ran_on(current, paths, (marker or {}).get("node"))
         for path in paths:
             out.rule(f"{args.stage} {idx} attempt {attempt}{where}: {path}")
             lines = path.read_text(errors="replace").splitlines()
@@ -343,11 +349,13 @@ def cmd_logs(args: argparse.Namespace) -> int:
 _RAN_ON = re.compile(r"^\[grail\] \S+ index \d+ attempt \d+ on (\S+)(?: \(slurm node (\S+)\))? at ", re.M)
 
 
-def _ran_on(shard, paths: list[Path]) -> str:
-    """`` on node N``: the scheduler's word for the latest attempt (the ledger's node), else what the
-    job's own log says of its host (earlier attempts, or a scheduler that kept no node)."""
+def _ran_on(shard, paths: list[Path], marker_node: str | None = None) -> str:
+    """`` on node N``: the scheduler's word for the latest attempt (the ledger's node), else its success
+    marker's, else what the job's own log says of its host (earlier attempts, or a scheduler that kept no node)."""
     if shard is not None and shard.node:
         return f" on node {shard.node}"
+    if marker_node:
+        return f" on node {marker_node}"
     for path in paths:
         try:
             with open(path, errors="replace") as fh:
