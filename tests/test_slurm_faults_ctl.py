@@ -127,7 +127,7 @@ def test_controller_crash_after_submission(multinode_cluster, world):
     env = _env(cluster)
     intruders = []
     for _ in range(4):
-        out = subprocess.run(["sbatch", "--parsable", "--job-name=intruder", "--wrap=sleep 120"], env=env,
+        out = subprocess.run(["sbatch", "--parsable", "--job-name=intruder", "--output=/dev/null", "--wrap=sleep 120"], env=env,
                              capture_output=True, text=True, timeout=60)
         if out.returncode == 0:
             intruders.append(out.stdout.strip().split(";")[0])
