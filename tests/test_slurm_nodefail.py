@@ -143,8 +143,8 @@ def test_node_loss_requeues_training_and_resubmit_repairs_exactly_the_lost_shard
         return None
 
     on_node2_at_kill, done_before = wait_for("eval's second wave on node2", moment, timeout=120, every=0.3)
-    running_node1 = sorted(int(k.split("_")[1]) for k, (st, node) in queue(cluster).items()
-                           if k.startswith(eval_id + "_") and st == "RUNNING" and node == "gnode1")
+    running_node1 = sorted(i for k, (st, node) in queue(cluster).items() if k.startswith(eval_id + "_")
+                           and st == "RUNNING" and node == "gnode1" and (i := int(k.split("_")[1])) not in done_before)
     t_kill = time.monotonic()
     power_off(cluster, "node2")
 
