@@ -514,10 +514,18 @@ cmd_kill_host() {
     ns=$(ns_of "$node")
     local holder
     holder=$(holder_pid "$node") || die "host $node is not up"
-    pids=$(pids_in_netns "$ns" | grep -vx "$holder" | tr '\n' ' ' || true)
-    # shellcheck disable=SC2086
-    [[ -z ${pids// /} ]] || kill -KILL $pids 2>/dev/null || true
-    log "host $node lost power: killed ${pids:-nothing}"
+    # Until nothing is left: a process slurmd forks between one listing and the SIGKILL would survive
+    # a single pass and finish its job on a "powered-off" host.
+    local all="" round
+    for ((round = 0; round < 50; round++)); do
+        pids=$(pids_in_netns "$ns" | grep -vx "$holder" | tr '\n' ' ' || true)
+        [[ -n ${pids// /} ]] || break
+        all+="$pids"
+        # shellcheck disable=SC2086
+        kill -KILL $pids 2>/dev/null || true
+        sleep 0.05
+    done
+    log "host $node lost power: killed ${all:-nothing}"
 }
 
 cmd_status() {
