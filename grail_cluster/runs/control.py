@@ -69,16 +69,19 @@ def _dependency(group: Group, round_jobs: dict[str, list[tuple[Group, str]]]) ->
     return ",".join(parts) or None
 
 
-def _known_to_scheduler(plan: RunPlan, backend: Backend, names: list[str], arrays: dict[str, bool]) -> dict[str, str]:
+def _known_to_scheduler(plan: RunPlan, backend: Backend, names: list[str], arrays: dict[str, bool], *,
+                        lookup: str) -> dict[str, str]:
     """{name: job id} of this run's jobs the scheduler already has under these names.
 
-    ``find_run_jobs`` (queue and accounting, only jobs whose script lies under this run dir) is asked
-    first: ``find_by_name`` sees only the queue, so a job the dead submitter queued that has already
-    ended would be submitted again, and it matches any run root's job of the same run id. It is the
-    fallback when the fuller query cannot answer (accounting down; a live local runner)."""
+    ``lookup`` "full", for the stages of a run: ``find_run_jobs`` (queue and accounting, only jobs
+    whose script lies under this run dir) is asked first: ``find_by_name`` sees only the queue, so a
+    job the dead submitter queued that has already ended would be submitted again, and it matches any
+    run root's job of the same run id. ``find_by_name`` is the fallback when the fuller query cannot
+    answer (accounting down; a live local runner). "queue", for a Hydra batch: one ``squeue``, as
+    its launcher always did (a sweep's refresh budget allows no accounting call per batch)."""
     if not names:
         return {}
-    if backend.capabilities.finds_jobs:
+    if lookup == "full" and backend.capabilities.finds_jobs:
         try:
             found = backend.find_run_jobs(plan, arrays)
         except GrailError:
@@ -95,12 +98,12 @@ def _known_to_scheduler(plan: RunPlan, backend: Backend, names: list[str], array
 
 
 def _submit_groups(plan: RunPlan, ledger: Ledger, backend: Backend, groups: list[Group], round_: int,
-                   arrays: dict[str, bool]) -> Submitted:
+                   arrays: dict[str, bool], *, lookup: str) -> Submitted:
     global _accepted
     spec_dir = Path(plan.paths["specs_dir"]) / backend.name
     names = [g.name(plan.run_id, round_) for g in groups]
     existing = {j.name: j.job_id for j in ledger.jobs()}
-    queued = _known_to_scheduler(plan, backend, [n for n in names if n not in existing], arrays)
+    queued = _known_to_scheduler(plan, backend, [n for n in names if n not in existing], arrays, lookup=lookup)
     round_jobs: dict[str, list[tuple[Group, str]]] = {}
     jobs, adopted = [], 0
     backend.prepare(plan, [g.stage for g in groups])
@@ -138,7 +141,7 @@ def _submit_round(plan: RunPlan, ledger: Ledger, backend: Backend, selected: dic
     groups = plan_groups(plan, selected, arrays=arrays, max_array_size=_max_array_size(backend, ledger, plan),
                          parallelism=_parallelism(plan))
     ledger.set_meta(OPEN_ROUND, {"round": round_, "selected": selected})
-    result = _submit_groups(plan, ledger, backend, groups, round_, arrays)
+    result = _submit_groups(plan, ledger, backend, groups, round_, arrays, lookup="full")
     ledger.set_meta(OPEN_ROUND, None)
     result.resumed = resumed
     return result
@@ -186,7 +189,7 @@ def submit_indices(plan: RunPlan, ledger: Ledger, backend: Backend, selected: di
     how the Hydra launcher sends one batch of a sweep (its stage is not in the stage registry)."""
     groups = plan_groups(plan, selected, arrays=arrays, max_array_size=_max_array_size(backend, ledger, plan),
                          parallelism=_parallelism(plan))
-    return _submit_groups(plan, ledger, backend, groups, round_, arrays)
+    return _submit_groups(plan, ledger, backend, groups, round_, arrays, lookup="queue")
 
 
 def _max_array_size(backend: Backend, ledger: Ledger, plan: RunPlan | None = None) -> int | None:
